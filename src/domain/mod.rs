@@ -1,0 +1,14 @@
+//! Pure types and rules of the trade core: no I/O, no runtime, no clock of their own.
+//!
+//! Everything that decides about money, stock or order states lives here once and is unit-
+//! and property-tested here; actors and handlers call it instead of re-implementing it.
+
+pub mod ids;
+pub mod inventory;
+pub mod money;
+pub mod order;
+
+pub use ids::{OrderId, Snowflake, SkuId, UserId};
+pub use inventory::{Counters, InventoryError, Ledger, Quantity, Reservation};
+pub use money::Cents;
+pub use order::{IdempotencyKey, OrderItem, OrderLine, OrderStatus, PlaceOrder};

@@ -1,0 +1,313 @@
+//! Orders: the validated placement request, the priced order, and its status names.
+//!
+//! An order's amounts are derived here and nowhere else: item `pay_cents` sum to the order's
+//! `pay_cents`, which is `total_cents - discount_cents`; `Order::assert_amounts` holds it.
+
+use super::ids::{OrderId, SkuId, UserId};
+use super::inventory::{InventoryError, Quantity, ORDER_LINE_QUANTITY_MAX};
+use super::money::{apportion, Cents, MoneyError};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::HashSet;
+use std::fmt;
+
+/// The most lines one order may have.
+pub const ORDER_LINES_MAX: usize = 50;
+/// The longest `Idempotency-Key` accepted, in bytes.
+pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 64;
+
+/// Where an order is in its life. The names are stored in `trade_order.status` and never
+/// reused for another meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    PendingPayment,
+    Paid,
+    Closed,
+    Finished,
+    Refunded,
+}
+
+impl OrderStatus {
+    pub const ALL: [OrderStatus; 5] =
+        [Self::PendingPayment, Self::Paid, Self::Closed, Self::Finished, Self::Refunded];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::PendingPayment => "pending_payment",
+            Self::Paid => "paid",
+            Self::Closed => "closed",
+            Self::Finished => "finished",
+            Self::Refunded => "refunded",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|status| status.as_str() == name)
+    }
+}
+
+impl fmt::Display for OrderStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OrderError {
+    #[error("an order needs at least one item")]
+    EmptyItems,
+    #[error("an order may have at most {ORDER_LINES_MAX} items")]
+    TooManyItems,
+    #[error("sku_id must be a positive id, got {0}")]
+    InvalidSkuId(i64),
+    #[error("sku {0} appears twice; put the whole quantity on one line")]
+    DuplicateSku(SkuId),
+    #[error(transparent)]
+    Quantity(#[from] InventoryError),
+    #[error(transparent)]
+    Money(#[from] MoneyError),
+}
+
+/// A client's key that makes a placement safe to retry: printable ASCII, 1 to 64 bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub fn parse(raw: &str) -> Option<Self> {
+        let valid = !raw.is_empty()
+            && raw.len() <= IDEMPOTENCY_KEY_LEN_MAX
+            && raw.bytes().all(|b| b.is_ascii_graphic());
+        valid.then(|| IdempotencyKey(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A placement request after validation: known-good lines, each SKU once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlaceOrder {
+    pub lines: Vec<(SkuId, Quantity)>,
+}
+
+impl PlaceOrder {
+    /// Validates raw `(sku_id, quantity)` pairs, in this order: empty, too many, bad id, bad
+    /// quantity, duplicate SKU.
+    pub fn parse(items: &[(i64, i64)]) -> Result<Self, OrderError> {
+        if items.is_empty() {
+            return Err(OrderError::EmptyItems);
+        }
+        if items.len() > ORDER_LINES_MAX {
+            return Err(OrderError::TooManyItems);
+        }
+        let mut seen = HashSet::with_capacity(items.len());
+        let mut lines = Vec::with_capacity(items.len());
+        for &(raw_sku, raw_quantity) in items {
+            let sku_id = SkuId::parse(raw_sku).ok_or(OrderError::InvalidSkuId(raw_sku))?;
+            let quantity = Quantity::parse(raw_quantity, ORDER_LINE_QUANTITY_MAX)?;
+            if !seen.insert(sku_id) {
+                return Err(OrderError::DuplicateSku(sku_id));
+            }
+            lines.push((sku_id, quantity));
+        }
+        Ok(PlaceOrder { lines })
+    }
+
+    /// A digest of what was asked for, stored with the order so that a retry with the same
+    /// `Idempotency-Key` but another body is told apart from a true retry.
+    pub fn fingerprint(&self) -> String {
+        let mut hasher = Sha256::new();
+        for (sku_id, quantity) in &self.lines {
+            hasher.update(format!("{}x{};", sku_id.get(), quantity.get()));
+        }
+        hex::encode(hasher.finalize())
+    }
+}
+
+/// One line priced from the SKU at the moment it was reserved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderLine {
+    pub sku_id: SkuId,
+    pub name: String,
+    pub price_cents: Cents,
+    pub quantity: Quantity,
+}
+
+/// One item of a stored order, with its name and price as they were when ordered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OrderItem {
+    pub sku_id: SkuId,
+    pub name: String,
+    pub price_cents: Cents,
+    pub quantity: i64,
+    /// What the buyer pays for this line after its share of the discount.
+    pub pay_cents: Cents,
+}
+
+/// An order as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Order {
+    pub id: OrderId,
+    pub user_id: UserId,
+    pub status: OrderStatus,
+    pub items: Vec<OrderItem>,
+    pub total_cents: Cents,
+    pub discount_cents: Cents,
+    pub pay_cents: Cents,
+    pub coupon_id: Option<i64>,
+    pub idempotency_key: String,
+    pub request_hash: String,
+    pub pay_deadline_ms: i64,
+    pub created_at_ms: i64,
+    pub version: i64,
+}
+
+/// What identifies a new order before it is priced.
+#[derive(Debug, Clone)]
+pub struct NewOrderHeader {
+    pub id: OrderId,
+    pub user_id: UserId,
+    pub idempotency_key: IdempotencyKey,
+    pub request_hash: String,
+    pub created_at_ms: i64,
+    pub pay_deadline_ms: i64,
+}
+
+impl Order {
+    /// Prices a new order awaiting payment from its reserved lines. `discount` is apportioned
+    /// over the lines by largest remainder.
+    pub fn price(header: NewOrderHeader, lines: Vec<OrderLine>, discount: Cents) -> Result<Order, OrderError> {
+        if lines.is_empty() {
+            return Err(OrderError::EmptyItems);
+        }
+        let amounts: Vec<Cents> = lines
+            .iter()
+            .map(|line| line.price_cents.checked_mul(line.quantity.units()))
+            .collect::<Result<_, _>>()?;
+        let total_cents = amounts.iter().try_fold(Cents::ZERO, |sum, amount| sum.checked_add(*amount))?;
+        let discount_cents = discount.min(total_cents);
+        let shares = apportion(discount_cents, &amounts)?;
+        let items = lines
+            .into_iter()
+            .zip(amounts.iter().zip(&shares))
+            .map(|(line, (amount, share))| {
+                Ok(OrderItem {
+                    sku_id: line.sku_id,
+                    name: line.name,
+                    price_cents: line.price_cents,
+                    quantity: line.quantity.units(),
+                    pay_cents: amount.checked_sub(*share)?,
+                })
+            })
+            .collect::<Result<Vec<_>, MoneyError>>()?;
+        let order = Order {
+            id: header.id,
+            user_id: header.user_id,
+            status: OrderStatus::PendingPayment,
+            items,
+            total_cents,
+            discount_cents,
+            pay_cents: total_cents.checked_sub(discount_cents)?,
+            coupon_id: None,
+            idempotency_key: header.idempotency_key.0,
+            request_hash: header.request_hash,
+            pay_deadline_ms: header.pay_deadline_ms,
+            created_at_ms: header.created_at_ms,
+            version: 0,
+        };
+        order.assert_amounts();
+        Ok(order)
+    }
+
+    /// Items add up to the order, and what is paid is the total less the discount.
+    pub fn assert_amounts(&self) {
+        let item_totals: i64 = self.items.iter().map(|i| i.price_cents.get() * i.quantity).sum();
+        let item_pays: i64 = self.items.iter().map(|i| i.pay_cents.get()).sum();
+        assert_eq!(item_totals, self.total_cents.get(), "order {} items do not sum to its total", self.id);
+        assert_eq!(item_pays, self.pay_cents.get(), "order {} item pays do not sum to its pay", self.id);
+        assert_eq!(self.total_cents.get() - self.discount_cents.get(), self.pay_cents.get());
+        assert!(self.pay_cents.get() >= 0 && self.discount_cents.get() >= 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> NewOrderHeader {
+        NewOrderHeader {
+            id: OrderId::new(1),
+            user_id: UserId::new(7),
+            idempotency_key: IdempotencyKey::parse("k-1").unwrap(),
+            request_hash: "h".into(),
+            created_at_ms: 10,
+            pay_deadline_ms: 20,
+        }
+    }
+
+    fn line(sku: i64, price: i64, quantity: i64) -> OrderLine {
+        OrderLine {
+            sku_id: SkuId::new(sku),
+            name: format!("sku {sku}"),
+            price_cents: Cents::new(price),
+            quantity: Quantity::parse(quantity, ORDER_LINE_QUANTITY_MAX).unwrap(),
+        }
+    }
+
+    #[test]
+    fn status_names_round_trip() {
+        for status in OrderStatus::ALL {
+            assert_eq!(OrderStatus::parse(status.as_str()), Some(status));
+            assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+        }
+        assert_eq!(OrderStatus::parse("open"), None);
+    }
+
+    #[test]
+    fn place_order_validation_in_precedence_order() {
+        assert_eq!(PlaceOrder::parse(&[]), Err(OrderError::EmptyItems));
+        let many: Vec<(i64, i64)> = (1..=51).map(|i| (i, 1)).collect();
+        assert_eq!(PlaceOrder::parse(&many), Err(OrderError::TooManyItems));
+        assert_eq!(PlaceOrder::parse(&[(0, 1)]), Err(OrderError::InvalidSkuId(0)));
+        assert!(matches!(PlaceOrder::parse(&[(1, 0)]), Err(OrderError::Quantity(_))));
+        assert!(matches!(PlaceOrder::parse(&[(1, -3)]), Err(OrderError::Quantity(_))));
+        assert!(matches!(PlaceOrder::parse(&[(1, 1_000_000)]), Err(OrderError::Quantity(_))));
+        assert_eq!(PlaceOrder::parse(&[(1, 1), (1, 2)]), Err(OrderError::DuplicateSku(SkuId::new(1))));
+        assert_eq!(PlaceOrder::parse(&[(1, 2), (3, 4)]).unwrap().lines.len(), 2);
+    }
+
+    #[test]
+    fn fingerprint_tells_bodies_apart() {
+        let a = PlaceOrder::parse(&[(1, 2)]).unwrap();
+        let b = PlaceOrder::parse(&[(1, 3)]).unwrap();
+        assert_eq!(a.fingerprint(), PlaceOrder::parse(&[(1, 2)]).unwrap().fingerprint());
+        assert_ne!(a.fingerprint(), b.fingerprint());
+    }
+
+    #[test]
+    fn idempotency_key_bounds() {
+        assert!(IdempotencyKey::parse("").is_none());
+        assert!(IdempotencyKey::parse("has space").is_none());
+        assert!(IdempotencyKey::parse(&"x".repeat(65)).is_none());
+        assert!(IdempotencyKey::parse(&"x".repeat(64)).is_some());
+    }
+
+    #[test]
+    fn pricing_sums_exactly() {
+        let order = Order::price(header(), vec![line(1, 333, 3), line(2, 1, 1)], Cents::new(100)).unwrap();
+        assert_eq!(order.total_cents, Cents::new(1000));
+        assert_eq!(order.pay_cents, Cents::new(900));
+        assert_eq!(order.items.iter().map(|i| i.pay_cents.get()).sum::<i64>(), 900);
+        assert_eq!(order.status, OrderStatus::PendingPayment);
+        let free = Order::price(header(), vec![line(1, 0, 2)], Cents::ZERO).unwrap();
+        assert_eq!(free.pay_cents, Cents::ZERO);
+    }
+
+    #[test]
+    fn pricing_refuses_overflow() {
+        let huge = OrderLine { price_cents: Cents::new(i64::MAX / 2), ..line(1, 0, 3) };
+        assert!(matches!(Order::price(header(), vec![huge], Cents::ZERO), Err(OrderError::Money(_))));
+    }
+}

@@ -2,3 +2,4 @@
 //! memory, serializes its changes, group-commits them to the database and only then answers.
 
 pub mod domain;
+pub mod persistence;

@@ -1,0 +1,178 @@
+//! Group commit for writes that need no actor state: callers submit items, one task collects
+//! them into batches (up to `size_max` items, waiting at most `delay` for more), writes each
+//! batch with one call of its flush function, and only then answers every caller of the batch.
+//!
+//! While one batch is being written the next one fills in the queue, so the rate of durable
+//! writes is bounded by rows per commit, not by commits. The queue is bounded: a full queue is
+//! refused at once (`SubmitError::Overloaded`), never waited on without limit.
+
+use super::StoreError;
+use std::future::Future;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{timeout_at, Instant};
+use tracing::Instrument;
+
+/// The bounds of one batcher.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    /// The most items written in one transaction.
+    pub size_max: usize,
+    /// How long a batch waits for more items after its first one.
+    pub delay: Duration,
+    /// The most items waiting for a batch; past it submissions are refused.
+    pub queue_max: usize,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the write queue is full")]
+    Overloaded,
+    #[error("the writer has stopped")]
+    Closed,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+struct Job<T, R> {
+    item: T,
+    reply: oneshot::Sender<Result<R, StoreError>>,
+}
+
+/// The submitting side of a group-commit writer.
+pub struct Batcher<T, R> {
+    queue: mpsc::Sender<Job<T, R>>,
+}
+
+impl<T, R> Clone for Batcher<T, R> {
+    fn clone(&self) -> Self {
+        Batcher { queue: self.queue.clone() }
+    }
+}
+
+impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
+    /// Starts the writer task on the current runtime. `flush` writes one batch in one
+    /// transaction and returns one result per item, in order.
+    pub fn spawn<F, Fut>(name: &'static str, limits: BatchLimits, flush: F) -> Self
+    where
+        F: Fn(Vec<T>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Vec<R>, StoreError>> + Send + 'static,
+    {
+        assert!(limits.size_max > 0 && limits.queue_max > 0);
+        let (queue, receiver) = mpsc::channel(limits.queue_max);
+        tokio::spawn(run(name, limits, receiver, flush));
+        Batcher { queue }
+    }
+
+    /// Adds `item` to the next batch and waits until that batch is committed.
+    pub async fn submit(&self, item: T) -> Result<R, SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue.try_send(Job { item, reply }).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => SubmitError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => SubmitError::Closed,
+        })?;
+        answer.await.map_err(|_| SubmitError::Closed)?.map_err(SubmitError::Store)
+    }
+}
+
+async fn run<T, R, F, Fut>(name: &'static str, limits: BatchLimits, mut receiver: mpsc::Receiver<Job<T, R>>, flush: F)
+where
+    F: Fn(Vec<T>) -> Fut,
+    Fut: Future<Output = Result<Vec<R>, StoreError>>,
+{
+    while let Some(first) = receiver.recv().await {
+        let mut jobs = vec![first];
+        let deadline = Instant::now() + limits.delay;
+        while jobs.len() < limits.size_max {
+            match receiver.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => match timeout_at(deadline, receiver.recv()).await {
+                    Ok(Some(job)) => jobs.push(job),
+                    Ok(None) | Err(_) => break,
+                },
+            }
+        }
+        let batch_size = jobs.len();
+        let (items, replies): (Vec<T>, Vec<_>) = jobs.into_iter().map(|job| (job.item, job.reply)).unzip();
+        let span = tracing::debug_span!("group_commit", batcher = name, batch_size);
+        match flush(items).instrument(span).await {
+            Ok(results) => {
+                assert_eq!(results.len(), batch_size, "{name}: flush must answer every item");
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(Ok(result));
+                }
+            }
+            Err(error) => {
+                tracing::warn!(batcher = name, batch_size, %error, "group commit failed; nothing acknowledged");
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn batches_concurrent_submissions_and_answers_each() {
+        let flushes = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&flushes);
+        let limits = BatchLimits { size_max: 64, delay: Duration::from_millis(20), queue_max: 1_000 };
+        let batcher = Batcher::spawn("test", limits, move |items: Vec<u32>| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async move { Ok(items.into_iter().map(|i| i * 2).collect()) }
+        });
+        let answers = futures::future::join_all((0..200u32).map(|i| {
+            let batcher = batcher.clone();
+            async move { batcher.submit(i).await.unwrap() }
+        }))
+        .await;
+        assert_eq!(answers, (0..200u32).map(|i| i * 2).collect::<Vec<_>>());
+        let flushes = flushes.load(Ordering::SeqCst);
+        assert!((4..200).contains(&flushes), "200 items in batches of at most 64 took {flushes} flushes");
+    }
+
+    #[tokio::test]
+    async fn a_failed_flush_fails_every_caller_of_the_batch() {
+        let limits = BatchLimits { size_max: 8, delay: Duration::from_millis(5), queue_max: 16 };
+        let batcher = Batcher::spawn("failing", limits, |_items: Vec<u32>| async {
+            Err::<Vec<u32>, _>(StoreError::Unavailable("down".into()))
+        });
+        let results = futures::future::join_all((0..8u32).map(|i| batcher.submit(i))).await;
+        assert!(results.iter().all(|r| matches!(r, Err(SubmitError::Store(StoreError::Unavailable(_))))));
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_is_refused_not_waited_on() {
+        let limits = BatchLimits { size_max: 1, delay: Duration::ZERO, queue_max: 1 };
+        let (entered_tx, entered) = tokio::sync::watch::channel(false);
+        let (release, gate) = tokio::sync::watch::channel(false);
+        let batcher = Batcher::spawn("slow", limits, move |items: Vec<u32>| {
+            let mut gate = gate.clone();
+            let _ = entered_tx.send(true);
+            async move {
+                gate.wait_for(|open| *open).await.expect("gate sender alive");
+                Ok(items)
+            }
+        });
+        let first = tokio::spawn({
+            let batcher = batcher.clone();
+            async move { batcher.submit(1).await }
+        });
+        // The writer holds item 1 inside its flush; item 2 then fills the one queue slot.
+        entered.clone().wait_for(|in_flush| *in_flush).await.unwrap();
+        let second = batcher.submit(2);
+        tokio::pin!(second);
+        assert!(futures::poll!(&mut second).is_pending());
+        assert!(matches!(batcher.submit(3).await, Err(SubmitError::Overloaded)));
+        release.send(true).unwrap();
+        assert_eq!(first.await.unwrap().unwrap(), 1);
+        assert_eq!(second.await.unwrap(), 2);
+    }
+}

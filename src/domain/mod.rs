@@ -8,7 +8,7 @@ pub mod inventory;
 pub mod money;
 pub mod order;
 
-pub use ids::{OrderId, Snowflake, SkuId, UserId};
+pub use ids::{OrderId, SkuId, Snowflake, UserId};
 pub use inventory::{Counters, InventoryError, Ledger, Quantity, Reservation};
 pub use money::Cents;
 pub use order::{IdempotencyKey, OrderItem, OrderLine, OrderStatus, PlaceOrder};

@@ -29,8 +29,13 @@ pub enum OrderStatus {
 }
 
 impl OrderStatus {
-    pub const ALL: [OrderStatus; 5] =
-        [Self::PendingPayment, Self::Paid, Self::Closed, Self::Finished, Self::Refunded];
+    pub const ALL: [OrderStatus; 5] = [
+        Self::PendingPayment,
+        Self::Paid,
+        Self::Closed,
+        Self::Finished,
+        Self::Refunded,
+    ];
 
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -178,7 +183,11 @@ pub struct NewOrderHeader {
 impl Order {
     /// Prices a new order awaiting payment from its reserved lines. `discount` is apportioned
     /// over the lines by largest remainder.
-    pub fn price(header: NewOrderHeader, lines: Vec<OrderLine>, discount: Cents) -> Result<Order, OrderError> {
+    pub fn price(
+        header: NewOrderHeader,
+        lines: Vec<OrderLine>,
+        discount: Cents,
+    ) -> Result<Order, OrderError> {
         if lines.is_empty() {
             return Err(OrderError::EmptyItems);
         }
@@ -186,7 +195,9 @@ impl Order {
             .iter()
             .map(|line| line.price_cents.checked_mul(line.quantity.units()))
             .collect::<Result<_, _>>()?;
-        let total_cents = amounts.iter().try_fold(Cents::ZERO, |sum, amount| sum.checked_add(*amount))?;
+        let total_cents = amounts
+            .iter()
+            .try_fold(Cents::ZERO, |sum, amount| sum.checked_add(*amount))?;
         let discount_cents = discount.min(total_cents);
         let shares = apportion(discount_cents, &amounts)?;
         let items = lines
@@ -223,11 +234,28 @@ impl Order {
 
     /// Items add up to the order, and what is paid is the total less the discount.
     pub fn assert_amounts(&self) {
-        let item_totals: i64 = self.items.iter().map(|i| i.price_cents.get() * i.quantity).sum();
+        let item_totals: i64 = self
+            .items
+            .iter()
+            .map(|i| i.price_cents.get() * i.quantity)
+            .sum();
         let item_pays: i64 = self.items.iter().map(|i| i.pay_cents.get()).sum();
-        assert_eq!(item_totals, self.total_cents.get(), "order {} items do not sum to its total", self.id);
-        assert_eq!(item_pays, self.pay_cents.get(), "order {} item pays do not sum to its pay", self.id);
-        assert_eq!(self.total_cents.get() - self.discount_cents.get(), self.pay_cents.get());
+        assert_eq!(
+            item_totals,
+            self.total_cents.get(),
+            "order {} items do not sum to its total",
+            self.id
+        );
+        assert_eq!(
+            item_pays,
+            self.pay_cents.get(),
+            "order {} item pays do not sum to its pay",
+            self.id
+        );
+        assert_eq!(
+            self.total_cents.get() - self.discount_cents.get(),
+            self.pay_cents.get()
+        );
         assert!(self.pay_cents.get() >= 0 && self.discount_cents.get() >= 0);
     }
 }
@@ -270,11 +298,26 @@ mod tests {
         assert_eq!(PlaceOrder::parse(&[]), Err(OrderError::EmptyItems));
         let many: Vec<(i64, i64)> = (1..=51).map(|i| (i, 1)).collect();
         assert_eq!(PlaceOrder::parse(&many), Err(OrderError::TooManyItems));
-        assert_eq!(PlaceOrder::parse(&[(0, 1)]), Err(OrderError::InvalidSkuId(0)));
-        assert!(matches!(PlaceOrder::parse(&[(1, 0)]), Err(OrderError::Quantity(_))));
-        assert!(matches!(PlaceOrder::parse(&[(1, -3)]), Err(OrderError::Quantity(_))));
-        assert!(matches!(PlaceOrder::parse(&[(1, 1_000_000)]), Err(OrderError::Quantity(_))));
-        assert_eq!(PlaceOrder::parse(&[(1, 1), (1, 2)]), Err(OrderError::DuplicateSku(SkuId::new(1))));
+        assert_eq!(
+            PlaceOrder::parse(&[(0, 1)]),
+            Err(OrderError::InvalidSkuId(0))
+        );
+        assert!(matches!(
+            PlaceOrder::parse(&[(1, 0)]),
+            Err(OrderError::Quantity(_))
+        ));
+        assert!(matches!(
+            PlaceOrder::parse(&[(1, -3)]),
+            Err(OrderError::Quantity(_))
+        ));
+        assert!(matches!(
+            PlaceOrder::parse(&[(1, 1_000_000)]),
+            Err(OrderError::Quantity(_))
+        ));
+        assert_eq!(
+            PlaceOrder::parse(&[(1, 1), (1, 2)]),
+            Err(OrderError::DuplicateSku(SkuId::new(1)))
+        );
         assert_eq!(PlaceOrder::parse(&[(1, 2), (3, 4)]).unwrap().lines.len(), 2);
     }
 
@@ -282,7 +325,10 @@ mod tests {
     fn fingerprint_tells_bodies_apart() {
         let a = PlaceOrder::parse(&[(1, 2)]).unwrap();
         let b = PlaceOrder::parse(&[(1, 3)]).unwrap();
-        assert_eq!(a.fingerprint(), PlaceOrder::parse(&[(1, 2)]).unwrap().fingerprint());
+        assert_eq!(
+            a.fingerprint(),
+            PlaceOrder::parse(&[(1, 2)]).unwrap().fingerprint()
+        );
         assert_ne!(a.fingerprint(), b.fingerprint());
     }
 
@@ -296,10 +342,18 @@ mod tests {
 
     #[test]
     fn pricing_sums_exactly() {
-        let order = Order::price(header(), vec![line(1, 333, 3), line(2, 1, 1)], Cents::new(100)).unwrap();
+        let order = Order::price(
+            header(),
+            vec![line(1, 333, 3), line(2, 1, 1)],
+            Cents::new(100),
+        )
+        .unwrap();
         assert_eq!(order.total_cents, Cents::new(1000));
         assert_eq!(order.pay_cents, Cents::new(900));
-        assert_eq!(order.items.iter().map(|i| i.pay_cents.get()).sum::<i64>(), 900);
+        assert_eq!(
+            order.items.iter().map(|i| i.pay_cents.get()).sum::<i64>(),
+            900
+        );
         assert_eq!(order.status, OrderStatus::PendingPayment);
         let free = Order::price(header(), vec![line(1, 0, 2)], Cents::ZERO).unwrap();
         assert_eq!(free.pay_cents, Cents::ZERO);
@@ -307,7 +361,13 @@ mod tests {
 
     #[test]
     fn pricing_refuses_overflow() {
-        let huge = OrderLine { price_cents: Cents::new(i64::MAX / 2), ..line(1, 0, 3) };
-        assert!(matches!(Order::price(header(), vec![huge], Cents::ZERO), Err(OrderError::Money(_))));
+        let huge = OrderLine {
+            price_cents: Cents::new(i64::MAX / 2),
+            ..line(1, 0, 3)
+        };
+        assert!(matches!(
+            Order::price(header(), vec![huge], Cents::ZERO),
+            Err(OrderError::Money(_))
+        ));
     }
 }

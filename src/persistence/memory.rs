@@ -3,7 +3,9 @@
 //! It measures the ceiling of the actor design and lets actor tests run without servers;
 //! it is not durable.
 
-use super::{InventoryBatch, NewSku, OrderInsert, ReservationStatus, SkuInfo, SkuState, Store, StoreError};
+use super::{
+    InventoryBatch, NewSku, OrderInsert, ReservationStatus, SkuInfo, SkuState, Store, StoreError,
+};
 use crate::domain::inventory::{Counters, Reservation};
 use crate::domain::order::Order;
 use crate::domain::{OrderId, SkuId, UserId};
@@ -27,17 +29,29 @@ struct MemoryState {
 impl MemoryStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, MemoryState> {
         // A panic while holding the lock already failed the test or benchmark that caused it.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The status of a reservation row, for tests.
-    pub fn reservation_status(&self, sku_id: SkuId, order_id: OrderId) -> Option<ReservationStatus> {
-        self.lock().reservations.get(&(sku_id, order_id)).map(|(_, status)| *status)
+    pub fn reservation_status(
+        &self,
+        sku_id: SkuId,
+        order_id: OrderId,
+    ) -> Option<ReservationStatus> {
+        self.lock()
+            .reservations
+            .get(&(sku_id, order_id))
+            .map(|(_, status)| *status)
     }
 
     /// The stored counters and version of a SKU, for tests.
     pub fn counters(&self, sku_id: SkuId) -> Option<(Counters, i64)> {
-        self.lock().skus.get(&sku_id).map(|(_, counters, version)| (*counters, *version))
+        self.lock()
+            .skus
+            .get(&sku_id)
+            .map(|(_, counters, version)| (*counters, *version))
     }
 }
 
@@ -50,31 +64,54 @@ impl Store for MemoryStore {
     async fn create_sku(&self, sku: &NewSku) -> Result<(), StoreError> {
         let mut state = self.lock();
         if state.skus.contains_key(&sku.sku_id) {
-            return Err(StoreError::Database(format!("duplicate sku {}", sku.sku_id)));
+            return Err(StoreError::Database(format!(
+                "duplicate sku {}",
+                sku.sku_id
+            )));
         }
-        let info = SkuInfo { sku_id: sku.sku_id, name: sku.name.clone(), price_cents: sku.price_cents };
-        let counters = Counters { total: sku.total, available: sku.total, reserved: 0, sold: 0 };
+        let info = SkuInfo {
+            sku_id: sku.sku_id,
+            name: sku.name.clone(),
+            price_cents: sku.price_cents,
+        };
+        let counters = Counters {
+            total: sku.total,
+            available: sku.total,
+            reserved: 0,
+            sold: 0,
+        };
         state.skus.insert(sku.sku_id, (info, counters, 0));
         Ok(())
     }
 
     async fn load_sku(&self, sku_id: SkuId) -> Result<Option<SkuState>, StoreError> {
         let state = self.lock();
-        let Some((info, counters, version)) = state.skus.get(&sku_id) else { return Ok(None) };
+        let Some((info, counters, version)) = state.skus.get(&sku_id) else {
+            return Ok(None);
+        };
         let reservations = state
             .reservations
             .iter()
-            .filter(|((sku, _), (_, status))| *sku == sku_id && *status == ReservationStatus::Reserved)
+            .filter(|((sku, _), (_, status))| {
+                *sku == sku_id && *status == ReservationStatus::Reserved
+            })
             .map(|((_, order_id), (reservation, _))| (*order_id, *reservation))
             .collect();
-        Ok(Some(SkuState { info: info.clone(), counters: *counters, version: *version, reservations }))
+        Ok(Some(SkuState {
+            info: info.clone(),
+            counters: *counters,
+            version: *version,
+            reservations,
+        }))
     }
 
     async fn commit_inventory(&self, batch: &InventoryBatch) -> Result<(), StoreError> {
         assert!(batch.counters.is_balanced());
         let mut state = self.lock();
         let state = &mut *state;
-        let Some(row) = state.skus.get_mut(&batch.sku_id) else { return Err(StoreError::Fenced(batch.sku_id)) };
+        let Some(row) = state.skus.get_mut(&batch.sku_id) else {
+            return Err(StoreError::Fenced(batch.sku_id));
+        };
         if row.2 != batch.expected_version {
             return Err(StoreError::Fenced(batch.sku_id));
         }
@@ -87,14 +124,22 @@ impl Store for MemoryStore {
                 _ => false,
             };
             if !ok {
-                return Err(StoreError::Corrupt(format!("reservation of order {} out of step", write.order_id)));
+                return Err(StoreError::Corrupt(format!(
+                    "reservation of order {} out of step",
+                    write.order_id
+                )));
             }
         }
         row.1 = batch.counters;
         row.2 += 1;
         for write in &batch.writes {
-            let reservation = Reservation { quantity: write.quantity, expires_at_ms: write.expires_at_ms };
-            state.reservations.insert((batch.sku_id, write.order_id), (reservation, write.status));
+            let reservation = Reservation {
+                quantity: write.quantity,
+                expires_at_ms: write.expires_at_ms,
+            };
+            state
+                .reservations
+                .insert((batch.sku_id, write.order_id), (reservation, write.status));
         }
         Ok(())
     }
@@ -120,7 +165,11 @@ impl Store for MemoryStore {
         Ok(self.lock().orders.get(&order_id).cloned())
     }
 
-    async fn find_order_by_key(&self, user_id: UserId, idempotency_key: &str) -> Result<Option<Order>, StoreError> {
+    async fn find_order_by_key(
+        &self,
+        user_id: UserId,
+        idempotency_key: &str,
+    ) -> Result<Option<Order>, StoreError> {
         let state = self.lock();
         let order_id = state.keys.get(&(user_id, idempotency_key.to_owned()));
         Ok(order_id.and_then(|id| state.orders.get(id)).cloned())

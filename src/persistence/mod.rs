@@ -39,9 +39,10 @@ pub enum StoreError {
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
         match error {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
-                StoreError::Unavailable(error.to_string())
-            }
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_) => StoreError::Unavailable(error.to_string()),
             other => StoreError::Database(other.to_string()),
         }
     }
@@ -148,7 +149,11 @@ pub trait Store: Send + Sync + 'static {
 
     async fn find_order(&self, order_id: OrderId) -> Result<Option<Order>, StoreError>;
 
-    async fn find_order_by_key(&self, user_id: UserId, idempotency_key: &str) -> Result<Option<Order>, StoreError>;
+    async fn find_order_by_key(
+        &self,
+        user_id: UserId,
+        idempotency_key: &str,
+    ) -> Result<Option<Order>, StoreError>;
 }
 
 pub type DynStore = Arc<dyn Store>;

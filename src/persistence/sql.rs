@@ -4,7 +4,9 @@
 //! insert skips a duplicate key, which `Dialect` supplies. Times are stored as milliseconds
 //! since the Unix epoch in `BIGINT` columns, the same in both databases.
 
-use super::{InventoryBatch, NewSku, OrderInsert, ReservationStatus, SkuInfo, SkuState, Store, StoreError};
+use super::{
+    InventoryBatch, NewSku, OrderInsert, ReservationStatus, SkuInfo, SkuState, Store, StoreError,
+};
 use crate::domain::inventory::{Counters, Reservation};
 use crate::domain::order::{Order, OrderItem, OrderStatus};
 use crate::domain::{Cents, OrderId, SkuId, UserId};
@@ -47,7 +49,8 @@ impl SqlStore {
     }
 }
 
-const ORDER_COLUMNS: &str = "id, user_id, status, total_cents, discount_cents, pay_cents, coupon_id, \
+const ORDER_COLUMNS: &str =
+    "id, user_id, status, total_cents, discount_cents, pay_cents, coupon_id, \
      idempotency_key, request_hash, pay_deadline, version, created_at";
 
 fn order_from_row(row: &AnyRow, items: Vec<OrderItem>) -> Result<Order, StoreError> {
@@ -55,7 +58,8 @@ fn order_from_row(row: &AnyRow, items: Vec<OrderItem>) -> Result<Order, StoreErr
     let order = Order {
         id: OrderId::new(row.try_get("id")?),
         user_id: UserId::new(row.try_get("user_id")?),
-        status: OrderStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("order status {status}")))?,
+        status: OrderStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("order status {status}")))?,
         items,
         total_cents: Cents::new(row.try_get("total_cents")?),
         discount_cents: Cents::new(row.try_get("discount_cents")?),
@@ -144,7 +148,10 @@ impl Store for SqlStore {
             .map(|r| {
                 Ok((
                     OrderId::new(r.try_get("order_id")?),
-                    Reservation { quantity: r.try_get("quantity")?, expires_at_ms: r.try_get("expires_at")? },
+                    Reservation {
+                        quantity: r.try_get("quantity")?,
+                        expires_at_ms: r.try_get("expires_at")?,
+                    },
                 ))
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
@@ -166,7 +173,11 @@ impl Store for SqlStore {
     }
 
     async fn commit_inventory(&self, batch: &InventoryBatch) -> Result<(), StoreError> {
-        assert!(batch.counters.is_balanced(), "refusing to write unbalanced counters {:?}", batch.counters);
+        assert!(
+            batch.counters.is_balanced(),
+            "refusing to write unbalanced counters {:?}",
+            batch.counters
+        );
         let mut tx = self.pool.begin().await?;
         let counters = batch.counters;
         let updated = sqlx::query(
@@ -204,7 +215,11 @@ impl Store for SqlStore {
             insert.build().execute(&mut *tx).await?;
         }
 
-        for status in [ReservationStatus::Confirmed, ReservationStatus::Released, ReservationStatus::Expired] {
+        for status in [
+            ReservationStatus::Confirmed,
+            ReservationStatus::Released,
+            ReservationStatus::Expired,
+        ] {
             let moved: Vec<i64> = batch
                 .writes
                 .iter()
@@ -212,11 +227,16 @@ impl Store for SqlStore {
                 .map(|w| w.order_id.get())
                 .collect();
             for chunk in moved.chunks(ROWS_PER_STATEMENT_MAX) {
-                let mut update = QueryBuilder::<Any>::new("UPDATE inventory_reservation SET status = ");
+                let mut update =
+                    QueryBuilder::<Any>::new("UPDATE inventory_reservation SET status = ");
                 update.push_bind(status.as_str());
                 update.push(", updated_at = ").push_bind(batch.now_ms);
-                update.push(" WHERE sku_id = ").push_bind(batch.sku_id.get());
-                update.push(" AND status = ").push_bind(ReservationStatus::Reserved.as_str());
+                update
+                    .push(" WHERE sku_id = ")
+                    .push_bind(batch.sku_id.get());
+                update
+                    .push(" AND status = ")
+                    .push_bind(ReservationStatus::Reserved.as_str());
                 update.push(" AND order_id IN (");
                 let mut ids = update.separated(", ");
                 for order_id in chunk {
@@ -246,7 +266,9 @@ impl Store for SqlStore {
         }
         let mut tx = self.pool.begin().await?;
         for chunk in orders.chunks(ROWS_PER_STATEMENT_MAX) {
-            let mut insert = QueryBuilder::<Any>::new(format!("INSERT INTO trade_order ({ORDER_COLUMNS}, updated_at) "));
+            let mut insert = QueryBuilder::<Any>::new(format!(
+                "INSERT INTO trade_order ({ORDER_COLUMNS}, updated_at) "
+            ));
             insert.push_values(chunk, |mut row, order| {
                 order.assert_amounts();
                 row.push_bind(order.id.get())
@@ -280,10 +302,15 @@ impl Store for SqlStore {
                 inserted.insert(row.try_get::<i64, _>("id")?);
             }
         }
-        let landed: Vec<&Order> = orders.iter().filter(|o| inserted.contains(&o.id.get())).collect();
+        let landed: Vec<&Order> = orders
+            .iter()
+            .filter(|o| inserted.contains(&o.id.get()))
+            .collect();
 
-        let items: Vec<(&Order, usize, &OrderItem)> =
-            landed.iter().flat_map(|o| o.items.iter().enumerate().map(move |(n, i)| (*o, n, i))).collect();
+        let items: Vec<(&Order, usize, &OrderItem)> = landed
+            .iter()
+            .flat_map(|o| o.items.iter().enumerate().map(move |(n, i)| (*o, n, i)))
+            .collect();
         for chunk in items.chunks(ROWS_PER_STATEMENT_MAX) {
             let mut insert = QueryBuilder::<Any>::new(
                 "INSERT INTO trade_order_item (order_id, line_no, sku_id, name, price_cents, quantity, pay_cents) ",
@@ -315,19 +342,31 @@ impl Store for SqlStore {
         tx.commit().await?;
         Ok(orders
             .iter()
-            .map(|o| if inserted.contains(&o.id.get()) { OrderInsert::Inserted } else { OrderInsert::DuplicateKey })
+            .map(|o| {
+                if inserted.contains(&o.id.get()) {
+                    OrderInsert::Inserted
+                } else {
+                    OrderInsert::DuplicateKey
+                }
+            })
             .collect())
     }
 
     async fn find_order(&self, order_id: OrderId) -> Result<Option<Order>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {ORDER_COLUMNS} FROM trade_order WHERE id = ?"))
-            .bind(order_id.get())
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {ORDER_COLUMNS} FROM trade_order WHERE id = ?"
+        ))
+        .bind(order_id.get())
+        .fetch_optional(&self.pool)
+        .await?;
         self.order_with_items(row).await
     }
 
-    async fn find_order_by_key(&self, user_id: UserId, idempotency_key: &str) -> Result<Option<Order>, StoreError> {
+    async fn find_order_by_key(
+        &self,
+        user_id: UserId,
+        idempotency_key: &str,
+    ) -> Result<Option<Order>, StoreError> {
         let row = sqlx::query(&format!(
             "SELECT {ORDER_COLUMNS} FROM trade_order WHERE user_id = ? AND idempotency_key = ?"
         ))

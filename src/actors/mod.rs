@@ -1,0 +1,167 @@
+//! Actors: one per hot key, each owning its key's state and serializing every change to it.
+//!
+//! `inventory.rs` (one per SKU) and `order.rs` (one per order session) hold their messages,
+//! state and handlers; `registry.rs` activates and forgets them. `Core` is what they share:
+//! the store, the snapshots, the registries, the order writer and the arbiters they run on.
+//! Actors run on dedicated arbiters (threads), apart from the HTTP workers, picked by key.
+
+pub mod inventory;
+pub mod order;
+pub mod registry;
+
+use crate::domain::order::Order;
+use crate::domain::{OrderId, SkuId, Snowflake};
+use crate::persistence::group_commit::{BatchLimits, Batcher};
+use crate::persistence::redis::Snapshots;
+use crate::persistence::{DynStore, OrderInsert};
+use actix::dev::ToEnvelope;
+use actix::prelude::*;
+use registry::Registry;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// The bounds every actor works within.
+#[derive(Debug, Clone, Copy)]
+pub struct ActorLimits {
+    /// Messages an actor's mailbox holds before senders are refused (503 overloaded).
+    pub mailbox_capacity: usize,
+    /// The most changes one group commit writes.
+    pub batch_size_max: usize,
+    /// How long an open batch waits for more changes before it is written.
+    pub batch_delay: Duration,
+    /// An actor with no work for this long stops; its state is in the database.
+    pub idle_timeout: Duration,
+    /// How often an inventory actor looks for leases that ran out.
+    pub lease_tick: Duration,
+    /// How long a reservation outlives its order's payment deadline.
+    pub reservation_grace: Duration,
+}
+
+impl Default for ActorLimits {
+    fn default() -> Self {
+        ActorLimits {
+            mailbox_capacity: 4_096,
+            batch_size_max: 1_024,
+            batch_delay: Duration::from_millis(1),
+            idle_timeout: Duration::from_secs(300),
+            lease_tick: Duration::from_millis(250),
+            reservation_grace: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Why a message did not reach its actor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The mailbox is at capacity: the caller should back off and retry.
+    Full,
+    /// The actor stopped before the message was delivered; it was not processed.
+    Stopped,
+    /// The actor stopped or failed without answering; the outcome is unknown to the caller.
+    NoAnswer,
+}
+
+/// The reply channel every request message carries.
+pub type Reply<T, E> = oneshot::Sender<Result<T, E>>;
+
+/// Sends a request built around a reply channel with `try_send` (never waiting on a full
+/// mailbox) and waits for the answer.
+pub async fn ask<A, M, T, E>(addr: &Addr<A>, build: impl FnOnce(Reply<T, E>) -> M) -> Result<T, E>
+where
+    A: Actor + Handler<M>,
+    A::Context: ToEnvelope<A, M>,
+    M: Message<Result = ()> + Send + 'static,
+    E: From<Refusal>,
+{
+    let (reply, answer) = oneshot::channel();
+    addr.try_send(build(reply)).map_err(|error| match error {
+        SendError::Full(_) => E::from(Refusal::Full),
+        SendError::Closed(_) => E::from(Refusal::Stopped),
+    })?;
+    answer.await.map_err(|_| E::from(Refusal::NoAnswer))?
+}
+
+/// A fixed set of arbiters (threads with their own event loop) that actors are spread over.
+pub struct ArbiterPool {
+    arbiters: Vec<Arbiter>,
+}
+
+impl ArbiterPool {
+    /// Starts `count` arbiters. Needs a running actix `System`.
+    pub fn start(count: usize) -> Self {
+        assert!(count > 0);
+        ArbiterPool {
+            arbiters: (0..count).map(|_| Arbiter::new()).collect(),
+        }
+    }
+
+    /// The arbiter a key's actor runs on: stable per key.
+    pub fn for_key(&self, key: i64) -> ArbiterHandle {
+        let index = (key.unsigned_abs() % self.arbiters.len() as u64) as usize;
+        self.arbiters[index].handle()
+    }
+
+    pub fn stop(&self) {
+        for arbiter in &self.arbiters {
+            arbiter.stop();
+        }
+    }
+}
+
+impl Drop for ArbiterPool {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// What the actors share.
+pub struct Core {
+    pub store: DynStore,
+    pub snapshots: Arc<Snapshots>,
+    pub skus: Registry<SkuId, inventory::InventoryActor>,
+    pub orders: Registry<OrderId, order::OrderSession>,
+    pub order_writer: Batcher<Order, OrderInsert>,
+    pub arbiters: ArbiterPool,
+    pub limits: ActorLimits,
+    pub ids: Snowflake,
+    /// How long a buyer has to pay a new order.
+    pub pay_timeout: Duration,
+}
+
+impl Core {
+    /// Builds the core and starts its order writer and arbiters. Needs a running `System`.
+    pub fn start(
+        store: DynStore,
+        snapshots: Arc<Snapshots>,
+        limits: ActorLimits,
+        worker_id: u16,
+        pay_timeout: Duration,
+        arbiter_count: usize,
+    ) -> Arc<Core> {
+        let writer_store = Arc::clone(&store);
+        let order_writer = Batcher::spawn(
+            "orders",
+            BatchLimits {
+                size_max: limits.batch_size_max,
+                delay: limits.batch_delay,
+                queue_max: limits.mailbox_capacity,
+            },
+            move |orders: Vec<Order>| {
+                let store = Arc::clone(&writer_store);
+                async move { store.insert_orders(&orders).await }
+            },
+        );
+        Arc::new(Core {
+            store,
+            snapshots,
+            skus: Registry::default(),
+            orders: Registry::default(),
+            order_writer,
+            arbiters: ArbiterPool::start(arbiter_count),
+            limits,
+            ids: Snowflake::new(worker_id),
+            pay_timeout,
+        })
+    }
+}

@@ -1,0 +1,102 @@
+//! Virtual actors: one live actor per key, activated on first use and forgotten when it stops.
+//!
+//! Activation is single-flight: concurrent first requests for a key wait on one activation, so
+//! two actors never own the same key in one process. Every caller of a key shares the same
+//! `Addr`, which makes actix's bounded mailbox refuse (`Full`) instead of growing by one
+//! message per sender.
+
+use actix::{Actor, Addr};
+use dashmap::DashMap;
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::Arc;
+use tokio::sync::OnceCell;
+
+/// A shared handle on a live actor.
+pub struct ActorRef<A: Actor> {
+    cell: Arc<OnceCell<Addr<A>>>,
+}
+
+impl<A: Actor> Clone for ActorRef<A> {
+    fn clone(&self) -> Self {
+        ActorRef {
+            cell: Arc::clone(&self.cell),
+        }
+    }
+}
+
+impl<A: Actor> ActorRef<A> {
+    pub fn addr(&self) -> &Addr<A> {
+        self.cell
+            .get()
+            .expect("an ActorRef is only handed out once its actor started")
+    }
+}
+
+pub struct Registry<K, A: Actor> {
+    actors: DashMap<K, Arc<OnceCell<Addr<A>>>>,
+}
+
+impl<K: Eq + Hash + Copy, A: Actor> Default for Registry<K, A> {
+    fn default() -> Self {
+        Registry {
+            actors: DashMap::new(),
+        }
+    }
+}
+
+impl<K: Eq + Hash + Copy, A: Actor> Registry<K, A> {
+    /// The live actor of `key`, activating it with `activate` if there is none.
+    pub async fn get_or_activate<F, Fut, E>(&self, key: K, activate: F) -> Result<ActorRef<A>, E>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<Addr<A>, E>>,
+    {
+        // Two rounds at most: the second only if the actor found stopped during the first.
+        for _ in 0..2 {
+            let cell = Arc::clone(self.actors.entry(key).or_default().value());
+            match cell.get_or_try_init(&activate).await {
+                Ok(addr) if addr.connected() => {
+                    return Ok(ActorRef {
+                        cell: Arc::clone(&cell),
+                    })
+                }
+                Ok(_) => {
+                    self.actors
+                        .remove_if(&key, |_, held| Arc::ptr_eq(held, &cell));
+                }
+                Err(error) => {
+                    // Do not keep entries for keys that could not be activated (unknown ids).
+                    self.actors.remove_if(&key, |_, held| {
+                        Arc::ptr_eq(held, &cell) && held.get().is_none()
+                    });
+                    return Err(error);
+                }
+            }
+        }
+        let cell = Arc::clone(self.actors.entry(key).or_default().value());
+        cell.get_or_try_init(activate).await?;
+        Ok(ActorRef { cell })
+    }
+
+    /// The live actor of `key`, if one is running.
+    pub fn get(&self, key: K) -> Option<ActorRef<A>> {
+        let cell = Arc::clone(self.actors.get(&key)?.value());
+        cell.get().filter(|addr| addr.connected())?;
+        Some(ActorRef { cell })
+    }
+
+    /// Called by an actor as it stops: drops its entry, unless a newer actor took the key.
+    pub fn forget(&self, key: K, addr: &Addr<A>) {
+        self.actors
+            .remove_if(&key, |_, held| held.get().is_none_or(|a| a == addr));
+    }
+
+    pub fn len(&self) -> usize {
+        self.actors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.actors.is_empty()
+    }
+}

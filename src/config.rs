@@ -1,0 +1,399 @@
+//! Settings: one struct, read from an optional `tianji.toml` and from `TIANJI_*` environment
+//! variables (which win), validated once at start. A bad value stops the start with a message
+//! that names the setting. Secrets are wrapped so they never print.
+
+use crate::actors::ActorLimits;
+use crate::domain::ids::WORKER_ID_MAX;
+use secrecy::{ExposeSecret, SecretString};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Shortest accepted secret, in bytes.
+pub const SECRET_LEN_MIN: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid setting {name}: {reason}")]
+    Invalid { name: String, reason: String },
+    #[error("cannot read settings file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+}
+
+fn invalid(name: &str, reason: impl ToString) -> ConfigError {
+    ConfigError::Invalid {
+        name: name.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Every setting, by its environment variable; the file uses the same names in lower case
+/// without the prefix (`pay_timeout = "15m"`).
+const SETTINGS: &[&str] = &[
+    "TIANJI_BIND",
+    "TIANJI_DATA_DIR",
+    "TIANJI_DATABASE_URL",
+    "TIANJI_REDIS_URL",
+    "TIANJI_JWT_SECRET",
+    "TIANJI_PAYMENT_SECRET",
+    "TIANJI_PAY_TIMEOUT",
+    "TIANJI_WORKER_ID",
+    "TIANJI_HTTP_WORKERS",
+    "TIANJI_ACTOR_THREADS",
+    "TIANJI_MAILBOX_CAPACITY",
+    "TIANJI_BATCH_SIZE_MAX",
+    "TIANJI_BATCH_DELAY",
+    "TIANJI_IDLE_TIMEOUT",
+    "TIANJI_RESERVATION_GRACE",
+];
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub bind: SocketAddr,
+    pub data_dir: PathBuf,
+    /// `mysql://...` or `sqlite://...`; the embedded SQLite file in the data dir by default.
+    pub database_url: String,
+    pub redis_url: Option<String>,
+    /// `None` until given or generated (see `ensure_secrets`).
+    pub jwt_secret: Option<SecretString>,
+    pub payment_secret: Option<SecretString>,
+    pub pay_timeout: Duration,
+    pub worker_id: u16,
+    pub http_workers: usize,
+    pub actor_threads: usize,
+    pub limits: ActorLimits,
+}
+
+impl Settings {
+    /// Reads `file` (if given and present) and the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let file = match file {
+            Some(path) => Some(path.to_owned()),
+            None => Some(PathBuf::from("tianji.toml")).filter(|p| p.exists()),
+        };
+        let mut raw = match file {
+            Some(path) => read_file(&path)?,
+            None => BTreeMap::new(),
+        };
+        for name in SETTINGS {
+            if let Ok(value) = std::env::var(name) {
+                raw.insert((*name).to_owned(), value);
+            }
+        }
+        Settings::from_values(&raw)
+    }
+
+    /// Builds settings from raw values keyed by environment variable name.
+    pub fn from_values(raw: &BTreeMap<String, String>) -> Result<Settings, ConfigError> {
+        if let Some(unknown) = raw.keys().find(|k| !SETTINGS.contains(&k.as_str())) {
+            return Err(invalid(unknown, "unknown setting"));
+        }
+        let get = |name: &str| raw.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+        let data_dir = PathBuf::from(get("TIANJI_DATA_DIR").unwrap_or("./data"));
+        let database_url = match get("TIANJI_DATABASE_URL") {
+            Some(url) if is_mysql(url) || url.starts_with("sqlite:") => url.to_owned(),
+            Some(_) => {
+                return Err(invalid(
+                    "TIANJI_DATABASE_URL",
+                    "expected a mysql:// or sqlite:// URL",
+                ))
+            }
+            None => crate::persistence::sqlite::url_in(&data_dir),
+        };
+        let redis_url = match get("TIANJI_REDIS_URL") {
+            Some(url) => {
+                redis::Client::open(url).map_err(|e| invalid("TIANJI_REDIS_URL", e))?;
+                Some(url.to_owned())
+            }
+            None => None,
+        };
+        let secret = |name: &str| -> Result<Option<SecretString>, ConfigError> {
+            match get(name) {
+                Some(value) if value.len() < SECRET_LEN_MIN => Err(invalid(
+                    name,
+                    format!("must be at least {SECRET_LEN_MIN} bytes"),
+                )),
+                Some(value) => Ok(Some(SecretString::from(value.to_owned()))),
+                None if is_mysql(&database_url) => Err(invalid(
+                    name,
+                    "is required when TIANJI_DATABASE_URL is a MySQL URL",
+                )),
+                None => Ok(None),
+            }
+        };
+        let defaults = ActorLimits::default();
+        let limits = ActorLimits {
+            mailbox_capacity: parse_number(
+                get,
+                "TIANJI_MAILBOX_CAPACITY",
+                defaults.mailbox_capacity,
+                16,
+                1 << 20,
+            )?,
+            batch_size_max: parse_number(
+                get,
+                "TIANJI_BATCH_SIZE_MAX",
+                defaults.batch_size_max,
+                1,
+                10_000,
+            )?,
+            batch_delay: parse_duration(
+                get,
+                "TIANJI_BATCH_DELAY",
+                defaults.batch_delay,
+                Duration::ZERO,
+                Duration::from_secs(1),
+            )?,
+            idle_timeout: parse_duration(
+                get,
+                "TIANJI_IDLE_TIMEOUT",
+                defaults.idle_timeout,
+                Duration::from_secs(1),
+                Duration::from_secs(86_400),
+            )?,
+            lease_tick: defaults.lease_tick,
+            reservation_grace: parse_duration(
+                get,
+                "TIANJI_RESERVATION_GRACE",
+                defaults.reservation_grace,
+                Duration::from_secs(1),
+                Duration::from_secs(86_400),
+            )?,
+        };
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        Ok(Settings {
+            bind: get("TIANJI_BIND")
+                .unwrap_or("127.0.0.1:8080")
+                .parse()
+                .map_err(|e| invalid("TIANJI_BIND", e))?,
+            jwt_secret: secret("TIANJI_JWT_SECRET")?,
+            payment_secret: secret("TIANJI_PAYMENT_SECRET")?,
+            pay_timeout: parse_duration(
+                get,
+                "TIANJI_PAY_TIMEOUT",
+                Duration::from_secs(15 * 60),
+                Duration::from_secs(1),
+                Duration::from_secs(7 * 86_400),
+            )?,
+            worker_id: parse_number(get, "TIANJI_WORKER_ID", 0, 0, usize::from(WORKER_ID_MAX))?
+                as u16,
+            http_workers: parse_number(get, "TIANJI_HTTP_WORKERS", cores, 1, 256)?,
+            actor_threads: parse_number(get, "TIANJI_ACTOR_THREADS", cores, 1, 256)?,
+            data_dir,
+            database_url,
+            redis_url,
+            limits,
+        })
+    }
+
+    pub fn is_mysql(&self) -> bool {
+        is_mysql(&self.database_url)
+    }
+
+    /// Fills missing secrets from the data dir, generating them there on first use. Only the
+    /// embedded default gets here without secrets: with MySQL they are required at load.
+    pub fn ensure_secrets(&mut self) -> anyhow::Result<()> {
+        if self.jwt_secret.is_some() && self.payment_secret.is_some() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.data_dir)?;
+        if self.jwt_secret.is_none() {
+            self.jwt_secret = Some(stored_secret(&self.data_dir.join("jwt_secret"))?);
+        }
+        if self.payment_secret.is_none() {
+            self.payment_secret = Some(stored_secret(&self.data_dir.join("payment_secret"))?);
+        }
+        Ok(())
+    }
+
+    pub fn jwt_secret(&self) -> &str {
+        self.jwt_secret
+            .as_ref()
+            .expect("ensure_secrets ran before the secret is used")
+            .expose_secret()
+    }
+
+    pub fn payment_secret(&self) -> &str {
+        self.payment_secret
+            .as_ref()
+            .expect("ensure_secrets ran before the secret is used")
+            .expose_secret()
+    }
+}
+
+fn is_mysql(url: &str) -> bool {
+    url.starts_with("mysql://") || url.starts_with("mariadb://")
+}
+
+fn read_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
+    let file_error = |reason: String| ConfigError::File {
+        path: path.to_owned(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| file_error(e.to_string()))?;
+    table
+        .into_iter()
+        .map(|(key, value)| {
+            let value = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                other => {
+                    return Err(file_error(format!(
+                        "{key}: expected a string or an integer, got {other}"
+                    )))
+                }
+            };
+            Ok((format!("TIANJI_{}", key.to_uppercase()), value))
+        })
+        .collect()
+}
+
+fn parse_number<'a>(
+    get: impl Fn(&str) -> Option<&'a str>,
+    name: &str,
+    default: usize,
+    min: usize,
+    max: usize,
+) -> Result<usize, ConfigError> {
+    let Some(raw) = get(name) else {
+        return Ok(default);
+    };
+    let value: usize = raw
+        .parse()
+        .map_err(|_| invalid(name, format!("expected a whole number, got {raw:?}")))?;
+    if !(min..=max).contains(&value) {
+        return Err(invalid(
+            name,
+            format!("must be between {min} and {max}, got {value}"),
+        ));
+    }
+    Ok(value)
+}
+
+fn parse_duration<'a>(
+    get: impl Fn(&str) -> Option<&'a str>,
+    name: &str,
+    default: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<Duration, ConfigError> {
+    let Some(raw) = get(name) else {
+        return Ok(default);
+    };
+    let value = humantime::parse_duration(raw)
+        .map_err(|e| invalid(name, format!("{e} (e.g. 15m, 2s, 5ms)")))?;
+    if value < min || value > max {
+        return Err(invalid(
+            name,
+            format!("must be between {:?} and {:?}, got {raw}", min, max),
+        ));
+    }
+    Ok(value)
+}
+
+/// Reads a secret file, or creates it with 32 random bytes (hex) readable by the owner only.
+fn stored_secret(path: &Path) -> anyhow::Result<SecretString> {
+    if let Ok(existing) = std::fs::read_to_string(path) {
+        let existing = existing.trim().to_owned();
+        anyhow::ensure!(
+            existing.len() >= SECRET_LEN_MIN,
+            "secret file {} is too short",
+            path.display()
+        );
+        return Ok(SecretString::from(existing));
+    }
+    let bytes: [u8; 32] = rand::random();
+    let secret = hex::encode(bytes);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    use std::io::Write;
+    options.open(path)?.write_all(secret.as_bytes())?;
+    Ok(SecretString::from(secret))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn error_names(pairs: &[(&str, &str)]) -> String {
+        match Settings::from_values(&values(pairs)) {
+            Err(ConfigError::Invalid { name, .. }) => name,
+            other => panic!("expected an invalid setting, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_use_embedded_sqlite() {
+        let settings = Settings::from_values(&BTreeMap::new()).unwrap();
+        assert!(settings.database_url.starts_with("sqlite://"));
+        assert_eq!(settings.pay_timeout, Duration::from_secs(900));
+        assert_eq!(settings.bind.to_string(), "127.0.0.1:8080");
+        assert!(settings.jwt_secret.is_none());
+    }
+
+    #[test]
+    fn bad_values_name_their_setting() {
+        assert_eq!(
+            error_names(&[("TIANJI_PAY_TIMEOUT", "soon")]),
+            "TIANJI_PAY_TIMEOUT"
+        );
+        assert_eq!(
+            error_names(&[("TIANJI_WORKER_ID", "1024")]),
+            "TIANJI_WORKER_ID"
+        );
+        assert_eq!(error_names(&[("TIANJI_BIND", "here")]), "TIANJI_BIND");
+        assert_eq!(
+            error_names(&[("TIANJI_DATABASE_URL", "postgres://x")]),
+            "TIANJI_DATABASE_URL"
+        );
+        assert_eq!(
+            error_names(&[("TIANJI_JWT_SECRET", "short")]),
+            "TIANJI_JWT_SECRET"
+        );
+        assert_eq!(
+            error_names(&[("TIANJI_BATCH_SIZE_MAX", "0")]),
+            "TIANJI_BATCH_SIZE_MAX"
+        );
+        assert_eq!(error_names(&[("TIANJI_COLOUR", "blue")]), "TIANJI_COLOUR");
+    }
+
+    #[test]
+    fn mysql_requires_secrets() {
+        let url = ("TIANJI_DATABASE_URL", "mysql://root@127.0.0.1/tianji");
+        assert_eq!(error_names(&[url]), "TIANJI_JWT_SECRET");
+        let jwt = ("TIANJI_JWT_SECRET", "j".repeat(32));
+        let pairs = [url, (jwt.0, jwt.1.as_str())];
+        assert_eq!(error_names(&pairs), "TIANJI_PAYMENT_SECRET");
+    }
+
+    #[test]
+    fn embedded_secrets_are_generated_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = values(&[("TIANJI_DATA_DIR", dir.path().to_str().unwrap())]);
+        let mut first = Settings::from_values(&raw).unwrap();
+        first.ensure_secrets().unwrap();
+        let mut second = Settings::from_values(&raw).unwrap();
+        second.ensure_secrets().unwrap();
+        assert_eq!(first.jwt_secret(), second.jwt_secret());
+        assert_ne!(first.jwt_secret(), first.payment_secret());
+        assert!(
+            format!("{first:?}").find(first.jwt_secret()).is_none(),
+            "secrets never print"
+        );
+    }
+}

@@ -1,0 +1,196 @@
+//! The one place where errors become HTTP: every failure a client can see is `ApiError`, a
+//! status, a stable snake_case `code` and a message, sent as `{"code", "message"}`. Overload
+//! and unavailability carry `Retry-After`. Server-side causes are logged, not sent.
+
+use crate::actors::inventory::SkuError;
+use crate::actors::order::PlaceError;
+use crate::domain::inventory::InventoryError;
+use crate::domain::order::OrderError;
+use crate::persistence::StoreError;
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+use std::fmt;
+
+/// Seconds a client should wait before retrying an overloaded or unavailable request.
+pub const RETRY_AFTER_SECS: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+    }
+
+    pub fn overloaded() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "too many requests for this key; retry shortly",
+        )
+    }
+
+    /// A server-side failure: logged with its cause, answered without it.
+    pub fn unavailable(cause: impl fmt::Display) -> Self {
+        tracing::warn!(%cause, "request failed: unavailable");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "temporarily unavailable; retry shortly",
+        )
+    }
+
+    pub fn internal(cause: impl fmt::Display) -> Self {
+        tracing::error!(%cause, "request failed: internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status);
+        if matches!(
+            self.status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+        ) {
+            response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS.to_string()));
+        }
+        response.json(Body {
+            code: self.code,
+            message: &self.message,
+        })
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Unavailable(_) | StoreError::Fenced(_) => ApiError::unavailable(error),
+            StoreError::Corrupt(_) | StoreError::Database(_) => ApiError::internal(error),
+        }
+    }
+}
+
+impl From<InventoryError> for ApiError {
+    fn from(error: InventoryError) -> Self {
+        match error {
+            InventoryError::InvalidQuantity { .. } => {
+                ApiError::unprocessable("invalid_quantity", error.to_string())
+            }
+            InventoryError::InsufficientStock { .. } => ApiError::new(
+                StatusCode::CONFLICT,
+                "insufficient_stock",
+                error.to_string(),
+            ),
+            InventoryError::StockOverflow { .. } => {
+                ApiError::unprocessable("invalid_quantity", error.to_string())
+            }
+            InventoryError::DuplicateReservation(_) | InventoryError::UnknownReservation(_) => {
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    "reservation_conflict",
+                    error.to_string(),
+                )
+            }
+            InventoryError::Corrupt(_) => ApiError::internal(error),
+        }
+    }
+}
+
+impl From<SkuError> for ApiError {
+    fn from(error: SkuError) -> Self {
+        match error {
+            SkuError::NotFound(_) => ApiError::not_found("sku_not_found", error.to_string()),
+            SkuError::Inventory(inner) => inner.into(),
+            SkuError::Overloaded => ApiError::overloaded(),
+            SkuError::Unavailable(reason) => ApiError::unavailable(reason),
+        }
+    }
+}
+
+impl From<OrderError> for ApiError {
+    fn from(error: OrderError) -> Self {
+        let code = match &error {
+            OrderError::EmptyItems | OrderError::TooManyItems => "invalid_items",
+            OrderError::InvalidSkuId(_) => "invalid_sku_id",
+            OrderError::DuplicateSku(_) => "duplicate_sku",
+            OrderError::Quantity(_) => "invalid_quantity",
+            OrderError::Money(_) => "invalid_amount",
+        };
+        ApiError::unprocessable(code, error.to_string())
+    }
+}
+
+impl From<PlaceError> for ApiError {
+    fn from(error: PlaceError) -> Self {
+        match error {
+            PlaceError::SkuNotFound(_) => ApiError::not_found("sku_not_found", error.to_string()),
+            PlaceError::InsufficientStock { .. } => ApiError::new(
+                StatusCode::CONFLICT,
+                "insufficient_stock",
+                error.to_string(),
+            ),
+            PlaceError::KeyReused => {
+                ApiError::unprocessable("idempotency_key_reused", error.to_string())
+            }
+            PlaceError::Invalid(inner) => inner.into(),
+            PlaceError::Overloaded => ApiError::overloaded(),
+            PlaceError::Unavailable(reason) => ApiError::unavailable(reason),
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! Builds the running service from settings: store (with migrations), snapshots, actors and
+//! the HTTP server bound to the configured address (port 0 in tests).
+
+use crate::actors::Core;
+use crate::config::Settings;
+use crate::http::{self, auth::JwtKeys, AppState};
+use crate::persistence::{self, redis::Snapshots};
+use actix_web::dev::Server;
+use actix_web::{web, App, HttpServer};
+use std::net::TcpListener;
+use std::sync::Arc;
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    core: Arc<Core>,
+}
+
+impl Application {
+    /// Connects, migrates and binds. Needs a running actix `System` (actors start on it).
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let store = persistence::connect(&settings.database_url, true).await?;
+        let snapshots = Arc::new(match &settings.redis_url {
+            Some(url) => Snapshots::with_redis(url)?,
+            None => Snapshots::in_process(),
+        });
+        let core = Core::start(
+            store,
+            snapshots,
+            settings.limits,
+            settings.worker_id,
+            settings.pay_timeout,
+            settings.actor_threads,
+        );
+        let state = web::Data::new(AppState {
+            core: Arc::clone(&core),
+            idempotency: Default::default(),
+        });
+        let keys = web::Data::new(JwtKeys::new(settings.jwt_secret()));
+        let listener = TcpListener::bind(settings.bind)?;
+        let port = listener.local_addr()?.port();
+        let server = HttpServer::new(move || {
+            App::new().configure(http::configure(state.clone(), keys.clone()))
+        })
+        .workers(settings.http_workers)
+        .listen(listener)?
+        .run();
+        tracing::info!(port, database = %redact(&settings.database_url), redis = settings.redis_url.is_some(), "tianji serving");
+        Ok(Application { port, server, core })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn core(&self) -> &Arc<Core> {
+        &self.core
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
+
+/// A database URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***{}", &url[..scheme], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}

@@ -1,0 +1,375 @@
+//! Test harness: `spawn_app` starts the real server on port 0 over a fresh database (its own
+//! MariaDB schema, or its own SQLite file) and returns a handle to talk HTTP to it. MariaDB
+//! and Redis are required where a test asks for them: an unreachable server fails the test,
+//! it is never skipped. Databases and Redis keys a test made are removed when it ends.
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::migrate::MigrateDatabase;
+use sqlx::{Any, AnyPool, Row};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tianji::actors::Core;
+use tianji::config::Settings;
+use tianji::domain::UserId;
+use tianji::http::auth::{JwtKeys, Role};
+use tianji::startup::Application;
+
+pub const JWT_SECRET: &str = "test-jwt-secret-0123456789abcdef0123456789";
+pub const PAYMENT_SECRET: &str = "test-payment-secret-0123456789abcdef012345";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    MySql,
+    Sqlite,
+}
+
+pub fn mysql_root_url() -> String {
+    std::env::var("TIANJI_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("TIANJI_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A database that exists for one test.
+pub struct TestDatabase {
+    pub url: String,
+    backend: Backend,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDatabase {
+    pub async fn create(backend: Backend) -> TestDatabase {
+        sqlx::any::install_default_drivers();
+        match backend {
+            Backend::MySql => {
+                let name = format!("tianji_test_{}", hex::encode(rand::random::<[u8; 6]>()));
+                let url = format!("{}/{name}", mysql_root_url());
+                Any::create_database(&url).await.unwrap_or_else(|e| {
+                    panic!(
+                        "MariaDB must be reachable at {} for these tests (see .ci/run): {e}",
+                        mysql_root_url()
+                    )
+                });
+                TestDatabase {
+                    url,
+                    backend,
+                    _dir: None,
+                }
+            }
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = tianji::persistence::sqlite::url_in(dir.path());
+                TestDatabase {
+                    url,
+                    backend,
+                    _dir: Some(dir),
+                }
+            }
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if self.backend != Backend::MySql {
+            return;
+        }
+        let url = self.url.clone();
+        // Drop runs inside the test's runtime, which cannot be blocked on: use a thread.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async { Any::drop_database(&url).await })
+        })
+        .join();
+        if let Ok(Err(error)) = dropped {
+            eprintln!("could not drop test database {}: {error}", self.url);
+        }
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub keys: JwtKeys,
+    pub core: Arc<Core>,
+    pub db: AnyPool,
+    pub redis: Option<String>,
+    skus: Mutex<Vec<i64>>,
+    // Last, so the pool above closes before the database is dropped.
+    pub database: Arc<TestDatabase>,
+}
+
+pub struct AppOptions {
+    pub backend: Backend,
+    pub redis_url: Option<String>,
+    pub extra: Vec<(&'static str, String)>,
+}
+
+impl AppOptions {
+    pub fn new(backend: Backend) -> Self {
+        let redis_url = (backend == Backend::MySql).then(redis_url);
+        AppOptions {
+            backend,
+            redis_url,
+            extra: Vec::new(),
+        }
+    }
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_with(AppOptions::new(backend)).await
+}
+
+pub async fn spawn_with(options: AppOptions) -> TestApp {
+    let database = Arc::new(TestDatabase::create(options.backend).await);
+    start(database, options.redis_url, options.extra).await
+}
+
+/// Starts another server on the database of `app` (a restart, as far as data goes).
+pub async fn restart(app: &TestApp) -> TestApp {
+    start(Arc::clone(&app.database), app.redis.clone(), Vec::new()).await
+}
+
+async fn start(
+    database: Arc<TestDatabase>,
+    redis: Option<String>,
+    extra: Vec<(&'static str, String)>,
+) -> TestApp {
+    tianji::telemetry::init();
+    let mut values: BTreeMap<String, String> = [
+        ("TIANJI_BIND", "127.0.0.1:0".to_owned()),
+        ("TIANJI_DATABASE_URL", database.url.clone()),
+        ("TIANJI_JWT_SECRET", JWT_SECRET.to_owned()),
+        ("TIANJI_PAYMENT_SECRET", PAYMENT_SECRET.to_owned()),
+        ("TIANJI_HTTP_WORKERS", "2".to_owned()),
+        ("TIANJI_ACTOR_THREADS", "2".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    if let Some(url) = &redis {
+        values.insert("TIANJI_REDIS_URL".into(), url.clone());
+    }
+    for (name, value) in extra {
+        values.insert(name.to_owned(), value);
+    }
+    let settings = Settings::from_values(&values).expect("test settings are valid");
+    let application = Application::build(settings)
+        .await
+        .expect("the application starts");
+    let address = format!("http://127.0.0.1:{}", application.port());
+    let core = Arc::clone(application.core());
+    actix_web::rt::spawn(application.run_until_stopped());
+    let db = AnyPoolOptions::new()
+        .max_connections(4)
+        .connect(&database.url)
+        .await
+        .expect("test pool");
+    TestApp {
+        address,
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("client"),
+        keys: JwtKeys::new(JWT_SECRET),
+        core,
+        db,
+        redis,
+        skus: Mutex::new(Vec::new()),
+        database,
+    }
+}
+
+/// Database counters of a SKU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DbCounters {
+    pub total: i64,
+    pub available: i64,
+    pub reserved: i64,
+    pub sold: i64,
+    pub version: i64,
+}
+
+impl TestApp {
+    pub fn user_token(&self, user_id: i64) -> String {
+        self.keys
+            .mint(UserId::new(user_id), Role::User, Duration::from_secs(600))
+    }
+
+    pub fn admin_token(&self) -> String {
+        self.keys
+            .mint(UserId::new(1), Role::Admin, Duration::from_secs(600))
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub async fn create_sku(&self, name: &str, price_cents: i64, stock: i64) -> i64 {
+        let response = self
+            .client
+            .post(self.url("/v1/admin/skus"))
+            .bearer_auth(self.admin_token())
+            .json(&serde_json::json!({"name": name, "price_cents": price_cents, "stock": stock}))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(
+            response.status(),
+            201,
+            "create sku: {}",
+            response.text().await.unwrap_or_default()
+        );
+        let body: serde_json::Value = response.json().await.expect("json");
+        let sku_id = body["sku_id"].as_i64().expect("sku_id");
+        self.skus.lock().unwrap().push(sku_id);
+        sku_id
+    }
+
+    pub async fn place_order(
+        &self,
+        user_id: i64,
+        key: &str,
+        items: serde_json::Value,
+    ) -> reqwest::Response {
+        self.client
+            .post(self.url("/v1/orders"))
+            .bearer_auth(self.user_token(user_id))
+            .header("Idempotency-Key", key)
+            .json(&serde_json::json!({ "items": items }))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn get_sku(&self, sku_id: i64) -> serde_json::Value {
+        let response = self
+            .client
+            .get(self.url(&format!("/v1/skus/{sku_id}")))
+            .bearer_auth(self.user_token(2))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 200);
+        response.json().await.expect("json")
+    }
+
+    pub async fn db_counters(&self, sku_id: i64) -> DbCounters {
+        let row = sqlx::query(
+            "SELECT total, available, reserved, sold, version FROM inventory WHERE sku_id = ?",
+        )
+        .bind(sku_id)
+        .fetch_one(&self.db)
+        .await
+        .expect("inventory row");
+        DbCounters {
+            total: row.get("total"),
+            available: row.get("available"),
+            reserved: row.get("reserved"),
+            sold: row.get("sold"),
+            version: row.get("version"),
+        }
+    }
+
+    /// `order_id -> (quantity, status)` of a SKU's reservation rows.
+    pub async fn reservations(&self, sku_id: i64) -> HashMap<i64, (i64, String)> {
+        sqlx::query("SELECT order_id, quantity, status FROM inventory_reservation WHERE sku_id = ?")
+            .bind(sku_id)
+            .fetch_all(&self.db)
+            .await
+            .expect("reservation rows")
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<i64, _>("order_id"),
+                    (r.get::<i64, _>("quantity"), r.get::<String, _>("status")),
+                )
+            })
+            .collect()
+    }
+
+    /// Orders that hold an item of `sku_id`, with the units of that item.
+    pub async fn orders_of_sku(&self, sku_id: i64) -> HashMap<i64, i64> {
+        sqlx::query("SELECT order_id, quantity FROM trade_order_item WHERE sku_id = ?")
+            .bind(sku_id)
+            .fetch_all(&self.db)
+            .await
+            .expect("order items")
+            .iter()
+            .map(|r| (r.get::<i64, _>("order_id"), r.get::<i64, _>("quantity")))
+            .collect()
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query(sql)
+            .fetch_one(&self.db)
+            .await
+            .expect("count")
+            .get::<i64, _>(0)
+    }
+
+    /// The Redis snapshot of a SKU once it has caught up with `version` (publishing is
+    /// write-behind), or what it holds when the deadline passes.
+    pub async fn redis_snapshot(&self, sku_id: i64, version: i64) -> HashMap<String, i64> {
+        let url = self.redis.as_ref().expect("this app has Redis");
+        let client = redis::Client::open(url.as_str()).expect("redis url");
+        let mut connection = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("Redis must be reachable");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let snapshot: HashMap<String, i64> = redis::cmd("HGETALL")
+                .arg(format!("tianji:sku:{sku_id}"))
+                .query_async(&mut connection)
+                .await
+                .expect("HGETALL");
+            if snapshot.get("version") == Some(&version) || Instant::now() > deadline {
+                return snapshot;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let skus = std::mem::take(&mut *self.skus.lock().unwrap());
+        let Some(url) = self.redis.clone().filter(|_| !skus.is_empty()) else {
+            return;
+        };
+        let cleaned = std::thread::spawn(move || -> redis::RedisResult<()> {
+            let mut connection = redis::Client::open(url.as_str())?.get_connection()?;
+            let keys: Vec<String> = skus.iter().map(|id| format!("tianji:sku:{id}")).collect();
+            redis::cmd("DEL").arg(keys).query(&mut connection)
+        })
+        .join();
+        if !matches!(cleaned, Ok(Ok(()))) {
+            eprintln!("could not remove the test's Redis keys");
+        }
+    }
+}
+
+/// Polls `check` until it holds or `timeout` passes; for effects that are asynchronous by
+/// design (lease expiry, write-behind), never for ordering between requests.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

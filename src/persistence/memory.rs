@@ -118,11 +118,10 @@ impl Store for MemoryStore {
         // Check every row first so that the batch applies wholly or not at all.
         for write in &batch.writes {
             let existing = state.reservations.get(&(batch.sku_id, write.order_id));
-            let ok = match (write.is_new, existing) {
-                (true, None) => true,
-                (false, Some((_, ReservationStatus::Reserved))) => true,
-                _ => false,
-            };
+            let ok = matches!(
+                (write.is_new, existing),
+                (true, None) | (false, Some((_, ReservationStatus::Reserved)))
+            );
             if !ok {
                 return Err(StoreError::Corrupt(format!(
                     "reservation of order {} out of step",

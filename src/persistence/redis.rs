@@ -170,10 +170,7 @@ impl RedisPublisher {
 
     /// Puts back a snapshot that failed to publish unless a newer one arrived meanwhile.
     fn requeue(&self, snapshot: SkuSnapshot) {
-        let mut dirty = self.dirty();
-        if !dirty.contains_key(&snapshot.sku_id) {
-            dirty.insert(snapshot.sku_id, snapshot);
-        }
+        self.dirty().entry(snapshot.sku_id).or_insert(snapshot);
     }
 
     async fn write(

@@ -60,37 +60,16 @@ impl Phase {
 }
 
 async fn start(store: DynStore, units: i64, batch_size_max: usize) -> (Arc<Core>, SkuId) {
-    let limits = ActorLimits {
-        batch_size_max,
-        ..ActorLimits::default()
-    };
-    let core = Core::start(
-        store,
-        Arc::new(Snapshots::in_process()),
-        limits,
-        1,
-        Duration::from_secs(900),
-        1,
-    );
+    let limits = ActorLimits { batch_size_max, ..ActorLimits::default() };
+    let core = Core::start(store, Arc::new(Snapshots::in_process()), limits, 1, Duration::from_secs(900), 1);
     let sku_id = SkuId::new(core.ids.next_id());
-    let sku = NewSku {
-        sku_id,
-        name: "hot".into(),
-        price_cents: Cents::new(100),
-        total: units,
-        created_at_ms: 0,
-    };
+    let sku = NewSku { sku_id, name: "hot".into(), price_cents: Cents::new(100), total: units, created_at_ms: 0 };
     core.store.create_sku(&sku).await.expect("create sku");
     (core, sku_id)
 }
 
 /// Buyers reserve one unit each, with a new order id, until the SKU says it is sold out.
-async fn sell_out(
-    name: &'static str,
-    core: &Arc<Core>,
-    sku_id: SkuId,
-    concurrency: usize,
-) -> Phase {
+async fn sell_out(name: &'static str, core: &Arc<Core>, sku_id: SkuId, concurrency: usize) -> Phase {
     let sold = Arc::new(AtomicI64::new(0));
     let expires_at_ms = wall_clock_ms() as i64 + 3_600_000;
     let one = Quantity::parse(1, 1).unwrap();
@@ -116,21 +95,10 @@ async fn sell_out(
     for buyer in buyers {
         buyer.await.expect("buyer");
     }
-    Phase {
-        name,
-        ok: sold.load(Ordering::Relaxed),
-        refused: 0,
-        elapsed: started.elapsed(),
-    }
+    Phase { name, ok: sold.load(Ordering::Relaxed), refused: 0, elapsed: started.elapsed() }
 }
 
-async fn refuse(
-    name: &'static str,
-    core: &Arc<Core>,
-    sku_id: SkuId,
-    concurrency: usize,
-    attempts: u64,
-) -> Phase {
+async fn refuse(name: &'static str, core: &Arc<Core>, sku_id: SkuId, concurrency: usize, attempts: u64) -> Phase {
     let refused = Arc::new(AtomicU64::new(0));
     let one = Quantity::parse(1, 1).unwrap();
     let per_buyer = attempts / concurrency as u64;
@@ -140,10 +108,7 @@ async fn refuse(
             let (core, refused) = (Arc::clone(core), Arc::clone(&refused));
             tokio::spawn(async move {
                 for _ in 0..per_buyer {
-                    match core
-                        .reserve(sku_id, OrderId::new(core.ids.next_id()), one, 0)
-                        .await
-                    {
+                    match core.reserve(sku_id, OrderId::new(core.ids.next_id()), one, 0).await {
                         Err(SkuError::Inventory(InventoryError::InsufficientStock { .. })) => {
                             refused.fetch_add(1, Ordering::Relaxed);
                         }
@@ -157,33 +122,15 @@ async fn refuse(
     for buyer in buyers {
         buyer.await.expect("buyer");
     }
-    Phase {
-        name,
-        ok: 0,
-        refused: refused.load(Ordering::Relaxed),
-        elapsed: started.elapsed(),
-    }
+    Phase { name, ok: 0, refused: refused.load(Ordering::Relaxed), elapsed: started.elapsed() }
 }
 
 async fn verify(name: &str, core: &Core, sku_id: SkuId, units: i64, phase: &Phase) -> i64 {
-    let state = core
-        .store
-        .load_sku(sku_id)
-        .await
-        .expect("load")
-        .expect("sku");
+    let state = core.store.load_sku(sku_id).await.expect("load").expect("sku");
     let c = state.counters;
     assert_eq!(phase.ok, units, "{name}: successes must equal the units");
-    assert_eq!(
-        (c.total, c.available, c.reserved, c.sold),
-        (units, 0, units, 0),
-        "{name}: stored counters"
-    );
-    assert_eq!(
-        state.reservations.len() as i64,
-        units,
-        "{name}: one reservation row per success"
-    );
+    assert_eq!((c.total, c.available, c.reserved, c.sold), (units, 0, units, 0), "{name}: stored counters");
+    assert_eq!(state.reservations.len() as i64, units, "{name}: one reservation row per success");
     state.version
 }
 
@@ -195,29 +142,15 @@ fn main() -> anyhow::Result<()> {
             args.units, args.concurrency, args.batch_size_max
         );
         sqlx::any::install_default_drivers();
-        let database = format!(
-            "{}/tianji_bench_{}",
-            args.mysql_url,
-            hex::encode(rand::random::<[u8; 4]>())
-        );
+        let database = format!("{}/tianji_bench_{}", args.mysql_url, hex::encode(rand::random::<[u8; 4]>()));
         sqlx::Any::create_database(&database).await?;
         let outcome = async {
             let store = tianji::persistence::connect(&database, true).await?;
             let (core, sku_id) = start(store, args.units, args.batch_size_max).await;
-            let durable = sell_out(
-                "reserve, group commit to MariaDB",
-                &core,
-                sku_id,
-                args.concurrency,
-            )
-            .await;
+            let durable = sell_out("reserve, group commit to MariaDB", &core, sku_id, args.concurrency).await;
             durable.print();
             let commits = verify("mariadb", &core, sku_id, args.units, &durable).await;
-            println!(
-                "{:<34} {commits} commits, {:.0} reservations per commit",
-                "",
-                args.units as f64 / commits as f64
-            );
+            println!("{:<34} {commits} commits, {:.0} reservations per commit", "", args.units as f64 / commits as f64);
             anyhow::Ok(())
         }
         .await;
@@ -229,14 +162,7 @@ fn main() -> anyhow::Result<()> {
         let memory = sell_out("reserve, in-memory store", &core, sku_id, args.concurrency).await;
         memory.print();
         verify("memory", &core, sku_id, args.units, &memory).await;
-        let rejections = refuse(
-            "refuse, sold out",
-            &core,
-            sku_id,
-            args.concurrency,
-            args.rejections,
-        )
-        .await;
+        let rejections = refuse("refuse, sold out", &core, sku_id, args.concurrency, args.rejections).await;
         rejections.print();
         Ok(())
     })

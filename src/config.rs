@@ -22,10 +22,7 @@ pub enum ConfigError {
 }
 
 fn invalid(name: &str, reason: impl ToString) -> ConfigError {
-    ConfigError::Invalid {
-        name: name.to_owned(),
-        reason: reason.to_string(),
-    }
+    ConfigError::Invalid { name: name.to_owned(), reason: reason.to_string() }
 }
 
 /// Every setting, by its environment variable; the file uses the same names in lower case
@@ -93,12 +90,7 @@ impl Settings {
         let data_dir = PathBuf::from(get("TIANJI_DATA_DIR").unwrap_or("./data"));
         let database_url = match get("TIANJI_DATABASE_URL") {
             Some(url) if is_mysql(url) || url.starts_with("sqlite:") => url.to_owned(),
-            Some(_) => {
-                return Err(invalid(
-                    "TIANJI_DATABASE_URL",
-                    "expected a mysql:// or sqlite:// URL",
-                ))
-            }
+            Some(_) => return Err(invalid("TIANJI_DATABASE_URL", "expected a mysql:// or sqlite:// URL")),
             None => crate::persistence::sqlite::url_in(&data_dir),
         };
         let redis_url = match get("TIANJI_REDIS_URL") {
@@ -110,34 +102,20 @@ impl Settings {
         };
         let secret = |name: &str| -> Result<Option<SecretString>, ConfigError> {
             match get(name) {
-                Some(value) if value.len() < SECRET_LEN_MIN => Err(invalid(
-                    name,
-                    format!("must be at least {SECRET_LEN_MIN} bytes"),
-                )),
+                Some(value) if value.len() < SECRET_LEN_MIN => {
+                    Err(invalid(name, format!("must be at least {SECRET_LEN_MIN} bytes")))
+                }
                 Some(value) => Ok(Some(SecretString::from(value.to_owned()))),
-                None if is_mysql(&database_url) => Err(invalid(
-                    name,
-                    "is required when TIANJI_DATABASE_URL is a MySQL URL",
-                )),
+                None if is_mysql(&database_url) => {
+                    Err(invalid(name, "is required when TIANJI_DATABASE_URL is a MySQL URL"))
+                }
                 None => Ok(None),
             }
         };
         let defaults = ActorLimits::default();
         let limits = ActorLimits {
-            mailbox_capacity: parse_number(
-                get,
-                "TIANJI_MAILBOX_CAPACITY",
-                defaults.mailbox_capacity,
-                16,
-                1 << 20,
-            )?,
-            batch_size_max: parse_number(
-                get,
-                "TIANJI_BATCH_SIZE_MAX",
-                defaults.batch_size_max,
-                1,
-                10_000,
-            )?,
+            mailbox_capacity: parse_number(get, "TIANJI_MAILBOX_CAPACITY", defaults.mailbox_capacity, 16, 1 << 20)?,
+            batch_size_max: parse_number(get, "TIANJI_BATCH_SIZE_MAX", defaults.batch_size_max, 1, 10_000)?,
             batch_delay: parse_duration(
                 get,
                 "TIANJI_BATCH_DELAY",
@@ -161,14 +139,9 @@ impl Settings {
                 Duration::from_secs(86_400),
             )?,
         };
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2);
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         Ok(Settings {
-            bind: get("TIANJI_BIND")
-                .unwrap_or("127.0.0.1:8080")
-                .parse()
-                .map_err(|e| invalid("TIANJI_BIND", e))?,
+            bind: get("TIANJI_BIND").unwrap_or("127.0.0.1:8080").parse().map_err(|e| invalid("TIANJI_BIND", e))?,
             jwt_secret: secret("TIANJI_JWT_SECRET")?,
             payment_secret: secret("TIANJI_PAYMENT_SECRET")?,
             pay_timeout: parse_duration(
@@ -178,8 +151,7 @@ impl Settings {
                 Duration::from_secs(1),
                 Duration::from_secs(7 * 86_400),
             )?,
-            worker_id: parse_number(get, "TIANJI_WORKER_ID", 0, 0, usize::from(WORKER_ID_MAX))?
-                as u16,
+            worker_id: parse_number(get, "TIANJI_WORKER_ID", 0, 0, usize::from(WORKER_ID_MAX))? as u16,
             http_workers: parse_number(get, "TIANJI_HTTP_WORKERS", cores, 1, 256)?,
             actor_threads: parse_number(get, "TIANJI_ACTOR_THREADS", cores, 1, 256)?,
             data_dir,
@@ -210,17 +182,11 @@ impl Settings {
     }
 
     pub fn jwt_secret(&self) -> &str {
-        self.jwt_secret
-            .as_ref()
-            .expect("ensure_secrets ran before the secret is used")
-            .expose_secret()
+        self.jwt_secret.as_ref().expect("ensure_secrets ran before the secret is used").expose_secret()
     }
 
     pub fn payment_secret(&self) -> &str {
-        self.payment_secret
-            .as_ref()
-            .expect("ensure_secrets ran before the secret is used")
-            .expose_secret()
+        self.payment_secret.as_ref().expect("ensure_secrets ran before the secret is used").expose_secret()
     }
 }
 
@@ -229,25 +195,16 @@ fn is_mysql(url: &str) -> bool {
 }
 
 fn read_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
-    let file_error = |reason: String| ConfigError::File {
-        path: path.to_owned(),
-        reason,
-    };
+    let file_error = |reason: String| ConfigError::File { path: path.to_owned(), reason };
     let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| file_error(e.to_string()))?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| file_error(e.to_string()))?;
     table
         .into_iter()
         .map(|(key, value)| {
             let value = match value {
                 toml::Value::String(s) => s,
                 toml::Value::Integer(i) => i.to_string(),
-                other => {
-                    return Err(file_error(format!(
-                        "{key}: expected a string or an integer, got {other}"
-                    )))
-                }
+                other => return Err(file_error(format!("{key}: expected a string or an integer, got {other}"))),
             };
             Ok((format!("TIANJI_{}", key.to_uppercase()), value))
         })
@@ -264,14 +221,9 @@ fn parse_number<'a>(
     let Some(raw) = get(name) else {
         return Ok(default);
     };
-    let value: usize = raw
-        .parse()
-        .map_err(|_| invalid(name, format!("expected a whole number, got {raw:?}")))?;
+    let value: usize = raw.parse().map_err(|_| invalid(name, format!("expected a whole number, got {raw:?}")))?;
     if !(min..=max).contains(&value) {
-        return Err(invalid(
-            name,
-            format!("must be between {min} and {max}, got {value}"),
-        ));
+        return Err(invalid(name, format!("must be between {min} and {max}, got {value}")));
     }
     Ok(value)
 }
@@ -286,13 +238,9 @@ fn parse_duration<'a>(
     let Some(raw) = get(name) else {
         return Ok(default);
     };
-    let value = humantime::parse_duration(raw)
-        .map_err(|e| invalid(name, format!("{e} (e.g. 15m, 2s, 5ms)")))?;
+    let value = humantime::parse_duration(raw).map_err(|e| invalid(name, format!("{e} (e.g. 15m, 2s, 5ms)")))?;
     if value < min || value > max {
-        return Err(invalid(
-            name,
-            format!("must be between {:?} and {:?}, got {raw}", min, max),
-        ));
+        return Err(invalid(name, format!("must be between {:?} and {:?}, got {raw}", min, max)));
     }
     Ok(value)
 }
@@ -301,11 +249,7 @@ fn parse_duration<'a>(
 fn stored_secret(path: &Path) -> anyhow::Result<SecretString> {
     if let Ok(existing) = std::fs::read_to_string(path) {
         let existing = existing.trim().to_owned();
-        anyhow::ensure!(
-            existing.len() >= SECRET_LEN_MIN,
-            "secret file {} is too short",
-            path.display()
-        );
+        anyhow::ensure!(existing.len() >= SECRET_LEN_MIN, "secret file {} is too short", path.display());
         return Ok(SecretString::from(existing));
     }
     let bytes: [u8; 32] = rand::random();
@@ -324,10 +268,7 @@ mod tests {
     use super::*;
 
     fn values(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
     }
 
     fn error_names(pairs: &[(&str, &str)]) -> String {
@@ -348,27 +289,12 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_setting() {
-        assert_eq!(
-            error_names(&[("TIANJI_PAY_TIMEOUT", "soon")]),
-            "TIANJI_PAY_TIMEOUT"
-        );
-        assert_eq!(
-            error_names(&[("TIANJI_WORKER_ID", "1024")]),
-            "TIANJI_WORKER_ID"
-        );
+        assert_eq!(error_names(&[("TIANJI_PAY_TIMEOUT", "soon")]), "TIANJI_PAY_TIMEOUT");
+        assert_eq!(error_names(&[("TIANJI_WORKER_ID", "1024")]), "TIANJI_WORKER_ID");
         assert_eq!(error_names(&[("TIANJI_BIND", "here")]), "TIANJI_BIND");
-        assert_eq!(
-            error_names(&[("TIANJI_DATABASE_URL", "postgres://x")]),
-            "TIANJI_DATABASE_URL"
-        );
-        assert_eq!(
-            error_names(&[("TIANJI_JWT_SECRET", "short")]),
-            "TIANJI_JWT_SECRET"
-        );
-        assert_eq!(
-            error_names(&[("TIANJI_BATCH_SIZE_MAX", "0")]),
-            "TIANJI_BATCH_SIZE_MAX"
-        );
+        assert_eq!(error_names(&[("TIANJI_DATABASE_URL", "postgres://x")]), "TIANJI_DATABASE_URL");
+        assert_eq!(error_names(&[("TIANJI_JWT_SECRET", "short")]), "TIANJI_JWT_SECRET");
+        assert_eq!(error_names(&[("TIANJI_BATCH_SIZE_MAX", "0")]), "TIANJI_BATCH_SIZE_MAX");
         assert_eq!(error_names(&[("TIANJI_COLOUR", "blue")]), "TIANJI_COLOUR");
     }
 
@@ -391,9 +317,6 @@ mod tests {
         second.ensure_secrets().unwrap();
         assert_eq!(first.jwt_secret(), second.jwt_secret());
         assert_ne!(first.jwt_secret(), first.payment_secret());
-        assert!(
-            format!("{first:?}").find(first.jwt_secret()).is_none(),
-            "secrets never print"
-        );
+        assert!(format!("{first:?}").find(first.jwt_secret()).is_none(), "secrets never print");
     }
 }

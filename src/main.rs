@@ -80,12 +80,8 @@ async fn migrate(settings: Settings) -> anyhow::Result<()> {
 }
 
 fn token(settings: &Settings, user: i64, admin: bool, ttl: Duration) -> anyhow::Result<()> {
-    let user_id =
-        UserId::parse(user).ok_or_else(|| anyhow::anyhow!("--user must be a positive id"))?;
+    let user_id = UserId::parse(user).ok_or_else(|| anyhow::anyhow!("--user must be a positive id"))?;
     let role = if admin { Role::Admin } else { Role::User };
-    println!(
-        "{}",
-        JwtKeys::new(settings.jwt_secret()).mint(user_id, role, ttl)
-    );
+    println!("{}", JwtKeys::new(settings.jwt_secret()).mint(user_id, role, ttl));
     Ok(())
 }

@@ -32,19 +32,14 @@ impl Application {
             settings.pay_timeout,
             settings.actor_threads,
         );
-        let state = web::Data::new(AppState {
-            core: Arc::clone(&core),
-            idempotency: Default::default(),
-        });
+        let state = web::Data::new(AppState { core: Arc::clone(&core), idempotency: Default::default() });
         let keys = web::Data::new(JwtKeys::new(settings.jwt_secret()));
         let listener = TcpListener::bind(settings.bind)?;
         let port = listener.local_addr()?.port();
-        let server = HttpServer::new(move || {
-            App::new().configure(http::configure(state.clone(), keys.clone()))
-        })
-        .workers(settings.http_workers)
-        .listen(listener)?
-        .run();
+        let server = HttpServer::new(move || App::new().configure(http::configure(state.clone(), keys.clone())))
+            .workers(settings.http_workers)
+            .listen(listener)?
+            .run();
         tracing::info!(port, database = %redact(&settings.database_url), redis = settings.redis_url.is_some(), "tianji serving");
         Ok(Application { port, server, core })
     }

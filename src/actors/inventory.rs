@@ -14,9 +14,7 @@ use crate::domain::ids::wall_clock_ms;
 use crate::domain::inventory::{InventoryError, Ledger, Quantity};
 use crate::domain::{OrderId, SkuId};
 use crate::persistence::redis::{SkuSnapshot, Snapshots};
-use crate::persistence::{
-    DynStore, InventoryBatch, ReservationStatus, ReservationWrite, SkuInfo, StoreError,
-};
+use crate::persistence::{DynStore, InventoryBatch, ReservationStatus, ReservationWrite, SkuInfo, StoreError};
 use actix::prelude::*;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -77,6 +75,16 @@ pub struct Release {
     pub reply: Reply<i64, SkuError>,
 }
 
+/// A refund before delivery: the `quantity` units sold to `order_id` go back on the shelf.
+/// The order's reservation row moves from confirmed to returned, once.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReturnSold {
+    pub order_id: OrderId,
+    pub quantity: i64,
+    pub reply: Reply<i64, SkuError>,
+}
+
 /// Adds units; answers with the committed snapshot that includes them.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -131,42 +139,24 @@ impl Batch {
     }
 
     fn reserve(&mut self, order_id: OrderId, quantity: i64, expires_at_ms: i64) {
-        let write = ReservationWrite {
-            order_id,
-            quantity,
-            expires_at_ms,
-            status: ReservationStatus::Reserved,
-            is_new: true,
-        };
+        let write =
+            ReservationWrite { order_id, quantity, expires_at_ms, from: None, status: ReservationStatus::Reserved };
         let previous = self.writes.insert(order_id, write);
-        assert!(
-            previous.is_none(),
-            "order {order_id} reserved twice in one batch"
-        );
+        assert!(previous.is_none(), "order {order_id} reserved twice in one batch");
         self.counters_changed = true;
     }
 
-    /// Moves an open reservation to its final status, in this batch's row if it has one.
-    fn settle(&mut self, order_id: OrderId, quantity: i64, status: ReservationStatus) {
-        assert_ne!(status, ReservationStatus::Reserved);
+    /// Moves a reservation from `from` to `to`, in this batch's row if it has one.
+    fn settle(&mut self, order_id: OrderId, quantity: i64, from: ReservationStatus, to: ReservationStatus) {
+        assert_ne!(from, to);
         self.counters_changed = true;
         match self.writes.get_mut(&order_id) {
             Some(write) => {
-                assert_eq!(
-                    write.status,
-                    ReservationStatus::Reserved,
-                    "order {order_id} settled twice"
-                );
-                write.status = status;
+                assert_eq!(write.status, from, "order {order_id} is not {} in this batch", from.as_str());
+                write.status = to;
             }
             None => {
-                let write = ReservationWrite {
-                    order_id,
-                    quantity,
-                    expires_at_ms: 0,
-                    status,
-                    is_new: false,
-                };
+                let write = ReservationWrite { order_id, quantity, expires_at_ms: 0, from: Some(from), status: to };
                 self.writes.insert(order_id, write);
             }
         }
@@ -233,11 +223,7 @@ impl InventoryActor {
         }
         let batch = std::mem::take(&mut self.open);
         let counters = self.ledger.counters();
-        let snapshot = SkuSnapshot {
-            counters,
-            version: self.committed.version + 1,
-            ..self.committed.clone()
-        };
+        let snapshot = SkuSnapshot { counters, version: self.committed.version + 1, ..self.committed.clone() };
         let write = InventoryBatch {
             sku_id: self.info.sku_id,
             expected_version: self.committed.version,
@@ -249,12 +235,7 @@ impl InventoryActor {
         let store = self.store();
         let started = Instant::now();
         self.committing = true;
-        let commit = async move {
-            store
-                .commit_inventory(&write)
-                .await
-                .map(|()| write.writes.len())
-        };
+        let commit = async move { store.commit_inventory(&write).await.map(|()| write.writes.len()) };
         ctx.spawn(commit.into_actor(self).map(move |result, actor, ctx| {
             tracing::debug!(sku_id = %actor.info.sku_id, batch_size = waiters.len(), elapsed_us = started.elapsed().as_micros() as u64, ok = result.is_ok(), "inventory batch");
             actor.committed_batch(result.map(|_| snapshot), waiters, ctx);
@@ -284,9 +265,7 @@ impl InventoryActor {
                 tracing::error!(sku_id = %self.info.sku_id, %error, "inventory commit failed; failing pending callers and stopping");
                 self.failed = true;
                 let failure = SkuError::Unavailable(error.to_string());
-                let pending = waiters
-                    .into_iter()
-                    .chain(std::mem::take(&mut self.open).waiters);
+                let pending = waiters.into_iter().chain(std::mem::take(&mut self.open).waiters);
                 for waiter in pending {
                     waiter.answer(Err(&failure), &self.info);
                 }
@@ -305,15 +284,13 @@ impl InventoryActor {
         if !expired.is_empty() {
             tracing::info!(sku_id = %self.info.sku_id, leases = expired.len(), "reservations expired");
             for (order_id, quantity) in expired {
-                self.open
-                    .settle(order_id, quantity, ReservationStatus::Expired);
+                self.open.settle(order_id, quantity, ReservationStatus::Reserved, ReservationStatus::Expired);
             }
             self.schedule_flush(ctx);
             return;
         }
         let idle = self.last_active.elapsed() >= self.limits().idle_timeout;
-        if idle && self.open.is_empty() && !self.committing && self.ledger.open_reservations() == 0
-        {
+        if idle && self.open.is_empty() && !self.committing && self.ledger.open_reservations() == 0 {
             tracing::debug!(sku_id = %self.info.sku_id, "passivating idle sku actor");
             ctx.stop();
         }
@@ -347,20 +324,14 @@ impl Handler<Reserve> for InventoryActor {
             return;
         }
         if self.open.writes.contains_key(&msg.order_id) {
-            let _ = msg.reply.send(Err(
-                InventoryError::DuplicateReservation(msg.order_id).into()
-            ));
+            let _ = msg.reply.send(Err(InventoryError::DuplicateReservation(msg.order_id).into()));
             return;
         }
-        if let Err(error) = self
-            .ledger
-            .reserve(msg.order_id, msg.quantity, msg.expires_at_ms)
-        {
+        if let Err(error) = self.ledger.reserve(msg.order_id, msg.quantity, msg.expires_at_ms) {
             let _ = msg.reply.send(Err(error.into()));
             return;
         }
-        self.open
-            .reserve(msg.order_id, msg.quantity.units(), msg.expires_at_ms);
+        self.open.reserve(msg.order_id, msg.quantity.units(), msg.expires_at_ms);
         self.open.waiters.push(Waiter::Reserved(msg.reply));
         self.schedule_flush(ctx);
     }
@@ -385,7 +356,7 @@ impl InventoryActor {
         };
         match result {
             Ok(units) => {
-                self.open.settle(order_id, units, status);
+                self.open.settle(order_id, units, ReservationStatus::Reserved, status);
                 self.open.waiters.push(Waiter::Units(reply, units));
                 self.schedule_flush(ctx);
             }
@@ -409,6 +380,34 @@ impl Handler<Release> for InventoryActor {
 
     fn handle(&mut self, msg: Release, ctx: &mut Self::Context) {
         self.settle(msg.order_id, ReservationStatus::Released, msg.reply, ctx);
+    }
+}
+
+impl Handler<ReturnSold> for InventoryActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReturnSold, ctx: &mut Self::Context) {
+        self.touch();
+        if self.failed {
+            let _ = msg.reply.send(Err(SkuError::Unavailable("sku actor is stopping".into())));
+            return;
+        }
+        let already = self.open.writes.get(&msg.order_id).is_some_and(|w| w.status == ReservationStatus::Returned);
+        if already {
+            let _ = msg.reply.send(Err(InventoryError::NotSold {
+                sold: self.ledger.counters().sold,
+                requested: msg.quantity,
+            }
+            .into()));
+            return;
+        }
+        if let Err(error) = self.ledger.return_sold(msg.quantity) {
+            let _ = msg.reply.send(Err(error.into()));
+            return;
+        }
+        self.open.settle(msg.order_id, msg.quantity, ReservationStatus::Confirmed, ReservationStatus::Returned);
+        self.open.waiters.push(Waiter::Units(msg.reply, msg.quantity));
+        self.schedule_flush(ctx);
     }
 }
 
@@ -441,11 +440,7 @@ impl Handler<GetSnapshot> for InventoryActor {
 
 /// Loads a SKU from the store and starts its actor on the SKU's arbiter.
 async fn activate(core: Arc<Core>, sku_id: SkuId) -> Result<Addr<InventoryActor>, SkuError> {
-    let state = core
-        .store
-        .load_sku(sku_id)
-        .await?
-        .ok_or(SkuError::NotFound(sku_id))?;
+    let state = core.store.load_sku(sku_id).await?.ok_or(SkuError::NotFound(sku_id))?;
     let ledger = Ledger::restore(state.counters, state.reservations).map_err(|error| {
         tracing::error!(%sku_id, %error, "refusing to serve a sku whose stored state does not balance");
         SkuError::Unavailable(error.to_string())
@@ -478,13 +473,8 @@ async fn activate(core: Arc<Core>, sku_id: SkuId) -> Result<Addr<InventoryActor>
 
 /// The SKU side of `Core`: find or activate a SKU's actor and ask it.
 impl Core {
-    pub async fn sku(
-        self: &Arc<Self>,
-        sku_id: SkuId,
-    ) -> Result<ActorRef<InventoryActor>, SkuError> {
-        self.skus
-            .get_or_activate(sku_id, || activate(Arc::clone(self), sku_id))
-            .await
+    pub async fn sku(self: &Arc<Self>, sku_id: SkuId) -> Result<ActorRef<InventoryActor>, SkuError> {
+        self.skus.get_or_activate(sku_id, || activate(Arc::clone(self), sku_id)).await
     }
 
     /// Asks a SKU's actor, activating it first; retried once if the actor stopped before the
@@ -518,40 +508,28 @@ impl Core {
     ) -> Result<SkuInfo, SkuError> {
         let actor = self.sku(sku_id).await?;
         // Not retried: a reservation whose answer was lost may have been made; its lease ends it.
-        ask(actor.addr(), |reply| Reserve {
-            order_id,
-            quantity,
-            expires_at_ms,
-            reply,
-        })
-        .await
+        ask(actor.addr(), |reply| Reserve { order_id, quantity, expires_at_ms, reply }).await
     }
 
-    pub async fn confirm(
+    pub async fn confirm(self: &Arc<Self>, sku_id: SkuId, order_id: OrderId) -> Result<i64, SkuError> {
+        self.ask_sku(sku_id, |reply| Confirm { order_id, reply }).await
+    }
+
+    pub async fn release(self: &Arc<Self>, sku_id: SkuId, order_id: OrderId) -> Result<i64, SkuError> {
+        self.ask_sku(sku_id, |reply| Release { order_id, reply }).await
+    }
+
+    pub async fn return_sold(
         self: &Arc<Self>,
         sku_id: SkuId,
         order_id: OrderId,
+        quantity: i64,
     ) -> Result<i64, SkuError> {
-        self.ask_sku(sku_id, |reply| Confirm { order_id, reply })
-            .await
+        self.ask_sku(sku_id, |reply| ReturnSold { order_id, quantity, reply }).await
     }
 
-    pub async fn release(
-        self: &Arc<Self>,
-        sku_id: SkuId,
-        order_id: OrderId,
-    ) -> Result<i64, SkuError> {
-        self.ask_sku(sku_id, |reply| Release { order_id, reply })
-            .await
-    }
-
-    pub async fn restock(
-        self: &Arc<Self>,
-        sku_id: SkuId,
-        quantity: Quantity,
-    ) -> Result<SkuSnapshot, SkuError> {
-        self.ask_sku(sku_id, |reply| Restock { quantity, reply })
-            .await
+    pub async fn restock(self: &Arc<Self>, sku_id: SkuId, quantity: Quantity) -> Result<SkuSnapshot, SkuError> {
+        self.ask_sku(sku_id, |reply| Restock { quantity, reply }).await
     }
 
     /// The committed state of a SKU: from the snapshot cache, else from its actor (activated

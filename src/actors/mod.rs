@@ -91,9 +91,7 @@ impl ArbiterPool {
     /// Starts `count` arbiters. Needs a running actix `System`.
     pub fn start(count: usize) -> Self {
         assert!(count > 0);
-        ArbiterPool {
-            arbiters: (0..count).map(|_| Arbiter::new()).collect(),
-        }
+        ArbiterPool { arbiters: (0..count).map(|_| Arbiter::new()).collect() }
     }
 
     /// The arbiter a key's actor runs on: stable per key.

@@ -22,11 +22,7 @@ pub enum PlaceError {
     #[error("sku {0} does not exist")]
     SkuNotFound(SkuId),
     #[error("sku {sku_id}: only {available} units available, {requested} requested")]
-    InsufficientStock {
-        sku_id: SkuId,
-        available: i64,
-        requested: i64,
-    },
+    InsufficientStock { sku_id: SkuId, available: i64, requested: i64 },
     #[error("the same Idempotency-Key was used for a different order")]
     KeyReused,
     #[error(transparent)]
@@ -54,14 +50,9 @@ impl PlaceError {
         use crate::domain::inventory::InventoryError;
         match error {
             SkuError::NotFound(sku_id) => PlaceError::SkuNotFound(sku_id),
-            SkuError::Inventory(InventoryError::InsufficientStock {
-                available,
-                requested,
-            }) => PlaceError::InsufficientStock {
-                sku_id,
-                available,
-                requested,
-            },
+            SkuError::Inventory(InventoryError::InsufficientStock { available, requested }) => {
+                PlaceError::InsufficientStock { sku_id, available, requested }
+            }
             SkuError::Inventory(other) => PlaceError::Unavailable(other.to_string()),
             SkuError::Overloaded => PlaceError::Overloaded,
             SkuError::Unavailable(reason) => PlaceError::Unavailable(reason),
@@ -73,9 +64,7 @@ impl From<Refusal> for PlaceError {
     fn from(refusal: Refusal) -> Self {
         match refusal {
             Refusal::Full => PlaceError::Overloaded,
-            Refusal::Stopped | Refusal::NoAnswer => {
-                PlaceError::Unavailable("order session stopped".into())
-            }
+            Refusal::Stopped | Refusal::NoAnswer => PlaceError::Unavailable("order session stopped".into()),
         }
     }
 }
@@ -150,50 +139,34 @@ impl Handler<Place> for OrderSession {
 
     fn handle(&mut self, msg: Place, _ctx: &mut Self::Context) -> Self::Result {
         self.last_active = Instant::now();
-        let Place {
-            header,
-            request,
-            reply,
-        } = msg;
+        let Place { header, request, reply } = msg;
         if self.order.is_some() {
             let _ = reply.send(Err(PlaceError::Unavailable("order already placed".into())));
             return AtomicResponse::new(Box::pin(async {}.into_actor(self)));
         }
         assert_eq!(header.id, self.order_id);
         let core = Arc::clone(&self.core);
-        AtomicResponse::new(Box::pin(
-            async move { place(&core, header, request).await }
-                .into_actor(self)
-                .map(move |result, session, _ctx| {
-                    session.last_active = Instant::now();
-                    if let Ok(placed) = &result {
-                        session.order = Some(placed.order().clone());
-                    }
-                    let _ = reply.send(result);
-                }),
-        ))
+        AtomicResponse::new(Box::pin(async move { place(&core, header, request).await }.into_actor(self).map(
+            move |result, session, _ctx| {
+                session.last_active = Instant::now();
+                if let Ok(placed) = &result {
+                    session.order = Some(placed.order().clone());
+                }
+                let _ = reply.send(result);
+            },
+        )))
     }
 }
 
 /// The placement saga. Called inside the order's session.
-async fn place(
-    core: &Arc<Core>,
-    header: NewOrderHeader,
-    request: PlaceOrder,
-) -> Result<Placed, PlaceError> {
+async fn place(core: &Arc<Core>, header: NewOrderHeader, request: PlaceOrder) -> Result<Placed, PlaceError> {
     let order_id = header.id;
     let grace_ms = core.limits.reservation_grace.as_millis() as i64;
     let expires_at_ms = header.pay_deadline_ms + grace_ms;
-    assert!(
-        expires_at_ms > header.pay_deadline_ms,
-        "a lease must outlive its order's deadline"
-    );
+    assert!(expires_at_ms > header.pay_deadline_ms, "a lease must outlive its order's deadline");
 
     let reservations = futures::future::join_all(
-        request
-            .lines
-            .iter()
-            .map(|&(sku_id, quantity)| core.reserve(sku_id, order_id, quantity, expires_at_ms)),
+        request.lines.iter().map(|&(sku_id, quantity)| core.reserve(sku_id, order_id, quantity, expires_at_ms)),
     )
     .await;
     let mut lines = Vec::with_capacity(request.lines.len());
@@ -212,10 +185,7 @@ async fn place(
             }
             Err(error) => {
                 let error = PlaceError::from_sku(sku_id, error);
-                if failure
-                    .as_ref()
-                    .is_none_or(|f| error.precedence() < f.precedence())
-                {
+                if failure.as_ref().is_none_or(|f| error.precedence() < f.precedence()) {
                     failure = Some(error);
                 }
             }
@@ -239,12 +209,8 @@ async fn place(
             // Another placement under the same key won the unique key; this one gives back its
             // units and answers with the winner.
             release_all(core, order_id, &reserved).await;
-            let existing = core
-                .store
-                .find_order_by_key(order.user_id, &order.idempotency_key)
-                .await?;
-            let existing = existing
-                .ok_or_else(|| PlaceError::Unavailable("order under this key vanished".into()))?;
+            let existing = core.store.find_order_by_key(order.user_id, &order.idempotency_key).await?;
+            let existing = existing.ok_or_else(|| PlaceError::Unavailable("order under this key vanished".into()))?;
             replay(existing, &order.request_hash)
         }
         Err(SubmitError::Overloaded) => {
@@ -265,8 +231,7 @@ async fn place(
 /// Gives back the units of a placement that will not become an order. A release that fails is
 /// logged; the reservation's lease returns the units when it runs out.
 async fn release_all(core: &Arc<Core>, order_id: OrderId, skus: &[SkuId]) {
-    let releases =
-        futures::future::join_all(skus.iter().map(|&sku_id| core.release(sku_id, order_id))).await;
+    let releases = futures::future::join_all(skus.iter().map(|&sku_id| core.release(sku_id, order_id))).await;
     for (sku_id, result) in skus.iter().zip(releases) {
         if let Err(error) = result {
             tracing::warn!(%sku_id, %order_id, %error, "release failed; the lease will return the units");
@@ -312,12 +277,7 @@ impl Core {
                 async move {
                     let arbiter = core.arbiters.for_key(order_id.get());
                     let capacity = core.limits.mailbox_capacity;
-                    let session = OrderSession {
-                        order_id,
-                        order: None,
-                        last_active: Instant::now(),
-                        core,
-                    };
+                    let session = OrderSession { order_id, order: None, last_active: Instant::now(), core };
                     Ok::<_, PlaceError>(OrderSession::start_in_arbiter(&arbiter, move |ctx| {
                         ctx.set_mailbox_capacity(capacity);
                         session
@@ -326,12 +286,7 @@ impl Core {
             })
             .await?;
         let request = request.clone();
-        ask(session.addr(), |reply| Place {
-            header,
-            request,
-            reply,
-        })
-        .await
+        ask(session.addr(), |reply| Place { header, request, reply }).await
     }
 
     /// An order as stored.

@@ -19,17 +19,13 @@ pub struct ActorRef<A: Actor> {
 
 impl<A: Actor> Clone for ActorRef<A> {
     fn clone(&self) -> Self {
-        ActorRef {
-            cell: Arc::clone(&self.cell),
-        }
+        ActorRef { cell: Arc::clone(&self.cell) }
     }
 }
 
 impl<A: Actor> ActorRef<A> {
     pub fn addr(&self) -> &Addr<A> {
-        self.cell
-            .get()
-            .expect("an ActorRef is only handed out once its actor started")
+        self.cell.get().expect("an ActorRef is only handed out once its actor started")
     }
 }
 
@@ -39,9 +35,7 @@ pub struct Registry<K, A: Actor> {
 
 impl<K: Eq + Hash + Copy, A: Actor> Default for Registry<K, A> {
     fn default() -> Self {
-        Registry {
-            actors: DashMap::new(),
-        }
+        Registry { actors: DashMap::new() }
     }
 }
 
@@ -56,20 +50,13 @@ impl<K: Eq + Hash + Copy, A: Actor> Registry<K, A> {
         for _ in 0..2 {
             let cell = Arc::clone(self.actors.entry(key).or_default().value());
             match cell.get_or_try_init(&activate).await {
-                Ok(addr) if addr.connected() => {
-                    return Ok(ActorRef {
-                        cell: Arc::clone(&cell),
-                    })
-                }
+                Ok(addr) if addr.connected() => return Ok(ActorRef { cell: Arc::clone(&cell) }),
                 Ok(_) => {
-                    self.actors
-                        .remove_if(&key, |_, held| Arc::ptr_eq(held, &cell));
+                    self.actors.remove_if(&key, |_, held| Arc::ptr_eq(held, &cell));
                 }
                 Err(error) => {
                     // Do not keep entries for keys that could not be activated (unknown ids).
-                    self.actors.remove_if(&key, |_, held| {
-                        Arc::ptr_eq(held, &cell) && held.get().is_none()
-                    });
+                    self.actors.remove_if(&key, |_, held| Arc::ptr_eq(held, &cell) && held.get().is_none());
                     return Err(error);
                 }
             }
@@ -88,8 +75,7 @@ impl<K: Eq + Hash + Copy, A: Actor> Registry<K, A> {
 
     /// Called by an actor as it stops: drops its entry, unless a newer actor took the key.
     pub fn forget(&self, key: K, addr: &Addr<A>) {
-        self.actors
-            .remove_if(&key, |_, held| held.get().is_none_or(|a| a == addr));
+        self.actors.remove_if(&key, |_, held| held.get().is_none_or(|a| a == addr));
     }
 
     pub fn len(&self) -> usize {

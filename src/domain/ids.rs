@@ -81,15 +81,8 @@ impl Snowflake {
 
     /// A generator on an injected clock (milliseconds since the Unix epoch), for tests.
     pub fn with_clock(worker_id: u16, clock: fn() -> u64) -> Self {
-        assert!(
-            worker_id <= WORKER_ID_MAX,
-            "worker id {worker_id} exceeds {WORKER_ID_MAX}"
-        );
-        Snowflake {
-            worker_id,
-            state: AtomicU64::new(0),
-            clock,
-        }
+        assert!(worker_id <= WORKER_ID_MAX, "worker id {worker_id} exceeds {WORKER_ID_MAX}");
+        Snowflake { worker_id, state: AtomicU64::new(0), clock }
     }
 
     pub fn next_id(&self) -> i64 {
@@ -105,12 +98,7 @@ impl Snowflake {
             } else {
                 (last_ms + 1) << SEQUENCE_BITS
             };
-            match self.state.compare_exchange_weak(
-                current,
-                next,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            ) {
+            match self.state.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Relaxed) {
                 Ok(_) => return self.compose(next),
                 Err(actual) => current = actual,
             }
@@ -119,10 +107,7 @@ impl Snowflake {
 
     fn compose(&self, state: u64) -> i64 {
         let ms = state >> SEQUENCE_BITS;
-        assert!(
-            ms <= TIMESTAMP_MAX,
-            "snowflake timestamp overflowed 41 bits"
-        );
+        assert!(ms <= TIMESTAMP_MAX, "snowflake timestamp overflowed 41 bits");
         let id = (ms << (WORKER_ID_BITS + SEQUENCE_BITS))
             | (u64::from(self.worker_id) << SEQUENCE_BITS)
             | (state & SEQUENCE_MAX);
@@ -133,10 +118,7 @@ impl Snowflake {
 
 /// Milliseconds since the Unix epoch by the system clock.
 pub fn wall_clock_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// Splits a snowflake into (ms since its epoch, worker id, sequence).
@@ -180,11 +162,7 @@ mod tests {
         let second = generator.next_id();
         let third = generator.next_id();
         assert!(first < second && second < third, "{first} {second} {third}");
-        assert_eq!(
-            decompose(second).0,
-            10_000,
-            "keeps the last millisecond it used"
-        );
+        assert_eq!(decompose(second).0, 10_000, "keeps the last millisecond it used");
     }
 
     #[test]
@@ -201,9 +179,7 @@ mod tests {
         let handles: Vec<_> = (0..4)
             .map(|_| {
                 let generator = Arc::clone(&generator);
-                std::thread::spawn(move || {
-                    (0..20_000).map(|_| generator.next_id()).collect::<Vec<_>>()
-                })
+                std::thread::spawn(move || (0..20_000).map(|_| generator.next_id()).collect::<Vec<_>>())
             })
             .collect();
         let mut seen = HashSet::new();

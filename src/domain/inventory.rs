@@ -24,10 +24,7 @@ impl Quantity {
     pub fn parse(raw: i64, max: u32) -> Result<Self, InventoryError> {
         match u32::try_from(raw) {
             Ok(value) if (1..=max).contains(&value) => Ok(Quantity(value)),
-            _ => Err(InventoryError::InvalidQuantity {
-                requested: raw,
-                max,
-            }),
+            _ => Err(InventoryError::InvalidQuantity { requested: raw, max }),
         }
     }
 
@@ -55,11 +52,7 @@ impl Counters {
         self.available >= 0
             && self.reserved >= 0
             && self.sold >= 0
-            && self
-                .available
-                .checked_add(self.reserved)
-                .and_then(|s| s.checked_add(self.sold))
-                == Some(self.total)
+            && self.available.checked_add(self.reserved).and_then(|s| s.checked_add(self.sold)) == Some(self.total)
     }
 }
 
@@ -81,6 +74,8 @@ pub enum InventoryError {
     DuplicateReservation(OrderId),
     #[error("order {0} holds no open reservation on this SKU")]
     UnknownReservation(OrderId),
+    #[error("only {sold} units are sold, {requested} cannot be returned")]
+    NotSold { sold: i64, requested: i64 },
     #[error("restock would push the total past {max}")]
     StockOverflow { max: i64 },
     #[error("stored state is unbalanced: {0}")]
@@ -104,12 +99,7 @@ impl Ledger {
     pub fn new(total: i64) -> Self {
         assert!((0..=TOTAL_MAX).contains(&total));
         let ledger = Ledger {
-            counters: Counters {
-                total,
-                available: total,
-                reserved: 0,
-                sold: 0,
-            },
+            counters: Counters { total, available: total, reserved: 0, sold: 0 },
             reservations: HashMap::new(),
             expiry: BTreeSet::new(),
         };
@@ -126,19 +116,11 @@ impl Ledger {
         if !counters.is_balanced() || counters.total > TOTAL_MAX {
             return Err(InventoryError::Corrupt(format!("{counters:?}")));
         }
-        let mut ledger = Ledger {
-            counters,
-            reservations: HashMap::new(),
-            expiry: BTreeSet::new(),
-        };
+        let mut ledger = Ledger { counters, reservations: HashMap::new(), expiry: BTreeSet::new() };
         let mut reserved = 0i64;
         for (order_id, reservation) in reservations {
-            if reservation.quantity <= 0
-                || ledger.reservations.insert(order_id, reservation).is_some()
-            {
-                return Err(InventoryError::Corrupt(format!(
-                    "reservation of order {order_id}"
-                )));
+            if reservation.quantity <= 0 || ledger.reservations.insert(order_id, reservation).is_some() {
+                return Err(InventoryError::Corrupt(format!("reservation of order {order_id}")));
             }
             ledger.expiry.insert((reservation.expires_at_ms, order_id));
             reserved += reservation.quantity;
@@ -167,33 +149,19 @@ impl Ledger {
 
     /// Takes `quantity` units out of `available` into a lease for `order_id` that runs out at
     /// `expires_at_ms`.
-    pub fn reserve(
-        &mut self,
-        order_id: OrderId,
-        quantity: Quantity,
-        expires_at_ms: i64,
-    ) -> Result<(), InventoryError> {
+    pub fn reserve(&mut self, order_id: OrderId, quantity: Quantity, expires_at_ms: i64) -> Result<(), InventoryError> {
         let requested = quantity.units();
         if self.reservations.contains_key(&order_id) {
             return Err(InventoryError::DuplicateReservation(order_id));
         }
         if requested > self.counters.available {
-            return Err(InventoryError::InsufficientStock {
-                available: self.counters.available,
-                requested,
-            });
+            return Err(InventoryError::InsufficientStock { available: self.counters.available, requested });
         }
         // From here on the reservation must succeed.
         let before = self.counters;
         self.counters.available -= requested;
         self.counters.reserved += requested;
-        self.reservations.insert(
-            order_id,
-            Reservation {
-                quantity: requested,
-                expires_at_ms,
-            },
-        );
+        self.reservations.insert(order_id, Reservation { quantity: requested, expires_at_ms });
         self.expiry.insert((expires_at_ms, order_id));
         assert_eq!(self.counters.available + requested, before.available);
         self.assert_balanced();
@@ -225,12 +193,21 @@ impl Ledger {
             if expires_at_ms > now_ms {
                 break;
             }
-            let quantity = self
-                .release(order_id)
-                .expect("the expiry index only holds open reservations");
+            let quantity = self.release(order_id).expect("the expiry index only holds open reservations");
             expired.push((order_id, quantity));
         }
         expired
+    }
+
+    /// Puts `units` sold units back on the shelf (an order refunded before its goods went out).
+    pub fn return_sold(&mut self, units: i64) -> Result<(), InventoryError> {
+        if units <= 0 || units > self.counters.sold {
+            return Err(InventoryError::NotSold { sold: self.counters.sold, requested: units });
+        }
+        self.counters.sold -= units;
+        self.counters.available += units;
+        self.assert_balanced();
+        Ok(())
     }
 
     /// Adds `quantity` new units, all available.
@@ -246,10 +223,7 @@ impl Ledger {
     }
 
     fn take(&mut self, order_id: OrderId) -> Result<Reservation, InventoryError> {
-        let reservation = self
-            .reservations
-            .remove(&order_id)
-            .ok_or(InventoryError::UnknownReservation(order_id))?;
+        let reservation = self.reservations.remove(&order_id).ok_or(InventoryError::UnknownReservation(order_id))?;
         let indexed = self.expiry.remove(&(reservation.expires_at_ms, order_id));
         assert!(indexed, "every open reservation is in the expiry index");
         Ok(reservation)
@@ -258,16 +232,9 @@ impl Ledger {
     /// The conservation rule, checked after every change. Cheap: the reservation sum is only
     /// recomputed in debug builds.
     pub fn assert_balanced(&self) {
-        assert!(
-            self.counters.is_balanced(),
-            "inventory unbalanced: {:?}",
-            self.counters
-        );
+        assert!(self.counters.is_balanced(), "inventory unbalanced: {:?}", self.counters);
         assert_eq!(self.reservations.len(), self.expiry.len());
-        debug_assert_eq!(
-            self.reservations.values().map(|r| r.quantity).sum::<i64>(),
-            self.counters.reserved
-        );
+        debug_assert_eq!(self.reservations.values().map(|r| r.quantity).sum::<i64>(), self.counters.reserved);
     }
 }
 
@@ -298,66 +265,26 @@ mod tests {
         let mut ledger = Ledger::new(10);
         ledger.reserve(order(1), qty(3), 100).unwrap();
         ledger.reserve(order(2), qty(2), 200).unwrap();
-        assert_eq!(
-            ledger.counters(),
-            Counters {
-                total: 10,
-                available: 5,
-                reserved: 5,
-                sold: 0
-            }
-        );
+        assert_eq!(ledger.counters(), Counters { total: 10, available: 5, reserved: 5, sold: 0 });
         assert_eq!(ledger.confirm(order(1)), Ok(3));
         assert_eq!(ledger.release(order(2)), Ok(2));
-        assert_eq!(
-            ledger.counters(),
-            Counters {
-                total: 10,
-                available: 7,
-                reserved: 0,
-                sold: 3
-            }
-        );
+        assert_eq!(ledger.counters(), Counters { total: 10, available: 7, reserved: 0, sold: 3 });
     }
 
     #[test]
     fn errors_in_precedence_order() {
         let mut ledger = Ledger::new(2);
         ledger.reserve(order(1), qty(1), 100).unwrap();
-        assert_eq!(
-            ledger.reserve(order(1), qty(5), 100),
-            Err(InventoryError::DuplicateReservation(order(1)))
-        );
+        assert_eq!(ledger.reserve(order(1), qty(5), 100), Err(InventoryError::DuplicateReservation(order(1))));
         assert_eq!(
             ledger.reserve(order(2), qty(2), 100),
-            Err(InventoryError::InsufficientStock {
-                available: 1,
-                requested: 2
-            })
+            Err(InventoryError::InsufficientStock { available: 1, requested: 2 })
         );
-        assert_eq!(
-            ledger.confirm(order(9)),
-            Err(InventoryError::UnknownReservation(order(9)))
-        );
-        assert_eq!(
-            ledger.release(order(9)),
-            Err(InventoryError::UnknownReservation(order(9)))
-        );
+        assert_eq!(ledger.confirm(order(9)), Err(InventoryError::UnknownReservation(order(9))));
+        assert_eq!(ledger.release(order(9)), Err(InventoryError::UnknownReservation(order(9))));
         ledger.release(order(1)).unwrap();
-        assert_eq!(
-            ledger.confirm(order(1)),
-            Err(InventoryError::UnknownReservation(order(1))),
-            "released is final"
-        );
-        assert_eq!(
-            ledger.counters(),
-            Counters {
-                total: 2,
-                available: 2,
-                reserved: 0,
-                sold: 0
-            }
-        );
+        assert_eq!(ledger.confirm(order(1)), Err(InventoryError::UnknownReservation(order(1))), "released is final");
+        assert_eq!(ledger.counters(), Counters { total: 2, available: 2, reserved: 0, sold: 0 });
     }
 
     #[test]
@@ -370,83 +297,42 @@ mod tests {
         assert_eq!(ledger.expire_due(200), vec![(order(2), 2), (order(3), 3)]);
         assert_eq!(ledger.counters().available, 9);
         assert_eq!(ledger.confirm(order(1)), Ok(1));
-        assert!(
-            ledger.expire_due(1_000).is_empty(),
-            "a confirmed order does not expire"
-        );
+        assert!(ledger.expire_due(1_000).is_empty(), "a confirmed order does not expire");
     }
 
     #[test]
     fn restore_refuses_unbalanced_state() {
-        let good = Counters {
-            total: 5,
-            available: 3,
-            reserved: 2,
-            sold: 0,
-        };
-        let lease = Reservation {
-            quantity: 2,
-            expires_at_ms: 9,
-        };
+        let good = Counters { total: 5, available: 3, reserved: 2, sold: 0 };
+        let lease = Reservation { quantity: 2, expires_at_ms: 9 };
         assert!(Ledger::restore(good, [(order(1), lease)]).is_ok());
-        assert!(
-            Ledger::restore(good, []).is_err(),
-            "reserved without reservations"
-        );
-        let bad = Counters {
-            total: 5,
-            available: 4,
-            reserved: 2,
-            sold: 0,
-        };
+        assert!(Ledger::restore(good, []).is_err(), "reserved without reservations");
+        let bad = Counters { total: 5, available: 4, reserved: 2, sold: 0 };
         assert!(Ledger::restore(bad, [(order(1), lease)]).is_err());
-        let negative = Counters {
-            total: 0,
-            available: -1,
-            reserved: 1,
-            sold: 0,
-        };
-        assert!(Ledger::restore(
-            negative,
-            [(
-                order(1),
-                Reservation {
-                    quantity: 1,
-                    expires_at_ms: 0
-                }
-            )]
-        )
-        .is_err());
+        let negative = Counters { total: 0, available: -1, reserved: 1, sold: 0 };
+        assert!(Ledger::restore(negative, [(order(1), Reservation { quantity: 1, expires_at_ms: 0 })]).is_err());
+    }
+
+    #[test]
+    fn returning_sold_units_makes_them_available() {
+        let mut ledger = Ledger::new(5);
+        ledger.reserve(order(1), qty(3), 100).unwrap();
+        ledger.confirm(order(1)).unwrap();
+        assert_eq!(ledger.return_sold(4), Err(InventoryError::NotSold { sold: 3, requested: 4 }));
+        ledger.return_sold(3).unwrap();
+        assert_eq!(ledger.counters(), Counters { total: 5, available: 5, reserved: 0, sold: 0 });
     }
 
     #[test]
     fn restock_adds_available_units() {
         let mut ledger = Ledger::new(0);
-        assert!(matches!(
-            ledger.reserve(order(1), qty(1), 1),
-            Err(InventoryError::InsufficientStock { .. })
-        ));
-        ledger
-            .restock(Quantity::parse(4, STOCK_QUANTITY_MAX).unwrap())
-            .unwrap();
-        assert_eq!(
-            ledger.counters(),
-            Counters {
-                total: 4,
-                available: 4,
-                reserved: 0,
-                sold: 0
-            }
-        );
+        assert!(matches!(ledger.reserve(order(1), qty(1), 1), Err(InventoryError::InsufficientStock { .. })));
+        ledger.restock(Quantity::parse(4, STOCK_QUANTITY_MAX).unwrap()).unwrap();
+        assert_eq!(ledger.counters(), Counters { total: 4, available: 4, reserved: 0, sold: 0 });
     }
 
     #[derive(Debug, Clone)]
     enum Op {
-        Reserve {
-            order: i64,
-            quantity: i64,
-            expires_at_ms: i64,
-        },
+        Reserve { order: i64, quantity: i64, expires_at_ms: i64 },
         Confirm(i64),
         Release(i64),
         Expire(i64),

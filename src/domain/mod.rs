@@ -11,4 +11,4 @@ pub mod order;
 pub use ids::{OrderId, SkuId, Snowflake, UserId};
 pub use inventory::{Counters, InventoryError, Ledger, Quantity, Reservation};
 pub use money::Cents;
-pub use order::{IdempotencyKey, OrderItem, OrderLine, OrderStatus, PlaceOrder};
+pub use order::{IdempotencyKey, OrderEvent, OrderItem, OrderLine, OrderStatus, PlaceOrder};

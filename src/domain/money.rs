@@ -8,9 +8,7 @@ use std::fmt;
 pub const PRICE_CENTS_MAX: i64 = 1_000_000_000_000;
 
 /// An amount of money in cents. Arithmetic is checked: an overflow is an error, never a wrap.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Cents(i64);
 
@@ -43,24 +41,15 @@ impl Cents {
     }
 
     pub fn checked_add(self, other: Cents) -> Result<Cents, MoneyError> {
-        self.0
-            .checked_add(other.0)
-            .map(Cents)
-            .ok_or(MoneyError::Overflow)
+        self.0.checked_add(other.0).map(Cents).ok_or(MoneyError::Overflow)
     }
 
     pub fn checked_sub(self, other: Cents) -> Result<Cents, MoneyError> {
-        self.0
-            .checked_sub(other.0)
-            .map(Cents)
-            .ok_or(MoneyError::Overflow)
+        self.0.checked_sub(other.0).map(Cents).ok_or(MoneyError::Overflow)
     }
 
     pub fn checked_mul(self, factor: i64) -> Result<Cents, MoneyError> {
-        self.0
-            .checked_mul(factor)
-            .map(Cents)
-            .ok_or(MoneyError::Overflow)
+        self.0.checked_mul(factor).map(Cents).ok_or(MoneyError::Overflow)
     }
 }
 
@@ -76,10 +65,7 @@ impl fmt::Display for Cents {
 /// Precondition: `0 <= discount <= sum(amounts)`, all amounts >= 0.
 pub fn apportion(discount: Cents, amounts: &[Cents]) -> Result<Vec<Cents>, MoneyError> {
     let total: i128 = amounts.iter().map(|a| i128::from(a.get())).sum();
-    assert!(
-        amounts.iter().all(|a| a.get() >= 0),
-        "amounts must not be negative"
-    );
+    assert!(amounts.iter().all(|a| a.get() >= 0), "amounts must not be negative");
     assert!(discount.get() >= 0 && i128::from(discount.get()) <= total);
     if total == 0 {
         return Ok(vec![Cents::ZERO; amounts.len()]);
@@ -105,16 +91,9 @@ pub fn apportion(discount: Cents, amounts: &[Cents]) -> Result<Vec<Cents>, Money
     assert_eq!(left, 0);
     let parts: Vec<Cents> = parts
         .into_iter()
-        .map(|p| {
-            i64::try_from(p)
-                .map(Cents)
-                .map_err(|_| MoneyError::Overflow)
-        })
+        .map(|p| i64::try_from(p).map(Cents).map_err(|_| MoneyError::Overflow))
         .collect::<Result<_, _>>()?;
-    debug_assert_eq!(
-        parts.iter().map(|p| i128::from(p.get())).sum::<i128>(),
-        discount_wide
-    );
+    debug_assert_eq!(parts.iter().map(|p| i128::from(p.get())).sum::<i128>(), discount_wide);
     debug_assert!(parts.iter().zip(amounts).all(|(p, a)| p.get() <= a.get()));
     Ok(parts)
 }
@@ -127,20 +106,14 @@ mod tests {
     #[test]
     fn price_bounds() {
         assert_eq!(Cents::parse_price(0), Ok(Cents(0)));
-        assert_eq!(
-            Cents::parse_price(PRICE_CENTS_MAX),
-            Ok(Cents(PRICE_CENTS_MAX))
-        );
+        assert_eq!(Cents::parse_price(PRICE_CENTS_MAX), Ok(Cents(PRICE_CENTS_MAX)));
         assert_eq!(Cents::parse_price(-1), Err(MoneyError::PriceOutOfRange(-1)));
         assert!(Cents::parse_price(PRICE_CENTS_MAX + 1).is_err());
     }
 
     #[test]
     fn checked_arithmetic_refuses_overflow() {
-        assert_eq!(
-            Cents(i64::MAX).checked_add(Cents(1)),
-            Err(MoneyError::Overflow)
-        );
+        assert_eq!(Cents(i64::MAX).checked_add(Cents(1)), Err(MoneyError::Overflow));
         assert_eq!(Cents(i64::MAX).checked_mul(2), Err(MoneyError::Overflow));
         assert_eq!(Cents(5).checked_mul(3), Ok(Cents(15)));
     }

@@ -29,13 +29,7 @@ pub enum OrderStatus {
 }
 
 impl OrderStatus {
-    pub const ALL: [OrderStatus; 5] = [
-        Self::PendingPayment,
-        Self::Paid,
-        Self::Closed,
-        Self::Finished,
-        Self::Refunded,
-    ];
+    pub const ALL: [OrderStatus; 5] = [Self::PendingPayment, Self::Paid, Self::Closed, Self::Finished, Self::Refunded];
 
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -49,6 +43,75 @@ impl OrderStatus {
 
     pub fn parse(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|status| status.as_str() == name)
+    }
+}
+
+/// What can happen to an order. Each event has one target status; `OrderStatus::apply` says
+/// whether the order's current status allows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OrderEvent {
+    Pay,
+    Cancel,
+    Timeout,
+    Finish,
+    Refund,
+}
+
+impl OrderEvent {
+    pub const ALL: [OrderEvent; 5] = [Self::Pay, Self::Cancel, Self::Timeout, Self::Finish, Self::Refund];
+
+    /// The status this event leads to.
+    pub const fn target(self) -> OrderStatus {
+        match self {
+            Self::Pay => OrderStatus::Paid,
+            Self::Cancel | Self::Timeout => OrderStatus::Closed,
+            Self::Finish => OrderStatus::Finished,
+            Self::Refund => OrderStatus::Refunded,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("an order in status {from} cannot become {to}")]
+pub struct InvalidTransition {
+    pub from: OrderStatus,
+    pub to: OrderStatus,
+}
+
+impl OrderStatus {
+    /// The state machine, as a table: the only transitions an order can make.
+    /// PendingPayment -> Paid | Closed; Paid -> Finished | Refunded; Finished -> Refunded.
+    /// Nothing leaves Closed or Refunded.
+    pub const fn can_become(self, to: OrderStatus) -> bool {
+        use OrderStatus::*;
+        matches!(
+            (self, to),
+            (PendingPayment, Paid)
+                | (PendingPayment, Closed)
+                | (Paid, Finished)
+                | (Paid, Refunded)
+                | (Finished, Refunded)
+        )
+    }
+
+    /// The status after `event`, or why the event is refused.
+    pub fn apply(self, event: OrderEvent) -> Result<OrderStatus, InvalidTransition> {
+        let to = event.target();
+        if self.can_become(to) {
+            Ok(to)
+        } else {
+            Err(InvalidTransition { from: self, to })
+        }
+    }
+
+    /// Whether the order's units are still held by reservations (not yet sold or released).
+    pub const fn holds_reservations(self) -> bool {
+        matches!(self, OrderStatus::PendingPayment)
+    }
+
+    /// Whether the order's units count as sold.
+    pub const fn counts_as_sold(self) -> bool {
+        matches!(self, OrderStatus::Paid | OrderStatus::Finished)
     }
 }
 
@@ -80,9 +143,8 @@ pub struct IdempotencyKey(String);
 
 impl IdempotencyKey {
     pub fn parse(raw: &str) -> Option<Self> {
-        let valid = !raw.is_empty()
-            && raw.len() <= IDEMPOTENCY_KEY_LEN_MAX
-            && raw.bytes().all(|b| b.is_ascii_graphic());
+        let valid =
+            !raw.is_empty() && raw.len() <= IDEMPOTENCY_KEY_LEN_MAX && raw.bytes().all(|b| b.is_ascii_graphic());
         valid.then(|| IdempotencyKey(raw.to_owned()))
     }
 
@@ -183,21 +245,13 @@ pub struct NewOrderHeader {
 impl Order {
     /// Prices a new order awaiting payment from its reserved lines. `discount` is apportioned
     /// over the lines by largest remainder.
-    pub fn price(
-        header: NewOrderHeader,
-        lines: Vec<OrderLine>,
-        discount: Cents,
-    ) -> Result<Order, OrderError> {
+    pub fn price(header: NewOrderHeader, lines: Vec<OrderLine>, discount: Cents) -> Result<Order, OrderError> {
         if lines.is_empty() {
             return Err(OrderError::EmptyItems);
         }
-        let amounts: Vec<Cents> = lines
-            .iter()
-            .map(|line| line.price_cents.checked_mul(line.quantity.units()))
-            .collect::<Result<_, _>>()?;
-        let total_cents = amounts
-            .iter()
-            .try_fold(Cents::ZERO, |sum, amount| sum.checked_add(*amount))?;
+        let amounts: Vec<Cents> =
+            lines.iter().map(|line| line.price_cents.checked_mul(line.quantity.units())).collect::<Result<_, _>>()?;
+        let total_cents = amounts.iter().try_fold(Cents::ZERO, |sum, amount| sum.checked_add(*amount))?;
         let discount_cents = discount.min(total_cents);
         let shares = apportion(discount_cents, &amounts)?;
         let items = lines
@@ -234,28 +288,11 @@ impl Order {
 
     /// Items add up to the order, and what is paid is the total less the discount.
     pub fn assert_amounts(&self) {
-        let item_totals: i64 = self
-            .items
-            .iter()
-            .map(|i| i.price_cents.get() * i.quantity)
-            .sum();
+        let item_totals: i64 = self.items.iter().map(|i| i.price_cents.get() * i.quantity).sum();
         let item_pays: i64 = self.items.iter().map(|i| i.pay_cents.get()).sum();
-        assert_eq!(
-            item_totals,
-            self.total_cents.get(),
-            "order {} items do not sum to its total",
-            self.id
-        );
-        assert_eq!(
-            item_pays,
-            self.pay_cents.get(),
-            "order {} item pays do not sum to its pay",
-            self.id
-        );
-        assert_eq!(
-            self.total_cents.get() - self.discount_cents.get(),
-            self.pay_cents.get()
-        );
+        assert_eq!(item_totals, self.total_cents.get(), "order {} items do not sum to its total", self.id);
+        assert_eq!(item_pays, self.pay_cents.get(), "order {} item pays do not sum to its pay", self.id);
+        assert_eq!(self.total_cents.get() - self.discount_cents.get(), self.pay_cents.get());
         assert!(self.pay_cents.get() >= 0 && self.discount_cents.get() >= 0);
     }
 }
@@ -294,30 +331,67 @@ mod tests {
     }
 
     #[test]
+    fn every_pair_of_states() {
+        use OrderStatus::*;
+        // (from, to, allowed): all 25 pairs, one line each.
+        let table = [
+            (PendingPayment, PendingPayment, false),
+            (PendingPayment, Paid, true),
+            (PendingPayment, Closed, true),
+            (PendingPayment, Finished, false),
+            (PendingPayment, Refunded, false),
+            (Paid, PendingPayment, false),
+            (Paid, Paid, false),
+            (Paid, Closed, false),
+            (Paid, Finished, true),
+            (Paid, Refunded, true),
+            (Closed, PendingPayment, false),
+            (Closed, Paid, false),
+            (Closed, Closed, false),
+            (Closed, Finished, false),
+            (Closed, Refunded, false),
+            (Finished, PendingPayment, false),
+            (Finished, Paid, false),
+            (Finished, Closed, false),
+            (Finished, Finished, false),
+            (Finished, Refunded, true),
+            (Refunded, PendingPayment, false),
+            (Refunded, Paid, false),
+            (Refunded, Closed, false),
+            (Refunded, Finished, false),
+            (Refunded, Refunded, false),
+        ];
+        assert_eq!(table.len(), 25);
+        for (from, to, allowed) in table {
+            assert_eq!(from.can_become(to), allowed, "{from} -> {to}");
+        }
+    }
+
+    #[test]
+    fn events_follow_the_table() {
+        use OrderStatus::*;
+        assert_eq!(PendingPayment.apply(OrderEvent::Pay), Ok(Paid));
+        assert_eq!(PendingPayment.apply(OrderEvent::Timeout), Ok(Closed));
+        assert_eq!(PendingPayment.apply(OrderEvent::Cancel), Ok(Closed));
+        assert_eq!(Paid.apply(OrderEvent::Refund), Ok(Refunded));
+        assert_eq!(Finished.apply(OrderEvent::Refund), Ok(Refunded));
+        assert_eq!(Closed.apply(OrderEvent::Pay), Err(InvalidTransition { from: Closed, to: Paid }));
+        assert_eq!(Paid.apply(OrderEvent::Cancel), Err(InvalidTransition { from: Paid, to: Closed }));
+        for event in OrderEvent::ALL {
+            assert!(Closed.apply(event).is_err() && Refunded.apply(event).is_err(), "nothing leaves a final state");
+        }
+    }
+
+    #[test]
     fn place_order_validation_in_precedence_order() {
         assert_eq!(PlaceOrder::parse(&[]), Err(OrderError::EmptyItems));
         let many: Vec<(i64, i64)> = (1..=51).map(|i| (i, 1)).collect();
         assert_eq!(PlaceOrder::parse(&many), Err(OrderError::TooManyItems));
-        assert_eq!(
-            PlaceOrder::parse(&[(0, 1)]),
-            Err(OrderError::InvalidSkuId(0))
-        );
-        assert!(matches!(
-            PlaceOrder::parse(&[(1, 0)]),
-            Err(OrderError::Quantity(_))
-        ));
-        assert!(matches!(
-            PlaceOrder::parse(&[(1, -3)]),
-            Err(OrderError::Quantity(_))
-        ));
-        assert!(matches!(
-            PlaceOrder::parse(&[(1, 1_000_000)]),
-            Err(OrderError::Quantity(_))
-        ));
-        assert_eq!(
-            PlaceOrder::parse(&[(1, 1), (1, 2)]),
-            Err(OrderError::DuplicateSku(SkuId::new(1)))
-        );
+        assert_eq!(PlaceOrder::parse(&[(0, 1)]), Err(OrderError::InvalidSkuId(0)));
+        assert!(matches!(PlaceOrder::parse(&[(1, 0)]), Err(OrderError::Quantity(_))));
+        assert!(matches!(PlaceOrder::parse(&[(1, -3)]), Err(OrderError::Quantity(_))));
+        assert!(matches!(PlaceOrder::parse(&[(1, 1_000_000)]), Err(OrderError::Quantity(_))));
+        assert_eq!(PlaceOrder::parse(&[(1, 1), (1, 2)]), Err(OrderError::DuplicateSku(SkuId::new(1))));
         assert_eq!(PlaceOrder::parse(&[(1, 2), (3, 4)]).unwrap().lines.len(), 2);
     }
 
@@ -325,10 +399,7 @@ mod tests {
     fn fingerprint_tells_bodies_apart() {
         let a = PlaceOrder::parse(&[(1, 2)]).unwrap();
         let b = PlaceOrder::parse(&[(1, 3)]).unwrap();
-        assert_eq!(
-            a.fingerprint(),
-            PlaceOrder::parse(&[(1, 2)]).unwrap().fingerprint()
-        );
+        assert_eq!(a.fingerprint(), PlaceOrder::parse(&[(1, 2)]).unwrap().fingerprint());
         assert_ne!(a.fingerprint(), b.fingerprint());
     }
 
@@ -342,18 +413,10 @@ mod tests {
 
     #[test]
     fn pricing_sums_exactly() {
-        let order = Order::price(
-            header(),
-            vec![line(1, 333, 3), line(2, 1, 1)],
-            Cents::new(100),
-        )
-        .unwrap();
+        let order = Order::price(header(), vec![line(1, 333, 3), line(2, 1, 1)], Cents::new(100)).unwrap();
         assert_eq!(order.total_cents, Cents::new(1000));
         assert_eq!(order.pay_cents, Cents::new(900));
-        assert_eq!(
-            order.items.iter().map(|i| i.pay_cents.get()).sum::<i64>(),
-            900
-        );
+        assert_eq!(order.items.iter().map(|i| i.pay_cents.get()).sum::<i64>(), 900);
         assert_eq!(order.status, OrderStatus::PendingPayment);
         let free = Order::price(header(), vec![line(1, 0, 2)], Cents::ZERO).unwrap();
         assert_eq!(free.pay_cents, Cents::ZERO);
@@ -361,13 +424,7 @@ mod tests {
 
     #[test]
     fn pricing_refuses_overflow() {
-        let huge = OrderLine {
-            price_cents: Cents::new(i64::MAX / 2),
-            ..line(1, 0, 3)
-        };
-        assert!(matches!(
-            Order::price(header(), vec![huge], Cents::ZERO),
-            Err(OrderError::Money(_))
-        ));
+        let huge = OrderLine { price_cents: Cents::new(i64::MAX / 2), ..line(1, 0, 3) };
+        assert!(matches!(Order::price(header(), vec![huge], Cents::ZERO), Err(OrderError::Money(_))));
     }
 }

@@ -49,12 +49,7 @@ impl JwtKeys {
     /// A token for `user_id`, valid for `ttl`.
     pub fn mint(&self, user_id: UserId, role: Role, ttl: Duration) -> String {
         let now = crate::domain::ids::wall_clock_ms() / 1_000;
-        let claims = Claims {
-            sub: user_id.to_string(),
-            role,
-            exp: now + ttl.as_secs(),
-            iat: now,
-        };
+        let claims = Claims { sub: user_id.to_string(), role, exp: now + ttl.as_secs(), iat: now };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing of plain claims cannot fail")
     }
@@ -70,10 +65,7 @@ impl JwtKeys {
             .ok()
             .and_then(UserId::parse)
             .ok_or_else(|| ApiError::unauthorized("token subject is not a user id"))?;
-        Ok(Caller {
-            user_id,
-            role: data.claims.role,
-        })
+        Ok(Caller { user_id, role: data.claims.role })
     }
 }
 
@@ -91,9 +83,8 @@ impl Caller {
 }
 
 fn caller_of(request: &HttpRequest) -> Result<Caller, ApiError> {
-    let keys = request
-        .app_data::<web::Data<JwtKeys>>()
-        .ok_or_else(|| ApiError::internal("JwtKeys missing from app data"))?;
+    let keys =
+        request.app_data::<web::Data<JwtKeys>>().ok_or_else(|| ApiError::internal("JwtKeys missing from app data"))?;
     let value = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -150,14 +141,8 @@ mod tests {
         assert_eq!(other.verify(&token).unwrap_err().code, "unauthorized");
 
         let now = crate::domain::ids::wall_clock_ms() / 1_000;
-        let past = Claims {
-            sub: "7".into(),
-            role: Role::User,
-            exp: now - 5,
-            iat: now - 60,
-        };
-        let expired =
-            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &past, &keys.encoding).unwrap();
+        let past = Claims { sub: "7".into(), role: Role::User, exp: now - 5, iat: now - 60 };
+        let expired = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &past, &keys.encoding).unwrap();
         assert!(keys.verify(&expired).is_err(), "exp in the past is refused");
     }
 

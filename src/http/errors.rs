@@ -30,11 +30,7 @@ struct Body<'a> {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-        }
+        ApiError { status, code, message: message.into() }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -58,42 +54,24 @@ impl ApiError {
     }
 
     pub fn overloaded() -> Self {
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
-            "too many requests for this key; retry shortly",
-        )
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "too many requests for this key; retry shortly")
     }
 
     /// A server-side failure: logged with its cause, answered without it.
     pub fn unavailable(cause: impl fmt::Display) -> Self {
         tracing::warn!(%cause, "request failed: unavailable");
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "temporarily unavailable; retry shortly",
-        )
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "temporarily unavailable; retry shortly")
     }
 
     pub fn internal(cause: impl fmt::Display) -> Self {
         tracing::error!(%cause, "request failed: internal error");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error",
-        )
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
     }
 }
 
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} {}: {}",
-            self.status.as_u16(),
-            self.code,
-            self.message
-        )
+        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
     }
 }
 
@@ -104,16 +82,10 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status);
-        if matches!(
-            self.status,
-            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
-        ) {
+        if matches!(self.status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) {
             response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS.to_string()));
         }
-        response.json(Body {
-            code: self.code,
-            message: &self.message,
-        })
+        response.json(Body { code: self.code, message: &self.message })
     }
 }
 
@@ -121,6 +93,7 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::Unavailable(_) | StoreError::Fenced(_) => ApiError::unavailable(error),
+            StoreError::Stale(_) => ApiError::new(StatusCode::CONFLICT, "stale_version", error.to_string()),
             StoreError::Corrupt(_) | StoreError::Database(_) => ApiError::internal(error),
         }
     }
@@ -129,23 +102,15 @@ impl From<StoreError> for ApiError {
 impl From<InventoryError> for ApiError {
     fn from(error: InventoryError) -> Self {
         match error {
-            InventoryError::InvalidQuantity { .. } => {
-                ApiError::unprocessable("invalid_quantity", error.to_string())
+            InventoryError::InvalidQuantity { .. } => ApiError::unprocessable("invalid_quantity", error.to_string()),
+            InventoryError::InsufficientStock { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "insufficient_stock", error.to_string())
             }
-            InventoryError::InsufficientStock { .. } => ApiError::new(
-                StatusCode::CONFLICT,
-                "insufficient_stock",
-                error.to_string(),
-            ),
-            InventoryError::StockOverflow { .. } => {
-                ApiError::unprocessable("invalid_quantity", error.to_string())
-            }
-            InventoryError::DuplicateReservation(_) | InventoryError::UnknownReservation(_) => {
-                ApiError::new(
-                    StatusCode::CONFLICT,
-                    "reservation_conflict",
-                    error.to_string(),
-                )
+            InventoryError::StockOverflow { .. } => ApiError::unprocessable("invalid_quantity", error.to_string()),
+            InventoryError::DuplicateReservation(_)
+            | InventoryError::UnknownReservation(_)
+            | InventoryError::NotSold { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "reservation_conflict", error.to_string())
             }
             InventoryError::Corrupt(_) => ApiError::internal(error),
         }
@@ -180,14 +145,10 @@ impl From<PlaceError> for ApiError {
     fn from(error: PlaceError) -> Self {
         match error {
             PlaceError::SkuNotFound(_) => ApiError::not_found("sku_not_found", error.to_string()),
-            PlaceError::InsufficientStock { .. } => ApiError::new(
-                StatusCode::CONFLICT,
-                "insufficient_stock",
-                error.to_string(),
-            ),
-            PlaceError::KeyReused => {
-                ApiError::unprocessable("idempotency_key_reused", error.to_string())
+            PlaceError::InsufficientStock { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "insufficient_stock", error.to_string())
             }
+            PlaceError::KeyReused => ApiError::unprocessable("idempotency_key_reused", error.to_string()),
             PlaceError::Invalid(inner) => inner.into(),
             PlaceError::Overloaded => ApiError::overloaded(),
             PlaceError::Unavailable(reason) => ApiError::unavailable(reason),

@@ -50,11 +50,7 @@ impl IdempotencyGate {
             Entry::Vacant(entry) => {
                 let (outcome, receiver) = watch::channel(None);
                 entry.insert(receiver);
-                Turn::Lead(Lead {
-                    gate: self,
-                    slot,
-                    outcome,
-                })
+                Turn::Lead(Lead { gate: self, slot, outcome })
             }
         }
     }

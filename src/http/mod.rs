@@ -26,13 +26,11 @@ pub struct AppState {
 
 fn json_error(error: JsonPayloadError, _request: &HttpRequest) -> actix_web::Error {
     let api = match &error {
-        JsonPayloadError::OverflowKnownLength { .. } | JsonPayloadError::Overflow { .. } => {
-            ApiError::new(
-                actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("request bodies are limited to {BODY_SIZE_MAX_BYTES} bytes"),
-            )
-        }
+        JsonPayloadError::OverflowKnownLength { .. } | JsonPayloadError::Overflow { .. } => ApiError::new(
+            actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request bodies are limited to {BODY_SIZE_MAX_BYTES} bytes"),
+        ),
         JsonPayloadError::ContentType => ApiError::new(
             actix_web::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
@@ -52,19 +50,12 @@ async fn not_found() -> Result<HttpResponse, ApiError> {
 }
 
 /// Registers every route, the shared state and the extractor limits.
-pub fn configure(
-    state: web::Data<AppState>,
-    keys: web::Data<auth::JwtKeys>,
-) -> impl FnOnce(&mut web::ServiceConfig) {
+pub fn configure(state: web::Data<AppState>, keys: web::Data<auth::JwtKeys>) -> impl FnOnce(&mut web::ServiceConfig) {
     move |config| {
         config
             .app_data(state)
             .app_data(keys)
-            .app_data(
-                web::JsonConfig::default()
-                    .limit(BODY_SIZE_MAX_BYTES)
-                    .error_handler(json_error),
-            )
+            .app_data(web::JsonConfig::default().limit(BODY_SIZE_MAX_BYTES).error_handler(json_error))
             .app_data(web::PayloadConfig::default().limit(BODY_SIZE_MAX_BYTES))
             .app_data(web::PathConfig::default().error_handler(path_error))
             .service(health::healthz)

@@ -66,22 +66,13 @@ impl From<&Order> for OrderBody {
 }
 
 fn idempotency_key(request: &HttpRequest) -> Result<IdempotencyKey, ApiError> {
-    let value = request.headers().get(IDEMPOTENCY_HEADER).ok_or_else(|| {
-        ApiError::bad_request(
-            "missing_idempotency_key",
-            "the Idempotency-Key header is required",
-        )
-    })?;
-    value
-        .to_str()
-        .ok()
-        .and_then(IdempotencyKey::parse)
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_idempotency_key",
-                "Idempotency-Key must be 1 to 64 printable ASCII characters",
-            )
-        })
+    let value = request
+        .headers()
+        .get(IDEMPOTENCY_HEADER)
+        .ok_or_else(|| ApiError::bad_request("missing_idempotency_key", "the Idempotency-Key header is required"))?;
+    value.to_str().ok().and_then(IdempotencyKey::parse).ok_or_else(|| {
+        ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key must be 1 to 64 printable ASCII characters")
+    })
 }
 
 #[post("/v1/orders")]
@@ -94,10 +85,7 @@ pub async fn place(
     let key = idempotency_key(&request)?;
     let items: Vec<(i64, i64)> = body.items.iter().map(|i| (i.sku_id, i.quantity)).collect();
     let order = PlaceOrder::parse(&items)?;
-    let placed = state
-        .idempotency
-        .place_once(&state.core, caller.user_id, key, order)
-        .await?;
+    let placed = state.idempotency.place_once(&state.core, caller.user_id, key, order).await?;
     let mut response = HttpResponse::Created();
     if let Placed::Replayed(_) = placed {
         response.insert_header((REPLAYED_HEADER, "true"));
@@ -106,11 +94,7 @@ pub async fn place(
 }
 
 #[get("/v1/orders/{order_id}")]
-pub async fn get(
-    state: web::Data<AppState>,
-    caller: Caller,
-    path: web::Path<i64>,
-) -> Result<HttpResponse, ApiError> {
+pub async fn get(state: web::Data<AppState>, caller: Caller, path: web::Path<i64>) -> Result<HttpResponse, ApiError> {
     let not_found = || ApiError::not_found("order_not_found", "no such order");
     let order_id = OrderId::parse(path.into_inner()).ok_or_else(not_found)?;
     let order = state.core.order(order_id).await?.ok_or_else(not_found)?;

@@ -59,8 +59,7 @@ impl From<SkuSnapshot> for SkuBody {
 }
 
 fn parse_sku_id(raw: i64) -> Result<SkuId, ApiError> {
-    SkuId::parse(raw)
-        .ok_or_else(|| ApiError::not_found("sku_not_found", format!("sku {raw} does not exist")))
+    SkuId::parse(raw).ok_or_else(|| ApiError::not_found("sku_not_found", format!("sku {raw} does not exist")))
 }
 
 #[post("/v1/admin/skus")]
@@ -77,8 +76,8 @@ pub async fn create(
             format!("name must be 1 to {SKU_NAME_LEN_MAX} characters"),
         ));
     }
-    let price_cents = Cents::parse_price(body.price_cents)
-        .map_err(|e| ApiError::unprocessable("invalid_price", e.to_string()))?;
+    let price_cents =
+        Cents::parse_price(body.price_cents).map_err(|e| ApiError::unprocessable("invalid_price", e.to_string()))?;
     if !(0..=i64::from(STOCK_QUANTITY_MAX)).contains(&body.stock) {
         return Err(ApiError::unprocessable(
             "invalid_stock",
@@ -112,11 +111,7 @@ pub async fn restock(
 }
 
 #[get("/v1/skus/{sku_id}")]
-pub async fn get(
-    state: web::Data<AppState>,
-    _caller: Caller,
-    path: web::Path<i64>,
-) -> Result<HttpResponse, ApiError> {
+pub async fn get(state: web::Data<AppState>, _caller: Caller, path: web::Path<i64>) -> Result<HttpResponse, ApiError> {
     let sku_id = parse_sku_id(path.into_inner())?;
     let snapshot = state.core.sku_snapshot(sku_id).await?;
     Ok(HttpResponse::Ok().json(SkuBody::from(snapshot)))

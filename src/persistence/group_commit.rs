@@ -46,9 +46,7 @@ pub struct Batcher<T, R> {
 
 impl<T, R> Clone for Batcher<T, R> {
     fn clone(&self) -> Self {
-        Batcher {
-            queue: self.queue.clone(),
-        }
+        Batcher { queue: self.queue.clone() }
     }
 }
 
@@ -69,25 +67,16 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     /// Adds `item` to the next batch and waits until that batch is committed.
     pub async fn submit(&self, item: T) -> Result<R, SubmitError> {
         let (reply, answer) = oneshot::channel();
-        self.queue
-            .try_send(Job { item, reply })
-            .map_err(|error| match error {
-                mpsc::error::TrySendError::Full(_) => SubmitError::Overloaded,
-                mpsc::error::TrySendError::Closed(_) => SubmitError::Closed,
-            })?;
-        answer
-            .await
-            .map_err(|_| SubmitError::Closed)?
-            .map_err(SubmitError::Store)
+        self.queue.try_send(Job { item, reply }).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => SubmitError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => SubmitError::Closed,
+        })?;
+        answer.await.map_err(|_| SubmitError::Closed)?.map_err(SubmitError::Store)
     }
 }
 
-async fn run<T, R, F, Fut>(
-    name: &'static str,
-    limits: BatchLimits,
-    mut receiver: mpsc::Receiver<Job<T, R>>,
-    flush: F,
-) where
+async fn run<T, R, F, Fut>(name: &'static str, limits: BatchLimits, mut receiver: mpsc::Receiver<Job<T, R>>, flush: F)
+where
     F: Fn(Vec<T>) -> Fut,
     Fut: Future<Output = Result<Vec<R>, StoreError>>,
 {
@@ -98,25 +87,18 @@ async fn run<T, R, F, Fut>(
             match receiver.try_recv() {
                 Ok(job) => jobs.push(job),
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    match timeout_at(deadline, receiver.recv()).await {
-                        Ok(Some(job)) => jobs.push(job),
-                        Ok(None) | Err(_) => break,
-                    }
-                }
+                Err(mpsc::error::TryRecvError::Empty) => match timeout_at(deadline, receiver.recv()).await {
+                    Ok(Some(job)) => jobs.push(job),
+                    Ok(None) | Err(_) => break,
+                },
             }
         }
         let batch_size = jobs.len();
-        let (items, replies): (Vec<T>, Vec<_>) =
-            jobs.into_iter().map(|job| (job.item, job.reply)).unzip();
+        let (items, replies): (Vec<T>, Vec<_>) = jobs.into_iter().map(|job| (job.item, job.reply)).unzip();
         let span = tracing::debug_span!("group_commit", batcher = name, batch_size);
         match flush(items).instrument(span).await {
             Ok(results) => {
-                assert_eq!(
-                    results.len(),
-                    batch_size,
-                    "{name}: flush must answer every item"
-                );
+                assert_eq!(results.len(), batch_size, "{name}: flush must answer every item");
                 for (reply, result) in replies.into_iter().zip(results) {
                     let _ = reply.send(Ok(result));
                 }
@@ -141,11 +123,7 @@ mod tests {
     async fn batches_concurrent_submissions_and_answers_each() {
         let flushes = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&flushes);
-        let limits = BatchLimits {
-            size_max: 64,
-            delay: Duration::from_millis(20),
-            queue_max: 1_000,
-        };
+        let limits = BatchLimits { size_max: 64, delay: Duration::from_millis(20), queue_max: 1_000 };
         let batcher = Batcher::spawn("test", limits, move |items: Vec<u32>| {
             counter.fetch_add(1, Ordering::SeqCst);
             async move { Ok(items.into_iter().map(|i| i * 2).collect()) }
@@ -157,44 +135,29 @@ mod tests {
         .await;
         assert_eq!(answers, (0..200u32).map(|i| i * 2).collect::<Vec<_>>());
         let flushes = flushes.load(Ordering::SeqCst);
-        assert!(
-            (4..200).contains(&flushes),
-            "200 items in batches of at most 64 took {flushes} flushes"
-        );
+        assert!((4..200).contains(&flushes), "200 items in batches of at most 64 took {flushes} flushes");
     }
 
     #[tokio::test]
     async fn a_failed_flush_fails_every_caller_of_the_batch() {
-        let limits = BatchLimits {
-            size_max: 8,
-            delay: Duration::from_millis(5),
-            queue_max: 16,
-        };
+        let limits = BatchLimits { size_max: 8, delay: Duration::from_millis(5), queue_max: 16 };
         let batcher = Batcher::spawn("failing", limits, |_items: Vec<u32>| async {
             Err::<Vec<u32>, _>(StoreError::Unavailable("down".into()))
         });
         let results = futures::future::join_all((0..8u32).map(|i| batcher.submit(i))).await;
-        assert!(results
-            .iter()
-            .all(|r| matches!(r, Err(SubmitError::Store(StoreError::Unavailable(_))))));
+        assert!(results.iter().all(|r| matches!(r, Err(SubmitError::Store(StoreError::Unavailable(_))))));
     }
 
     #[tokio::test]
     async fn a_full_queue_is_refused_not_waited_on() {
-        let limits = BatchLimits {
-            size_max: 1,
-            delay: Duration::ZERO,
-            queue_max: 1,
-        };
+        let limits = BatchLimits { size_max: 1, delay: Duration::ZERO, queue_max: 1 };
         let (entered_tx, entered) = tokio::sync::watch::channel(false);
         let (release, gate) = tokio::sync::watch::channel(false);
         let batcher = Batcher::spawn("slow", limits, move |items: Vec<u32>| {
             let mut gate = gate.clone();
             let _ = entered_tx.send(true);
             async move {
-                gate.wait_for(|open| *open)
-                    .await
-                    .expect("gate sender alive");
+                gate.wait_for(|open| *open).await.expect("gate sender alive");
                 Ok(items)
             }
         });
@@ -203,18 +166,11 @@ mod tests {
             async move { batcher.submit(1).await }
         });
         // The writer holds item 1 inside its flush; item 2 then fills the one queue slot.
-        entered
-            .clone()
-            .wait_for(|in_flush| *in_flush)
-            .await
-            .unwrap();
+        entered.clone().wait_for(|in_flush| *in_flush).await.unwrap();
         let second = batcher.submit(2);
         tokio::pin!(second);
         assert!(futures::poll!(&mut second).is_pending());
-        assert!(matches!(
-            batcher.submit(3).await,
-            Err(SubmitError::Overloaded)
-        ));
+        assert!(matches!(batcher.submit(3).await, Err(SubmitError::Overloaded)));
         release.send(true).unwrap();
         assert_eq!(first.await.unwrap().unwrap(), 1);
         assert_eq!(second.await.unwrap(), 2);

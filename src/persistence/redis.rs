@@ -45,10 +45,7 @@ pub struct Snapshots {
 
 impl Snapshots {
     pub fn in_process() -> Self {
-        Snapshots {
-            local: DashMap::new(),
-            publisher: None,
-        }
+        Snapshots { local: DashMap::new(), publisher: None }
     }
 
     /// Mirrors snapshots to Redis at `url`. Connects lazily: Redis need not be up at start.
@@ -62,18 +59,12 @@ impl Snapshots {
             failures: AtomicU64::new(0),
         });
         tokio::spawn(Arc::clone(&publisher).run());
-        Ok(Snapshots {
-            local: DashMap::new(),
-            publisher: Some(publisher),
-        })
+        Ok(Snapshots { local: DashMap::new(), publisher: Some(publisher) })
     }
 
     /// Records a committed snapshot. An older version than the one held is ignored.
     pub fn publish(&self, snapshot: SkuSnapshot) {
-        assert!(
-            snapshot.counters.is_balanced(),
-            "unbalanced snapshot {snapshot:?}"
-        );
+        assert!(snapshot.counters.is_balanced(), "unbalanced snapshot {snapshot:?}");
         let mut newer = true;
         self.local
             .entry(snapshot.sku_id)
@@ -98,12 +89,7 @@ impl Snapshots {
     pub fn redis_stats(&self) -> (u64, u64) {
         self.publisher
             .as_ref()
-            .map(|p| {
-                (
-                    p.written.load(Ordering::Relaxed),
-                    p.failures.load(Ordering::Relaxed),
-                )
-            })
+            .map(|p| (p.written.load(Ordering::Relaxed), p.failures.load(Ordering::Relaxed)))
             .unwrap_or((0, 0))
     }
 }
@@ -119,16 +105,12 @@ struct RedisPublisher {
 impl RedisPublisher {
     fn dirty(&self) -> std::sync::MutexGuard<'_, HashMap<SkuId, SkuSnapshot>> {
         // The map holds plain values; a panic elsewhere cannot leave it half-updated.
-        self.dirty
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.dirty.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn mark_dirty(&self, snapshot: SkuSnapshot) {
         let mut dirty = self.dirty();
-        let newer = dirty
-            .get(&snapshot.sku_id)
-            .is_none_or(|held| held.version <= snapshot.version);
+        let newer = dirty.get(&snapshot.sku_id).is_none_or(|held| held.version <= snapshot.version);
         if newer {
             dirty.insert(snapshot.sku_id, snapshot);
         }
@@ -148,8 +130,7 @@ impl RedisPublisher {
                 }
                 match self.write(&mut connection, &batch).await {
                     Ok(()) => {
-                        self.written
-                            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                        self.written.fetch_add(batch.len() as u64, Ordering::Relaxed);
                         backoff = BACKOFF_MIN;
                     }
                     Err(error) => {
@@ -179,16 +160,11 @@ impl RedisPublisher {
         batch: &[SkuSnapshot],
     ) -> anyhow::Result<()> {
         if connection.is_none() {
-            let connected = tokio::time::timeout(
-                REDIS_TIMEOUT,
-                self.client.get_multiplexed_async_connection(),
-            )
-            .await??;
+            let connected =
+                tokio::time::timeout(REDIS_TIMEOUT, self.client.get_multiplexed_async_connection()).await??;
             *connection = Some(connected);
         }
-        let Some(redis) = connection.as_mut() else {
-            unreachable!("connected just above")
-        };
+        let Some(redis) = connection.as_mut() else { unreachable!("connected just above") };
         let mut pipeline = redis::pipe();
         for snapshot in batch {
             let c = snapshot.counters;

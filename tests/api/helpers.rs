@@ -47,25 +47,14 @@ impl TestDatabase {
                 let name = format!("tianji_test_{}", hex::encode(rand::random::<[u8; 6]>()));
                 let url = format!("{}/{name}", mysql_root_url());
                 Any::create_database(&url).await.unwrap_or_else(|e| {
-                    panic!(
-                        "MariaDB must be reachable at {} for these tests (see .ci/run): {e}",
-                        mysql_root_url()
-                    )
+                    panic!("MariaDB must be reachable at {} for these tests (see .ci/run): {e}", mysql_root_url())
                 });
-                TestDatabase {
-                    url,
-                    backend,
-                    _dir: None,
-                }
+                TestDatabase { url, backend, _dir: None }
             }
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().expect("temp dir");
                 let url = tianji::persistence::sqlite::url_in(dir.path());
-                TestDatabase {
-                    url,
-                    backend,
-                    _dir: Some(dir),
-                }
+                TestDatabase { url, backend, _dir: Some(dir) }
             }
         }
     }
@@ -79,10 +68,7 @@ impl Drop for TestDatabase {
         let url = self.url.clone();
         // Drop runs inside the test's runtime, which cannot be blocked on: use a thread.
         let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             runtime.block_on(async { Any::drop_database(&url).await })
         })
         .join();
@@ -113,11 +99,7 @@ pub struct AppOptions {
 impl AppOptions {
     pub fn new(backend: Backend) -> Self {
         let redis_url = (backend == Backend::MySql).then(redis_url);
-        AppOptions {
-            backend,
-            redis_url,
-            extra: Vec::new(),
-        }
+        AppOptions { backend, redis_url, extra: Vec::new() }
     }
 }
 
@@ -135,11 +117,7 @@ pub async fn restart(app: &TestApp) -> TestApp {
     start(Arc::clone(&app.database), app.redis.clone(), Vec::new()).await
 }
 
-async fn start(
-    database: Arc<TestDatabase>,
-    redis: Option<String>,
-    extra: Vec<(&'static str, String)>,
-) -> TestApp {
+async fn start(database: Arc<TestDatabase>, redis: Option<String>, extra: Vec<(&'static str, String)>) -> TestApp {
     tianji::telemetry::init();
     let mut values: BTreeMap<String, String> = [
         ("TIANJI_BIND", "127.0.0.1:0".to_owned()),
@@ -159,23 +137,14 @@ async fn start(
         values.insert(name.to_owned(), value);
     }
     let settings = Settings::from_values(&values).expect("test settings are valid");
-    let application = Application::build(settings)
-        .await
-        .expect("the application starts");
+    let application = Application::build(settings).await.expect("the application starts");
     let address = format!("http://127.0.0.1:{}", application.port());
     let core = Arc::clone(application.core());
     actix_web::rt::spawn(application.run_until_stopped());
-    let db = AnyPoolOptions::new()
-        .max_connections(4)
-        .connect(&database.url)
-        .await
-        .expect("test pool");
+    let db = AnyPoolOptions::new().max_connections(4).connect(&database.url).await.expect("test pool");
     TestApp {
         address,
-        client: reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()
-            .expect("client"),
+        client: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("client"),
         keys: JwtKeys::new(JWT_SECRET),
         core,
         db,
@@ -197,13 +166,11 @@ pub struct DbCounters {
 
 impl TestApp {
     pub fn user_token(&self, user_id: i64) -> String {
-        self.keys
-            .mint(UserId::new(user_id), Role::User, Duration::from_secs(600))
+        self.keys.mint(UserId::new(user_id), Role::User, Duration::from_secs(600))
     }
 
     pub fn admin_token(&self) -> String {
-        self.keys
-            .mint(UserId::new(1), Role::Admin, Duration::from_secs(600))
+        self.keys.mint(UserId::new(1), Role::Admin, Duration::from_secs(600))
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -219,24 +186,14 @@ impl TestApp {
             .send()
             .await
             .expect("request");
-        assert_eq!(
-            response.status(),
-            201,
-            "create sku: {}",
-            response.text().await.unwrap_or_default()
-        );
+        assert_eq!(response.status(), 201, "create sku: {}", response.text().await.unwrap_or_default());
         let body: serde_json::Value = response.json().await.expect("json");
         let sku_id = body["sku_id"].as_i64().expect("sku_id");
         self.skus.lock().unwrap().push(sku_id);
         sku_id
     }
 
-    pub async fn place_order(
-        &self,
-        user_id: i64,
-        key: &str,
-        items: serde_json::Value,
-    ) -> reqwest::Response {
+    pub async fn place_order(&self, user_id: i64, key: &str, items: serde_json::Value) -> reqwest::Response {
         self.client
             .post(self.url("/v1/orders"))
             .bearer_auth(self.user_token(user_id))
@@ -260,13 +217,11 @@ impl TestApp {
     }
 
     pub async fn db_counters(&self, sku_id: i64) -> DbCounters {
-        let row = sqlx::query(
-            "SELECT total, available, reserved, sold, version FROM inventory WHERE sku_id = ?",
-        )
-        .bind(sku_id)
-        .fetch_one(&self.db)
-        .await
-        .expect("inventory row");
+        let row = sqlx::query("SELECT total, available, reserved, sold, version FROM inventory WHERE sku_id = ?")
+            .bind(sku_id)
+            .fetch_one(&self.db)
+            .await
+            .expect("inventory row");
         DbCounters {
             total: row.get("total"),
             available: row.get("available"),
@@ -284,12 +239,7 @@ impl TestApp {
             .await
             .expect("reservation rows")
             .iter()
-            .map(|r| {
-                (
-                    r.get::<i64, _>("order_id"),
-                    (r.get::<i64, _>("quantity"), r.get::<String, _>("status")),
-                )
-            })
+            .map(|r| (r.get::<i64, _>("order_id"), (r.get::<i64, _>("quantity"), r.get::<String, _>("status"))))
             .collect()
     }
 
@@ -306,11 +256,7 @@ impl TestApp {
     }
 
     pub async fn count(&self, sql: &str) -> i64 {
-        sqlx::query(sql)
-            .fetch_one(&self.db)
-            .await
-            .expect("count")
-            .get::<i64, _>(0)
+        sqlx::query(sql).fetch_one(&self.db).await.expect("count").get::<i64, _>(0)
     }
 
     /// The Redis snapshot of a SKU once it has caught up with `version` (publishing is
@@ -318,10 +264,7 @@ impl TestApp {
     pub async fn redis_snapshot(&self, sku_id: i64, version: i64) -> HashMap<String, i64> {
         let url = self.redis.as_ref().expect("this app has Redis");
         let client = redis::Client::open(url.as_str()).expect("redis url");
-        let mut connection = client
-            .get_multiplexed_async_connection()
-            .await
-            .expect("Redis must be reachable");
+        let mut connection = client.get_multiplexed_async_connection().await.expect("Redis must be reachable");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let snapshot: HashMap<String, i64> = redis::cmd("HGETALL")

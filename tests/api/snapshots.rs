@@ -12,27 +12,15 @@ async fn sales_go_on_while_redis_is_down() {
     let app = spawn_with(options).await;
     let sku_id = app.create_sku("Offline mirror", 300, 5).await;
     for buyer in 0..5 {
-        let response = app
-            .place_order(buyer + 1, "k", json!([{"sku_id": sku_id, "quantity": 1}]))
-            .await;
+        let response = app.place_order(buyer + 1, "k", json!([{"sku_id": sku_id, "quantity": 1}])).await;
         assert_eq!(response.status(), 201);
     }
-    assert_eq!(
-        app.place_order(99, "k", json!([{"sku_id": sku_id, "quantity": 1}]))
-            .await
-            .status(),
-        409
-    );
+    assert_eq!(app.place_order(99, "k", json!([{"sku_id": sku_id, "quantity": 1}])).await.status(), 409);
     let counters = app.db_counters(sku_id).await;
     assert_eq!((counters.available, counters.reserved), (0, 5));
     let sku = app.get_sku(sku_id).await;
-    assert_eq!(
-        sku["reserved"], 5,
-        "readers are served from the in-process snapshot"
-    );
-    let failures_counted = eventually(Duration::from_secs(5), || async {
-        app.core.snapshots.redis_stats().1 > 0
-    })
-    .await;
+    assert_eq!(sku["reserved"], 5, "readers are served from the in-process snapshot");
+    let failures_counted =
+        eventually(Duration::from_secs(5), || async { app.core.snapshots.redis_stats().1 > 0 }).await;
     assert!(failures_counted, "failed Redis writes are counted");
 }

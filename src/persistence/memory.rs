@@ -192,7 +192,7 @@ impl Store for MemoryStore {
             .filter(|o| before.is_none_or(|b| o.id < b))
             .cloned()
             .collect();
-        orders.sort_by(|a, b| b.id.cmp(&a.id));
+        orders.sort_by_key(|order| std::cmp::Reverse(order.id));
         orders.truncate(limit as usize);
         Ok(orders)
     }

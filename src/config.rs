@@ -131,6 +131,7 @@ impl Settings {
                 Duration::from_secs(86_400),
             )?,
             lease_tick: defaults.lease_tick,
+            session_idle_timeout: defaults.session_idle_timeout,
             reservation_grace: parse_duration(
                 get,
                 "TIANJI_RESERVATION_GRACE",

@@ -3,7 +3,7 @@
 
 use crate::actors::Core;
 use crate::config::Settings;
-use crate::http::{self, auth::JwtKeys, AppState};
+use crate::http::{self, auth::JwtKeys, payments::PaymentKey, AppState};
 use crate::persistence::{self, redis::Snapshots};
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
@@ -32,14 +32,25 @@ impl Application {
             settings.pay_timeout,
             settings.actor_threads,
         );
+        let started = std::time::Instant::now();
+        let (repaired, armed) = core.recover().await?;
+        tracing::info!(
+            repaired,
+            armed,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "recovered: leases repaired, deadlines armed"
+        );
         let state = web::Data::new(AppState { core: Arc::clone(&core), idempotency: Default::default() });
         let keys = web::Data::new(JwtKeys::new(settings.jwt_secret()));
+        let payment_key = web::Data::new(PaymentKey::new(settings.payment_secret()));
         let listener = TcpListener::bind(settings.bind)?;
         let port = listener.local_addr()?.port();
-        let server = HttpServer::new(move || App::new().configure(http::configure(state.clone(), keys.clone())))
-            .workers(settings.http_workers)
-            .listen(listener)?
-            .run();
+        let server = HttpServer::new(move || {
+            App::new().configure(http::configure(state.clone(), keys.clone(), payment_key.clone()))
+        })
+        .workers(settings.http_workers)
+        .listen(listener)?
+        .run();
         tracing::info!(port, database = %redact(&settings.database_url), redis = settings.redis_url.is_some(), "tianji serving");
         Ok(Application { port, server, core })
     }

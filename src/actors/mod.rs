@@ -8,6 +8,7 @@
 pub mod inventory;
 pub mod order;
 pub mod registry;
+pub mod timer;
 
 use crate::domain::order::Order;
 use crate::domain::{OrderId, SkuId, Snowflake};
@@ -32,6 +33,8 @@ pub struct ActorLimits {
     pub batch_delay: Duration,
     /// An actor with no work for this long stops; its state is in the database.
     pub idle_timeout: Duration,
+    /// An order session with no work for this long stops (orders are many and mostly idle).
+    pub session_idle_timeout: Duration,
     /// How often an inventory actor looks for leases that ran out.
     pub lease_tick: Duration,
     /// How long a reservation outlives its order's payment deadline.
@@ -45,6 +48,7 @@ impl Default for ActorLimits {
             batch_size_max: 1_024,
             batch_delay: Duration::from_millis(1),
             idle_timeout: Duration::from_secs(300),
+            session_idle_timeout: Duration::from_secs(10),
             lease_tick: Duration::from_millis(250),
             reservation_grace: Duration::from_secs(120),
         }
@@ -125,6 +129,8 @@ pub struct Core {
     pub ids: Snowflake,
     /// How long a buyer has to pay a new order.
     pub pay_timeout: Duration,
+    /// Payment deadlines of pending orders.
+    pub timer: timer::DeadlineTimer,
 }
 
 impl Core {
@@ -150,7 +156,8 @@ impl Core {
                 async move { store.insert_orders(&orders).await }
             },
         );
-        Arc::new(Core {
+        let (timer, timer_task) = timer::DeadlineTimer::channel();
+        let core = Arc::new(Core {
             store,
             snapshots,
             skus: Registry::default(),
@@ -160,6 +167,71 @@ impl Core {
             limits,
             ids: Snowflake::new(worker_id),
             pay_timeout,
-        })
+            timer,
+        });
+        tokio::spawn(timer_task.run(Arc::downgrade(&core)));
+        core
+    }
+
+    /// Brings stock in line with orders after a crash, then arms the deadlines of every order
+    /// awaiting payment. Runs at start, before the service takes requests.
+    ///
+    /// A step of an order is written before its effect on stock, so a crash can leave a lease
+    /// behind its order: open under an order that was paid or closed (or under no order at all,
+    /// when the crash came between reserving and writing the order), or sold under an order
+    /// refunded before delivery. Each such lease gets the repair `domain::order::lease_repair`
+    /// names. Returns (leases repaired, deadlines armed).
+    pub async fn recover(self: &Arc<Self>) -> anyhow::Result<(usize, usize)> {
+        use crate::domain::order::{lease_repair, LeaseRepair};
+        use crate::persistence::ReservationStatus;
+        use futures::StreamExt;
+
+        let lagging = self.store.unsettled_reservations().await?;
+        let repairs: Vec<_> = lagging
+            .into_iter()
+            .filter_map(|lease| {
+                let open = lease.status == ReservationStatus::Reserved;
+                lease_repair(open, lease.order_status, lease.refunded_from_paid).map(|repair| (lease, repair))
+            })
+            .collect();
+        let repaired = repairs.len();
+        let outcomes = futures::stream::iter(repairs)
+            .map(|(lease, repair)| async move {
+                let (sku, order) = (lease.sku_id, lease.order_id);
+                let result = match repair {
+                    LeaseRepair::Release => self.release(sku, order).await.map(drop),
+                    LeaseRepair::Confirm => self.confirm(sku, order).await.map(drop),
+                    LeaseRepair::ConfirmThenReturn => match self.confirm(sku, order).await {
+                        Ok(_) => self.return_sold(sku, order, lease.quantity).await.map(drop),
+                        Err(error) => Err(error),
+                    },
+                    LeaseRepair::Return => self.return_sold(sku, order, lease.quantity).await.map(drop),
+                };
+                (lease, repair, result)
+            })
+            .buffer_unordered(RECOVERY_IN_FLIGHT_MAX)
+            .collect::<Vec<_>>()
+            .await;
+        for (lease, repair, result) in outcomes {
+            match result {
+                Ok(()) => tracing::info!(sku_id = %lease.sku_id, order_id = %lease.order_id, ?repair, "lease repaired"),
+                Err(error) => {
+                    anyhow::bail!(
+                        "repairing the lease of order {} on sku {} ({repair:?}): {error}",
+                        lease.order_id,
+                        lease.sku_id
+                    )
+                }
+            }
+        }
+        let deadlines = self.store.pending_deadlines().await?;
+        let armed = deadlines.len();
+        for (order_id, deadline_ms) in deadlines {
+            self.timer.schedule(order_id, deadline_ms).await;
+        }
+        Ok((repaired, armed))
     }
 }
+
+/// Lease repairs run at once during recovery.
+const RECOVERY_IN_FLIGHT_MAX: usize = 64;

@@ -3,7 +3,7 @@
 //! and unavailability carry `Retry-After`. Server-side causes are logged, not sent.
 
 use crate::actors::inventory::SkuError;
-use crate::actors::order::PlaceError;
+use crate::actors::order::{LifecycleError, PlaceError};
 use crate::domain::inventory::InventoryError;
 use crate::domain::order::OrderError;
 use crate::persistence::StoreError;
@@ -39,6 +39,10 @@ impl ApiError {
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    pub fn unauthorized_with(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, code, message)
     }
 
     pub fn forbidden(message: impl Into<String>) -> Self {
@@ -152,6 +156,23 @@ impl From<PlaceError> for ApiError {
             PlaceError::Invalid(inner) => inner.into(),
             PlaceError::Overloaded => ApiError::overloaded(),
             PlaceError::Unavailable(reason) => ApiError::unavailable(reason),
+        }
+    }
+}
+
+impl From<LifecycleError> for ApiError {
+    fn from(error: LifecycleError) -> Self {
+        let conflict = |code| ApiError::new(StatusCode::CONFLICT, code, error.to_string());
+        match &error {
+            LifecycleError::NotFound => ApiError::not_found("order_not_found", "no such order"),
+            LifecycleError::InvalidTransition(_) => conflict("invalid_transition"),
+            LifecycleError::AmountMismatch { .. } => ApiError::bad_request("amount_mismatch", error.to_string()),
+            LifecycleError::OrderClosed => conflict("order_closed"),
+            LifecycleError::AlreadyPaid => conflict("already_paid"),
+            LifecycleError::TradeNoReused(_) => conflict("out_trade_no_reused"),
+            LifecycleError::Stale => conflict("stale_version"),
+            LifecycleError::Overloaded => ApiError::overloaded(),
+            LifecycleError::Unavailable(reason) => ApiError::unavailable(reason),
         }
     }
 }

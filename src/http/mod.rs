@@ -7,6 +7,7 @@ pub mod errors;
 pub mod health;
 pub mod idempotency;
 pub mod orders;
+pub mod payments;
 pub mod skus;
 
 use crate::actors::Core;
@@ -50,11 +51,20 @@ async fn not_found() -> Result<HttpResponse, ApiError> {
 }
 
 /// Registers every route, the shared state and the extractor limits.
-pub fn configure(state: web::Data<AppState>, keys: web::Data<auth::JwtKeys>) -> impl FnOnce(&mut web::ServiceConfig) {
+pub fn configure(
+    state: web::Data<AppState>,
+    keys: web::Data<auth::JwtKeys>,
+    payment_key: web::Data<payments::PaymentKey>,
+) -> impl FnOnce(&mut web::ServiceConfig) {
     move |config| {
         config
             .app_data(state)
             .app_data(keys)
+            .app_data(payment_key)
+            .app_data(
+                web::QueryConfig::default()
+                    .error_handler(|error, _| ApiError::unprocessable("invalid_query", error.to_string()).into()),
+            )
             .app_data(web::JsonConfig::default().limit(BODY_SIZE_MAX_BYTES).error_handler(json_error))
             .app_data(web::PayloadConfig::default().limit(BODY_SIZE_MAX_BYTES))
             .app_data(web::PathConfig::default().error_handler(path_error))
@@ -64,7 +74,12 @@ pub fn configure(state: web::Data<AppState>, keys: web::Data<auth::JwtKeys>) -> 
             .service(skus::restock)
             .service(skus::get)
             .service(orders::place)
+            .service(orders::list)
             .service(orders::get)
+            .service(orders::cancel)
+            .service(orders::finish)
+            .service(orders::refund)
+            .service(payments::callback)
             .default_service(web::to(not_found));
     }
 }

@@ -1,12 +1,13 @@
 //! Orders: placement (idempotent on the `Idempotency-Key` header) and reading one back.
 
-use super::auth::Caller;
+use super::auth::{Admin, Caller};
 use super::errors::ApiError;
 use super::AppState;
 use crate::actors::order::Placed;
 use crate::domain::order::{Order, OrderItem};
-use crate::domain::{Cents, IdempotencyKey, OrderId, PlaceOrder, UserId};
+use crate::domain::{Cents, IdempotencyKey, OrderEvent, OrderId, OrderStatus, PlaceOrder, UserId};
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
+use base64::Engine;
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -103,4 +104,109 @@ pub async fn get(state: web::Data<AppState>, caller: Caller, path: web::Path<i64
         return Err(not_found());
     }
     Ok(HttpResponse::Ok().json(OrderBody::from(&order)))
+}
+
+/// Acts on an order by its id for `caller`; a user only reaches their own orders.
+async fn act(
+    state: &AppState,
+    raw_id: i64,
+    event: OrderEvent,
+    owner: Option<UserId>,
+) -> Result<HttpResponse, ApiError> {
+    let order_id = OrderId::parse(raw_id).ok_or_else(|| ApiError::not_found("order_not_found", "no such order"))?;
+    let order = state.core.act_on_order(order_id, event, owner).await?;
+    Ok(HttpResponse::Ok().json(OrderBody::from(&order)))
+}
+
+#[post("/v1/orders/{order_id}/cancel")]
+pub async fn cancel(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    act(&state, path.into_inner(), OrderEvent::Cancel, Some(caller.user_id)).await
+}
+
+#[post("/v1/orders/{order_id}/finish")]
+pub async fn finish(state: web::Data<AppState>, _admin: Admin, path: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+    act(&state, path.into_inner(), OrderEvent::Finish, None).await
+}
+
+#[post("/v1/orders/{order_id}/refund")]
+pub async fn refund(state: web::Data<AppState>, _admin: Admin, path: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+    act(&state, path.into_inner(), OrderEvent::Refund, None).await
+}
+
+/// The most orders one page lists.
+pub const PAGE_SIZE_MAX: u32 = 100;
+pub const PAGE_SIZE_DEFAULT: u32 = 20;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    status: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+#[derive(Serialize)]
+struct OrderPage {
+    orders: Vec<OrderBody>,
+    /// Pass as `cursor` for the next page; `null` on the last one.
+    next_cursor: Option<String>,
+}
+
+/// Cursors are the id of the last order of a page, wrapped so that clients treat them as
+/// opaque. Ids only grow, so a page boundary stays put while new orders arrive.
+fn encode_cursor(order_id: OrderId) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("o:{}", order_id.get()))
+}
+
+fn decode_cursor(cursor: &str) -> Option<OrderId> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    OrderId::parse(text.strip_prefix("o:")?.parse().ok()?)
+}
+
+#[get("/v1/orders")]
+pub async fn list(
+    state: web::Data<AppState>,
+    caller: Caller,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let query = query.into_inner();
+    let status = match query.status.as_deref() {
+        None | Some("") => None,
+        Some(name) => Some(
+            OrderStatus::parse(name)
+                .ok_or_else(|| ApiError::unprocessable("invalid_status", format!("unknown order status {name:?}")))?,
+        ),
+    };
+    let limit = query.limit.unwrap_or(PAGE_SIZE_DEFAULT);
+    if !(1..=PAGE_SIZE_MAX).contains(&limit) {
+        return Err(ApiError::unprocessable("invalid_limit", format!("limit must be between 1 and {PAGE_SIZE_MAX}")));
+    }
+    let before = match query.cursor.as_deref() {
+        None | Some("") => None,
+        Some(cursor) => Some(
+            decode_cursor(cursor)
+                .ok_or_else(|| ApiError::bad_request("invalid_cursor", "cursor is not one this API gave out"))?,
+        ),
+    };
+    let orders = state.core.store.list_orders(caller.user_id, status, before, limit).await?;
+    let next_cursor = (orders.len() == limit as usize).then(|| orders.last().map(|o| encode_cursor(o.id))).flatten();
+    Ok(HttpResponse::Ok().json(OrderPage { orders: orders.iter().map(OrderBody::from).collect(), next_cursor }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_refuse_forgeries() {
+        let id = OrderId::new(516_108_883_538_739_200);
+        assert_eq!(decode_cursor(&encode_cursor(id)), Some(id));
+        assert_eq!(decode_cursor("not-a-cursor"), None);
+        assert_eq!(decode_cursor(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("o:-5")), None);
+    }
 }

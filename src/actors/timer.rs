@@ -1,0 +1,98 @@
+//! Payment deadlines of pending orders, in one compact timer instead of one live actor each.
+//!
+//! A `DelayQueue` holds `(order id, deadline)` for every order awaiting payment: a few dozen
+//! bytes per order, so a million pending orders cost tens of megabytes while their sessions
+//! are passivated. When a deadline passes the timer asks the order's session (activated from
+//! the database if need be) to time the order out; at most `EXPIRATIONS_IN_FLIGHT_MAX` of those
+//! run at once. Deadlines are reloaded from the database at start, and those that passed while
+//! the process was down fire right away.
+
+use super::Core;
+use crate::domain::ids::wall_clock_ms;
+use crate::domain::OrderId;
+use futures::StreamExt;
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::time::{delay_queue, DelayQueue};
+
+/// Timeouts being applied at once; past it the timer waits before firing more.
+pub const EXPIRATIONS_IN_FLIGHT_MAX: usize = 256;
+/// Commands waiting for the timer task; senders wait (briefly) when it is full.
+pub const COMMANDS_QUEUED_MAX: usize = 65_536;
+
+enum Command {
+    Schedule(OrderId, i64),
+    Forget(OrderId),
+}
+
+/// The handle actors and placement use to schedule and forget deadlines.
+#[derive(Clone)]
+pub struct DeadlineTimer {
+    commands: mpsc::Sender<Command>,
+}
+
+impl DeadlineTimer {
+    /// The timer's handle and the receiving end its task runs on (see `run`).
+    pub fn channel() -> (DeadlineTimer, TimerTask) {
+        let (commands, receiver) = mpsc::channel(COMMANDS_QUEUED_MAX);
+        (DeadlineTimer { commands }, TimerTask { receiver })
+    }
+
+    /// Times out `order_id` at `deadline_ms` (milliseconds since the Unix epoch).
+    pub async fn schedule(&self, order_id: OrderId, deadline_ms: i64) {
+        if self.commands.send(Command::Schedule(order_id, deadline_ms)).await.is_err() {
+            tracing::error!(%order_id, "deadline timer stopped; the order closes at the next start");
+        }
+    }
+
+    /// The order left PendingPayment: its deadline no longer matters.
+    pub async fn forget(&self, order_id: OrderId) {
+        let _ = self.commands.send(Command::Forget(order_id)).await;
+    }
+}
+
+pub struct TimerTask {
+    receiver: mpsc::Receiver<Command>,
+}
+
+impl TimerTask {
+    /// Runs until every `DeadlineTimer` handle is gone or the core is dropped.
+    pub async fn run(mut self, core: Weak<Core>) {
+        let mut queue: DelayQueue<OrderId> = DelayQueue::new();
+        let mut keys: HashMap<OrderId, delay_queue::Key> = HashMap::new();
+        let in_flight = Arc::new(Semaphore::new(EXPIRATIONS_IN_FLIGHT_MAX));
+        loop {
+            tokio::select! {
+                command = self.receiver.recv() => match command {
+                    Some(Command::Schedule(order_id, deadline_ms)) => {
+                        let delay_ms = (deadline_ms - wall_clock_ms() as i64).max(0) as u64;
+                        let key = queue.insert(order_id, Duration::from_millis(delay_ms));
+                        if let Some(previous) = keys.insert(order_id, key) {
+                            queue.remove(&previous);
+                        }
+                    }
+                    Some(Command::Forget(order_id)) => {
+                        if let Some(key) = keys.remove(&order_id) {
+                            queue.remove(&key);
+                        }
+                    }
+                    None => return,
+                },
+                Some(expired) = queue.next(), if !queue.is_empty() => {
+                    let order_id = expired.into_inner();
+                    keys.remove(&order_id);
+                    let Some(core) = core.upgrade() else { return };
+                    let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else { return };
+                    tokio::spawn(async move {
+                        if let Err(error) = core.time_out_order(order_id).await {
+                            tracing::warn!(%order_id, %error, "timing out an order failed; it is retried at the next start");
+                        }
+                        drop(permit);
+                    });
+                }
+            }
+        }
+    }
+}

@@ -118,7 +118,9 @@ pub async fn restart(app: &TestApp) -> TestApp {
 }
 
 async fn start(database: Arc<TestDatabase>, redis: Option<String>, extra: Vec<(&'static str, String)>) -> TestApp {
-    tianji::telemetry::init();
+    // Captured per test (shown when one fails); RUST_LOG overrides the level.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
     let mut values: BTreeMap<String, String> = [
         ("TIANJI_BIND", "127.0.0.1:0".to_owned()),
         ("TIANJI_DATABASE_URL", database.url.clone()),
@@ -202,6 +204,55 @@ impl TestApp {
             .send()
             .await
             .expect("request")
+    }
+
+    /// Sends a payment callback signed with the payment secret.
+    pub async fn pay(&self, order_id: i64, out_trade_no: &str, amount_cents: i64) -> reqwest::Response {
+        let body = serde_json::json!({
+            "order_id": order_id, "out_trade_no": out_trade_no, "amount_cents": amount_cents, "channel": "test"
+        })
+        .to_string();
+        let signature = tianji::http::payments::PaymentKey::new(PAYMENT_SECRET).sign(body.as_bytes());
+        self.client
+            .post(self.url("/v1/payments/callback"))
+            .header("content-type", "application/json")
+            .header("X-Tianji-Signature", signature)
+            .body(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// POSTs to an order action (`cancel`, `finish`, `refund`) with `token`.
+    pub async fn order_action(&self, token: &str, order_id: i64, action: &str) -> reqwest::Response {
+        self.client
+            .post(self.url(&format!("/v1/orders/{order_id}/{action}")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn get_order(&self, user_id: i64, order_id: i64) -> serde_json::Value {
+        let response = self
+            .client
+            .get(self.url(&format!("/v1/orders/{order_id}")))
+            .bearer_auth(self.user_token(user_id))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 200);
+        response.json().await.expect("json")
+    }
+
+    /// Places one order of `quantity` units of `sku_id` and returns `(order_id, pay_cents)`.
+    pub async fn placed(&self, user_id: i64, sku_id: i64, quantity: i64) -> (i64, i64) {
+        let key = format!("k-{}", rand::random::<u64>());
+        let response =
+            self.place_order(user_id, &key, serde_json::json!([{"sku_id": sku_id, "quantity": quantity}])).await;
+        assert_eq!(response.status(), 201);
+        let body: serde_json::Value = response.json().await.expect("json");
+        (body["order_id"].as_i64().unwrap(), body["pay_cents"].as_i64().unwrap())
     }
 
     pub async fn get_sku(&self, sku_id: i64) -> serde_json::Value {

@@ -4,6 +4,7 @@ mod flash_sale;
 mod helpers;
 mod idempotency;
 mod leases;
+mod lifecycle;
 mod restart;
 mod snapshots;
 mod validation;

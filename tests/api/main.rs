@@ -5,6 +5,7 @@ mod helpers;
 mod idempotency;
 mod leases;
 mod lifecycle;
+mod recovery;
 mod restart;
 mod snapshots;
 mod validation;

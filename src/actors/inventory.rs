@@ -465,10 +465,7 @@ async fn activate(core: Arc<Core>, sku_id: SkuId) -> Result<Addr<InventoryActor>
         last_active: Instant::now(),
         core,
     };
-    Ok(InventoryActor::start_in_arbiter(&arbiter, move |ctx| {
-        ctx.set_mailbox_capacity(mailbox_capacity);
-        actor
-    }))
+    Ok(super::start_on(&arbiter, mailbox_capacity, actor))
 }
 
 /// The SKU side of `Core`: find or activate a SKU's actor and ask it.

@@ -86,6 +86,23 @@ where
     answer.await.map_err(|_| E::from(Refusal::NoAnswer))?
 }
 
+/// Starts `actor` on `arbiter` with a mailbox that holds `capacity` messages from the first
+/// one on. (`Actor::start_in_arbiter` sets the capacity only once the arbiter runs the actor's
+/// constructor, so a burst that arrives before that meets actix's default of 16.)
+pub fn start_on<A>(arbiter: &ArbiterHandle, capacity: usize, actor: A) -> Addr<A>
+where
+    A: Actor<Context = Context<A>> + Send,
+{
+    let (sender, receiver) = actix::dev::channel::channel(capacity);
+    let spawned = arbiter.spawn_fn(move || {
+        Context::with_receiver(receiver).run(actor);
+    });
+    if !spawned {
+        tracing::error!("arbiter stopped; the actor never starts and its callers get 503");
+    }
+    Addr::new(sender)
+}
+
 /// A fixed set of arbiters (threads with their own event loop) that actors are spread over.
 pub struct ArbiterPool {
     arbiters: Vec<Arbiter>,

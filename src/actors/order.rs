@@ -526,10 +526,7 @@ impl Core {
         let arbiter = self.arbiters.for_key(order_id.get());
         let capacity = self.limits.mailbox_capacity;
         let session = OrderSession { order_id, order, last_active: Instant::now(), core: Arc::clone(self) };
-        OrderSession::start_in_arbiter(&arbiter, move |ctx| {
-            ctx.set_mailbox_capacity(capacity);
-            session
-        })
+        super::start_on(&arbiter, capacity, session)
     }
 
     /// The session of a stored order, activated from the database if it is passivated.

@@ -67,3 +67,16 @@ async fn sold_out_is_refused_without_a_write() {
     }
     assert_eq!(store.counters(sku_id).unwrap().1, version, "refusals wrote nothing");
 }
+
+#[actix_web::test]
+async fn a_burst_at_activation_meets_the_configured_mailbox() {
+    // The SKU's actor is not active: the burst activates it and must not meet a small mailbox.
+    let (core, store, sku_id) = core_with_sku(1_000).await;
+    let far = wall_clock_ms() as i64 + 3_600_000;
+    let one = Quantity::parse(1, 10).unwrap();
+    let burst = (1..=500).map(|order| core.reserve(sku_id, OrderId::new(order), one, far));
+    let results = futures::future::join_all(burst).await;
+    let refused: Vec<_> = results.iter().filter(|r| r.is_err()).collect();
+    assert!(refused.is_empty(), "{} of 500 refused, first: {:?}", refused.len(), refused.first());
+    assert_eq!(store.counters(sku_id).unwrap().0.reserved, 500);
+}

@@ -197,7 +197,8 @@ impl Core {
     /// behind its order: open under an order that was paid or closed (or under no order at all,
     /// when the crash came between reserving and writing the order), or sold under an order
     /// refunded before delivery. Each such lease gets the repair `domain::order::lease_repair`
-    /// names. Returns (leases repaired, deadlines armed).
+    /// names; a repair that fails is logged and left for the next start. Returns (leases
+    /// repaired, deadlines armed).
     pub async fn recover(self: &Arc<Self>) -> anyhow::Result<(usize, usize)> {
         use crate::domain::order::{lease_repair, LeaseRepair};
         use crate::persistence::ReservationStatus;
@@ -229,26 +230,30 @@ impl Core {
             .buffer_unordered(RECOVERY_IN_FLIGHT_MAX)
             .collect::<Vec<_>>()
             .await;
+        let mut failed = 0;
         for (lease, repair, result) in outcomes {
             match result {
                 Ok(()) => tracing::info!(sku_id = %lease.sku_id, order_id = %lease.order_id, ?repair, "lease repaired"),
                 Err(error) => {
-                    anyhow::bail!(
-                        "repairing the lease of order {} on sku {} ({repair:?}): {error}",
-                        lease.order_id,
-                        lease.sku_id
-                    )
+                    // Not fatal: a service that cannot start repairs nothing. The lease stays
+                    // as it is in the database and is looked at again at the next start.
+                    failed += 1;
+                    tracing::error!(sku_id = %lease.sku_id, order_id = %lease.order_id, ?repair, %error, "lease repair failed");
                 }
             }
         }
+        let repaired = repaired - failed;
         let deadlines = self.store.pending_deadlines().await?;
         let armed = deadlines.len();
-        for (order_id, deadline_ms) in deadlines {
-            self.timer.schedule(order_id, deadline_ms).await;
+        for chunk in deadlines.chunks(DEADLINES_PER_COMMAND_MAX) {
+            self.timer.schedule_many(chunk.to_vec()).await;
         }
         Ok((repaired, armed))
     }
 }
+
+/// Deadlines handed to the timer in one command during recovery.
+const DEADLINES_PER_COMMAND_MAX: usize = 10_000;
 
 /// Lease repairs run at once during recovery.
 const RECOVERY_IN_FLIGHT_MAX: usize = 64;

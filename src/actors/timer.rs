@@ -24,6 +24,8 @@ pub const COMMANDS_QUEUED_MAX: usize = 65_536;
 
 enum Command {
     Schedule(OrderId, i64),
+    /// Many deadlines at once (recovery at start): one message instead of one per order.
+    ScheduleMany(Vec<(OrderId, i64)>),
     Forget(OrderId),
 }
 
@@ -47,6 +49,13 @@ impl DeadlineTimer {
         }
     }
 
+    /// Times out every `(order, deadline)` of `deadlines`.
+    pub async fn schedule_many(&self, deadlines: Vec<(OrderId, i64)>) {
+        if self.commands.send(Command::ScheduleMany(deadlines)).await.is_err() {
+            tracing::error!("deadline timer stopped; pending orders close at the next start");
+        }
+    }
+
     /// The order left PendingPayment: its deadline no longer matters.
     pub async fn forget(&self, order_id: OrderId) {
         let _ = self.commands.send(Command::Forget(order_id)).await;
@@ -67,10 +76,13 @@ impl TimerTask {
             tokio::select! {
                 command = self.receiver.recv() => match command {
                     Some(Command::Schedule(order_id, deadline_ms)) => {
-                        let delay_ms = (deadline_ms - wall_clock_ms() as i64).max(0) as u64;
-                        let key = queue.insert(order_id, Duration::from_millis(delay_ms));
-                        if let Some(previous) = keys.insert(order_id, key) {
-                            queue.remove(&previous);
+                        arm(&mut queue, &mut keys, order_id, deadline_ms, wall_clock_ms() as i64);
+                    }
+                    Some(Command::ScheduleMany(deadlines)) => {
+                        let now_ms = wall_clock_ms() as i64;
+                        keys.reserve(deadlines.len());
+                        for (order_id, deadline_ms) in deadlines {
+                            arm(&mut queue, &mut keys, order_id, deadline_ms, now_ms);
                         }
                     }
                     Some(Command::Forget(order_id)) => {
@@ -94,5 +106,19 @@ impl TimerTask {
                 }
             }
         }
+    }
+}
+
+fn arm(
+    queue: &mut DelayQueue<OrderId>,
+    keys: &mut HashMap<OrderId, delay_queue::Key>,
+    order_id: OrderId,
+    deadline_ms: i64,
+    now_ms: i64,
+) {
+    let delay = Duration::from_millis((deadline_ms - now_ms).max(0) as u64);
+    let key = queue.insert(order_id, delay);
+    if let Some(previous) = keys.insert(order_id, key) {
+        queue.remove(&previous);
     }
 }

@@ -32,6 +32,10 @@ struct Server {
 
 impl Server {
     fn start(database_url: &str) -> Server {
+        Server::start_with(database_url, &[])
+    }
+
+    fn start_with(database_url: &str, settings: &[(&str, &str)]) -> Server {
         let data_dir = std::env::temp_dir().join(format!("tianji-recovery-{}", std::process::id()));
         let mut child = Command::new(env!("CARGO_BIN_EXE_tianji"))
             .arg("serve")
@@ -44,6 +48,7 @@ impl Server {
             .env("TIANJI_ACTOR_THREADS", "2")
             .env_remove("TIANJI_REDIS_URL")
             .env("RUST_LOG", "error")
+            .envs(settings.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -261,5 +266,69 @@ async fn killed_at_random_moments_loses_nothing_acknowledged() {
         *seen.lock().unwrap() = acknowledged;
     }
     server.kill();
+    db.close().await;
+}
+
+#[actix_web::test]
+async fn deadlines_that_passed_while_down_close_right_after_start() {
+    let database = TestDatabase::create(Backend::MySql).await;
+    let keys = JwtKeys::new(JWT_SECRET);
+    let pay_timeout = [("TIANJI_PAY_TIMEOUT", "2s")];
+    let server = Server::start_with(&database.url, &pay_timeout);
+    let skus = create_skus(&server.address, &keys).await;
+    let token = keys.mint(UserId::new(5), Role::User, Duration::from_secs(600));
+    let http = reqwest::Client::new();
+    for n in 0..20 {
+        let response = http
+            .post(format!("{}/v1/orders", server.address))
+            .bearer_auth(&token)
+            .header("Idempotency-Key", format!("d{n}"))
+            .json(&json!({"items": [{"sku_id": skus[0], "quantity": 1}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+    }
+    server.kill();
+    let db = sqlx::any::AnyPoolOptions::new().max_connections(1).connect(&database.url).await.unwrap();
+    let latest_deadline: i64 =
+        sqlx::query("SELECT MAX(pay_deadline) AS d FROM trade_order").fetch_one(&db).await.unwrap().get("d");
+    assert!(latest_deadline > tianji::domain::ids::wall_clock_ms() as i64, "killed before the deadlines");
+    // Down past every deadline.
+    let until_past = latest_deadline - tianji::domain::ids::wall_clock_ms() as i64 + 100;
+    tokio::time::sleep(Duration::from_millis(until_past.max(0) as u64)).await;
+
+    let restarted = Server::start_with(&database.url, &pay_timeout);
+    let started_ms = tianji::domain::ids::wall_clock_ms() as i64;
+    let closed = crate::helpers::eventually(Duration::from_secs(5), || async {
+        // Closed first, units back right after: wait for both.
+        let pending: i64 = sqlx::query("SELECT COUNT(*) AS n FROM trade_order WHERE status = 'pending_payment'")
+            .fetch_one(&db)
+            .await
+            .unwrap()
+            .get("n");
+        let reserved: i64 = sqlx::query("SELECT reserved FROM inventory WHERE sku_id = ?")
+            .bind(skus[0])
+            .fetch_one(&db)
+            .await
+            .unwrap()
+            .get("reserved");
+        pending == 0 && reserved == 0
+    })
+    .await;
+    assert!(closed, "orders whose deadline passed while down were not closed with their units back");
+    let last_close: i64 = sqlx::query("SELECT MAX(created_at) AS t FROM order_status_log WHERE to_status = 'closed'")
+        .fetch_one(&db)
+        .await
+        .unwrap()
+        .get("t");
+    assert!(last_close - started_ms < 1_000, "closed {} ms after start", last_close - started_ms);
+    let counters = sqlx::query("SELECT available, reserved FROM inventory WHERE sku_id = ?")
+        .bind(skus[0])
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!((counters.get::<i64, _>("available"), counters.get::<i64, _>("reserved")), (UNITS_PER_SKU, 0));
+    restarted.kill();
     db.close().await;
 }

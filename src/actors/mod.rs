@@ -14,7 +14,7 @@ use crate::domain::order::Order;
 use crate::domain::{OrderId, SkuId, Snowflake};
 use crate::persistence::group_commit::{BatchLimits, Batcher};
 use crate::persistence::redis::Snapshots;
-use crate::persistence::{DynStore, OrderInsert};
+use crate::persistence::{DynStore, OrderInsert, OrderTransition, StoreError};
 use actix::dev::ToEnvelope;
 use actix::prelude::*;
 use registry::Registry;
@@ -141,6 +141,8 @@ pub struct Core {
     pub skus: Registry<SkuId, inventory::InventoryActor>,
     pub orders: Registry<OrderId, order::OrderSession>,
     pub order_writer: Batcher<Order, OrderInsert>,
+    /// Group commit of order steps (pay, cancel, timeout, finish, refund).
+    pub transition_writer: Batcher<OrderTransition, Result<(), StoreError>>,
     pub arbiters: ArbiterPool,
     pub limits: ActorLimits,
     pub ids: Snowflake,
@@ -173,6 +175,19 @@ impl Core {
                 async move { store.insert_orders(&orders).await }
             },
         );
+        let transition_store = Arc::clone(&store);
+        let transition_writer = Batcher::spawn(
+            "order_transitions",
+            BatchLimits {
+                size_max: limits.batch_size_max,
+                delay: limits.batch_delay,
+                queue_max: limits.mailbox_capacity,
+            },
+            move |transitions: Vec<OrderTransition>| {
+                let store = Arc::clone(&transition_store);
+                async move { store.transition_orders(&transitions).await }
+            },
+        );
         let (timer, timer_task) = timer::DeadlineTimer::channel();
         let core = Arc::new(Core {
             store,
@@ -180,6 +195,7 @@ impl Core {
             skus: Registry::default(),
             orders: Registry::default(),
             order_writer,
+            transition_writer,
             arbiters: ArbiterPool::start(arbiter_count),
             limits,
             ids: Snowflake::new(worker_id),

@@ -300,7 +300,11 @@ async fn step(
         insert_payment: payment,
         refund_payment: event == OrderEvent::Refund,
     };
-    core.store.transition_order(&transition).await?;
+    core.transition_writer.submit(transition).await.map_err(|error| match error {
+        SubmitError::Overloaded => LifecycleError::Overloaded,
+        SubmitError::Store(error) => error.into(),
+        SubmitError::Closed => LifecycleError::Unavailable("transition writer stopped".into()),
+    })??;
     let next = Order { status: to, version: order.version + 1, ..order.clone() };
     if order.status == OrderStatus::PendingPayment {
         core.timer.forget(order.id).await;

@@ -135,32 +135,12 @@ impl Store for MemoryStore {
         Ok(order_id.and_then(|id| state.orders.get(id)).cloned())
     }
 
-    async fn transition_order(&self, transition: &OrderTransition) -> Result<(), StoreError> {
+    async fn transition_orders(
+        &self,
+        transitions: &[OrderTransition],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         let mut state = self.lock();
-        let state = &mut *state;
-        let order = state.orders.get_mut(&transition.order_id).ok_or(StoreError::Stale(transition.order_id))?;
-        if order.version != transition.expected_version || order.status != transition.from {
-            return Err(StoreError::Stale(transition.order_id));
-        }
-        if let Some(payment) = &transition.insert_payment {
-            if state.payments.contains_key(&payment.out_trade_no) {
-                return Err(StoreError::Database(format!("duplicate out_trade_no {}", payment.out_trade_no)));
-            }
-            state.payments.insert(payment.out_trade_no.clone(), payment.clone());
-        }
-        order.status = transition.to;
-        order.version += 1;
-        if transition.refund_payment {
-            for payment in state.payments.values_mut() {
-                if payment.order_id == transition.order_id && payment.status == PaymentStatus::Paid {
-                    payment.status = PaymentStatus::Refunded;
-                }
-            }
-        }
-        if (transition.from, transition.to) == (OrderStatus::Paid, OrderStatus::Refunded) {
-            state.refunded_from_paid.insert(transition.order_id);
-        }
-        Ok(())
+        Ok(transitions.iter().map(|transition| apply_transition(&mut state, transition)).collect())
     }
 
     async fn record_payment(&self, payment: &Payment, _at_ms: i64) -> Result<bool, StoreError> {
@@ -231,4 +211,32 @@ impl Store for MemoryStore {
             })
             .collect())
     }
+}
+
+/// One step of one order, with the same checks the SQL store makes.
+fn apply_transition(state: &mut MemoryState, transition: &OrderTransition) -> Result<(), StoreError> {
+    let stale = StoreError::Stale(transition.order_id);
+    let order = state.orders.get_mut(&transition.order_id).ok_or_else(|| stale.clone())?;
+    if order.version != transition.expected_version || order.status != transition.from {
+        return Err(stale);
+    }
+    if let Some(payment) = &transition.insert_payment {
+        if state.payments.contains_key(&payment.out_trade_no) {
+            return Err(StoreError::Database(format!("duplicate out_trade_no {}", payment.out_trade_no)));
+        }
+        state.payments.insert(payment.out_trade_no.clone(), payment.clone());
+    }
+    order.status = transition.to;
+    order.version += 1;
+    if transition.refund_payment {
+        for payment in state.payments.values_mut() {
+            if payment.order_id == transition.order_id && payment.status == PaymentStatus::Paid {
+                payment.status = PaymentStatus::Refunded;
+            }
+        }
+    }
+    if (transition.from, transition.to) == (OrderStatus::Paid, OrderStatus::Refunded) {
+        state.refunded_from_paid.insert(transition.order_id);
+    }
+    Ok(())
 }

@@ -227,9 +227,20 @@ pub trait Store: Send + Sync + 'static {
 
     async fn find_order_by_key(&self, user_id: UserId, idempotency_key: &str) -> Result<Option<Order>, StoreError>;
 
-    /// Moves an order one step, if it is still at `expected_version` and `from` (else
-    /// `StoreError::Stale`), logging the step in `order_status_log`.
-    async fn transition_order(&self, transition: &OrderTransition) -> Result<(), StoreError>;
+    /// Moves orders one step each, in one transaction: an order still at its
+    /// `expected_version` and `from` moves and its step is logged in `order_status_log`; one that
+    /// is not gets `StoreError::Stale` and nothing is written for it. The outcomes are in the
+    /// order of `transitions`; an `Err` of the whole call means nothing was written.
+    async fn transition_orders(
+        &self,
+        transitions: &[OrderTransition],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError>;
+
+    /// One step of one order (see `transition_orders`).
+    async fn transition_order(&self, transition: &OrderTransition) -> Result<(), StoreError> {
+        let mut outcomes = self.transition_orders(std::slice::from_ref(transition)).await?;
+        outcomes.pop().expect("one outcome per transition")
+    }
 
     /// Stores a payment that did not pay its order; `false` if `out_trade_no` was stored already.
     async fn record_payment(&self, payment: &Payment, at_ms: i64) -> Result<bool, StoreError>;

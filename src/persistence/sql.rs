@@ -354,47 +354,82 @@ impl Store for SqlStore {
         self.order_with_items(row).await
     }
 
-    async fn transition_order(&self, transition: &OrderTransition) -> Result<(), StoreError> {
-        assert!(transition.from.can_become(transition.to), "{:?}", transition);
+    async fn transition_orders(
+        &self,
+        transitions: &[OrderTransition],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        if transitions.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut tx = self.pool.begin().await?;
-        let updated = sqlx::query(
-            "UPDATE trade_order SET status = ?, version = ?, updated_at = ? WHERE id = ? AND version = ? AND status = ?",
-        )
-        .bind(transition.to.as_str())
-        .bind(transition.expected_version + 1)
-        .bind(transition.at_ms)
-        .bind(transition.order_id.get())
-        .bind(transition.expected_version)
-        .bind(transition.from.as_str())
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() != 1 {
-            return Err(StoreError::Stale(transition.order_id));
+        let mut outcomes = Vec::with_capacity(transitions.len());
+        for transition in transitions {
+            assert!(transition.from.can_become(transition.to), "{transition:?}");
+            let updated = sqlx::query(
+                "UPDATE trade_order SET status = ?, version = ?, updated_at = ? WHERE id = ? AND version = ? AND status = ?",
+            )
+            .bind(transition.to.as_str())
+            .bind(transition.expected_version + 1)
+            .bind(transition.at_ms)
+            .bind(transition.order_id.get())
+            .bind(transition.expected_version)
+            .bind(transition.from.as_str())
+            .execute(&mut *tx)
+            .await?;
+            outcomes.push(if updated.rows_affected() == 1 {
+                Ok(())
+            } else {
+                Err(StoreError::Stale(transition.order_id))
+            });
         }
-        sqlx::query(
-            "INSERT INTO order_status_log (order_id, from_status, to_status, version, created_at) VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(transition.order_id.get())
-        .bind(transition.from.as_str())
-        .bind(transition.to.as_str())
-        .bind(transition.expected_version + 1)
-        .bind(transition.at_ms)
-        .execute(&mut *tx)
-        .await?;
-        if let Some(payment) = &transition.insert_payment {
-            insert_payment(&mut tx, payment, transition.at_ms).await?;
+        let landed: Vec<&OrderTransition> =
+            transitions.iter().zip(&outcomes).filter(|(_, outcome)| outcome.is_ok()).map(|(t, _)| t).collect();
+        for chunk in landed.chunks(ROWS_PER_STATEMENT_MAX) {
+            let mut insert = QueryBuilder::<Any>::new(
+                "INSERT INTO order_status_log (order_id, from_status, to_status, version, created_at) ",
+            );
+            insert.push_values(chunk, |mut row, t| {
+                row.push_bind(t.order_id.get())
+                    .push_bind(t.from.as_str())
+                    .push_bind(t.to.as_str())
+                    .push_bind(t.expected_version + 1)
+                    .push_bind(t.at_ms);
+            });
+            insert.build().execute(&mut *tx).await?;
         }
-        if transition.refund_payment {
-            sqlx::query("UPDATE payment SET status = ?, updated_at = ? WHERE order_id = ? AND status = ?")
-                .bind(PaymentStatus::Refunded.as_str())
-                .bind(transition.at_ms)
-                .bind(transition.order_id.get())
-                .bind(PaymentStatus::Paid.as_str())
-                .execute(&mut *tx)
-                .await?;
+        let payments: Vec<(&Payment, i64)> =
+            landed.iter().filter_map(|t| t.insert_payment.as_ref().map(|p| (p, t.at_ms))).collect();
+        for chunk in payments.chunks(ROWS_PER_STATEMENT_MAX) {
+            let mut insert = QueryBuilder::<Any>::new(
+                "INSERT INTO payment (out_trade_no, order_id, amount_cents, channel, status, created_at, updated_at) ",
+            );
+            insert.push_values(chunk, |mut row, (payment, at_ms)| {
+                row.push_bind(payment.out_trade_no.clone())
+                    .push_bind(payment.order_id.get())
+                    .push_bind(payment.amount_cents.get())
+                    .push_bind(payment.channel.clone())
+                    .push_bind(payment.status.as_str())
+                    .push_bind(*at_ms)
+                    .push_bind(*at_ms);
+            });
+            insert.build().execute(&mut *tx).await?;
+        }
+        let refunded: Vec<&OrderTransition> = landed.iter().copied().filter(|t| t.refund_payment).collect();
+        for chunk in refunded.chunks(ROWS_PER_STATEMENT_MAX) {
+            let mut update = QueryBuilder::<Any>::new("UPDATE payment SET status = ");
+            update.push_bind(PaymentStatus::Refunded.as_str());
+            update.push(", updated_at = ").push_bind(chunk[0].at_ms);
+            update.push(" WHERE status = ").push_bind(PaymentStatus::Paid.as_str());
+            update.push(" AND order_id IN (");
+            let mut ids = update.separated(", ");
+            for t in chunk {
+                ids.push_bind(t.order_id.get());
+            }
+            update.push(")");
+            update.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(outcomes)
     }
 
     async fn record_payment(&self, payment: &Payment, at_ms: i64) -> Result<bool, StoreError> {

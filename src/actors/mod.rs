@@ -162,32 +162,17 @@ impl Core {
         pay_timeout: Duration,
         arbiter_count: usize,
     ) -> Arc<Core> {
-        let writer_store = Arc::clone(&store);
-        let order_writer = Batcher::spawn(
-            "orders",
-            BatchLimits {
-                size_max: limits.batch_size_max,
-                delay: limits.batch_delay,
-                queue_max: limits.mailbox_capacity,
-            },
-            move |orders: Vec<Order>| {
-                let store = Arc::clone(&writer_store);
-                async move { store.insert_orders(&orders).await }
-            },
-        );
-        let transition_store = Arc::clone(&store);
-        let transition_writer = Batcher::spawn(
-            "order_transitions",
-            BatchLimits {
-                size_max: limits.batch_size_max,
-                delay: limits.batch_delay,
-                queue_max: limits.mailbox_capacity,
-            },
-            move |transitions: Vec<OrderTransition>| {
-                let store = Arc::clone(&transition_store);
-                async move { store.transition_orders(&transitions).await }
-            },
-        );
+        let order_writer =
+            writer(
+                "orders",
+                &store,
+                &limits,
+                |store, orders: Vec<Order>| async move { store.insert_orders(&orders).await },
+            );
+        let transition_writer =
+            writer("order_transitions", &store, &limits, |store, transitions: Vec<OrderTransition>| async move {
+                store.transition_orders(&transitions).await
+            });
         let (timer, timer_task) = timer::DeadlineTimer::channel();
         let core = Arc::new(Core {
             store,
@@ -220,7 +205,9 @@ impl Core {
         use crate::persistence::ReservationStatus;
         use futures::StreamExt;
 
+        let started = std::time::Instant::now();
         let lagging = self.store.unsettled_reservations().await?;
+        let scanned_ms = started.elapsed().as_millis() as u64;
         let repairs: Vec<_> = lagging
             .into_iter()
             .filter_map(|lease| {
@@ -259,13 +246,40 @@ impl Core {
             }
         }
         let repaired = repaired - failed;
+        let repaired_ms = started.elapsed().as_millis() as u64;
         let deadlines = self.store.pending_deadlines().await?;
+        let loaded_ms = started.elapsed().as_millis() as u64;
         let armed = deadlines.len();
         for chunk in deadlines.chunks(DEADLINES_PER_COMMAND_MAX) {
             self.timer.schedule_many(chunk.to_vec()).await;
         }
+        tracing::info!(
+            scanned_ms,
+            repaired_ms,
+            loaded_ms,
+            armed_ms = started.elapsed().as_millis() as u64,
+            "recovery phases (cumulative)"
+        );
         Ok((repaired, armed))
     }
+}
+
+/// A group-commit writer over the store, bounded like the actors.
+fn writer<T, R, Fut>(
+    name: &'static str,
+    store: &DynStore,
+    limits: &ActorLimits,
+    write: fn(DynStore, Vec<T>) -> Fut,
+) -> Batcher<T, R>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+    Fut: std::future::Future<Output = Result<Vec<R>, StoreError>> + Send + 'static,
+{
+    let store = Arc::clone(store);
+    let bounds =
+        BatchLimits { size_max: limits.batch_size_max, delay: limits.batch_delay, queue_max: limits.mailbox_capacity };
+    Batcher::spawn(name, bounds, move |items| write(Arc::clone(&store), items))
 }
 
 /// Deadlines handed to the timer in one command during recovery.

@@ -1,0 +1,337 @@
+//! Command line: `engines` and `http`, their presets, and how explicit flags override a
+//! preset's values. Parsing ends in a validated `Workload`.
+
+use crate::workload::{KeyDistribution, Workload, WorkloadError};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "tianji-loadtest",
+    version,
+    about = "Load generator for tianji: engines side by side in process, or a running server over HTTP. Loopback only."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// The same driver against each reservation engine, in process.
+    Engines(EnginesArgs),
+    /// End to end against a running `tianji serve`, beside a bare actix-web handler.
+    Http(HttpArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Preset {
+    /// One SKU with 10,000 units, 200,000 attempts, 256 concurrent.
+    FlashSale,
+    /// 100,000 SKUs (10,000 over HTTP) with 100 units each, zipf 1.1, 200,000 attempts.
+    Catalog,
+    /// Several SKUs, 1..=2 or 3 units per attempt; over HTTP: place, pay, cancel, read.
+    Mixed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Engines,
+    Http,
+}
+
+/// A preset's values, before flags override them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PresetValues {
+    pub sku_count: usize,
+    pub stock_per_sku: i64,
+    pub attempts: u64,
+    pub concurrency: usize,
+    pub max_quantity: u32,
+    pub distribution: KeyDistribution,
+    pub time_limit: Duration,
+}
+
+impl Preset {
+    pub fn values(self, mode: Mode) -> PresetValues {
+        let zipf = |exponent| KeyDistribution::Zipf { exponent };
+        match (self, mode) {
+            (Preset::FlashSale, _) => PresetValues {
+                sku_count: 1,
+                stock_per_sku: 10_000,
+                attempts: 200_000,
+                concurrency: 256,
+                max_quantity: 1,
+                distribution: KeyDistribution::Uniform,
+                time_limit: Duration::from_secs(20),
+            },
+            // Over HTTP, SKUs are created one admin call each (about 1,000/s against SQLite),
+            // so the HTTP catalog has 10,000 SKUs to stay under a minute.
+            (Preset::Catalog, Mode::Http) => PresetValues {
+                sku_count: 10_000,
+                stock_per_sku: 100,
+                attempts: 200_000,
+                concurrency: 256,
+                max_quantity: 1,
+                distribution: zipf(1.1),
+                time_limit: Duration::from_secs(15),
+            },
+            (Preset::Catalog, Mode::Engines) => PresetValues {
+                sku_count: 100_000,
+                stock_per_sku: 100,
+                attempts: 200_000,
+                concurrency: 256,
+                max_quantity: 1,
+                distribution: zipf(1.1),
+                // Five engines and 100,000 SKUs set up (about 15 s for tianji's, one insert per
+                // SKU) stay under a minute on 2 cores.
+                time_limit: Duration::from_secs(7),
+            },
+            (Preset::Mixed, Mode::Engines) => PresetValues {
+                sku_count: 1_000,
+                stock_per_sku: 200,
+                attempts: 200_000,
+                concurrency: 256,
+                max_quantity: 3,
+                distribution: zipf(0.8),
+                time_limit: Duration::from_secs(10),
+            },
+            (Preset::Mixed, Mode::Http) => PresetValues {
+                sku_count: 100,
+                stock_per_sku: 1_000,
+                attempts: 20_000,
+                concurrency: 64,
+                max_quantity: 2,
+                distribution: zipf(1.1),
+                time_limit: Duration::from_secs(20),
+            },
+        }
+    }
+}
+
+/// What every run takes: a preset and the flags that override it, and where to write reports.
+#[derive(Args, Debug, Clone)]
+pub struct LoadArgs {
+    /// Starting values; every flag below overrides its part.
+    #[arg(long, value_enum, default_value_t = Preset::FlashSale)]
+    pub preset: Preset,
+    /// Concurrent clients (closed loop: each waits for its answer before the next attempt).
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Attempts in total.
+    #[arg(long)]
+    pub attempts: Option<u64>,
+    /// Units of each SKU.
+    #[arg(long)]
+    pub stock: Option<i64>,
+    /// Number of SKUs.
+    #[arg(long)]
+    pub skus: Option<usize>,
+    /// Pick SKUs by a zipf distribution with this exponent (e.g. 1.1).
+    #[arg(long, conflicts_with = "uniform")]
+    pub zipf: Option<f64>,
+    /// Pick SKUs uniformly.
+    #[arg(long)]
+    pub uniform: bool,
+    /// Each attempt reserves 1..=this many units.
+    #[arg(long)]
+    pub max_quantity: Option<u32>,
+    /// Longest an engine or scenario runs (e.g. 20s); it reports what it did by then.
+    #[arg(long)]
+    pub time_limit: Option<humantime::Duration>,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write a self-contained HTML report (inline SVG) to this file.
+    #[arg(long)]
+    pub html: Option<PathBuf>,
+}
+
+impl LoadArgs {
+    pub fn workload(&self, mode: Mode) -> Result<Workload, WorkloadError> {
+        let preset = self.preset.values(mode);
+        let distribution = match (self.uniform, self.zipf) {
+            (true, _) => KeyDistribution::Uniform,
+            (false, Some(exponent)) => KeyDistribution::Zipf { exponent },
+            (false, None) => preset.distribution,
+        };
+        Workload::parse(
+            self.skus.unwrap_or(preset.sku_count),
+            self.stock.unwrap_or(preset.stock_per_sku),
+            self.attempts.unwrap_or(preset.attempts),
+            self.concurrency.unwrap_or(preset.concurrency),
+            self.max_quantity.unwrap_or(preset.max_quantity),
+            distribution,
+            self.time_limit.map_or(preset.time_limit, Into::into),
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum EngineName {
+    TianjiActor,
+    TianjiMemory,
+    RedisLua,
+    RedisLuaDurable,
+    MysqlRowLock,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct EnginesArgs {
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Engines to run, comma separated (default: all, in this order).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub engines: Vec<EngineName>,
+    /// MariaDB server, without a database name: a fresh database is created and dropped.
+    #[arg(long, default_value = "mysql://root@127.0.0.1:3306")]
+    pub mysql_url: String,
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+}
+
+impl EnginesArgs {
+    pub fn selected_engines(&self) -> Vec<EngineName> {
+        if self.engines.is_empty() {
+            return EngineName::value_variants().to_vec();
+        }
+        let mut engines = self.engines.clone();
+        engines.sort();
+        engines.dedup();
+        engines
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// One SKU, a new Idempotency-Key per attempt.
+    FlashSale,
+    /// Many SKUs picked by zipf.
+    Catalog,
+    /// Place, pay through the signed callback or cancel, read back.
+    Mixed,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct HttpArgs {
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// The running server, e.g. http://127.0.0.1:18080 (loopback addresses only).
+    #[arg(long)]
+    pub target: String,
+    /// Scenario to run (default: the preset's).
+    #[arg(long, value_enum)]
+    pub scenario: Option<Scenario>,
+    /// The server's HS256 JWT secret (or --jwt-secret-file).
+    #[arg(long, env = "TIANJI_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// File holding the JWT secret (e.g. the data dir's `jwt_secret`).
+    #[arg(long, conflicts_with = "jwt_secret")]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// The server's payment callback HMAC secret (scenario mixed; or --payment-secret-file).
+    #[arg(long, env = "TIANJI_PAYMENT_SECRET", hide_env_values = true)]
+    pub payment_secret: Option<String>,
+    #[arg(long, conflicts_with = "payment_secret")]
+    pub payment_secret_file: Option<PathBuf>,
+    /// Distinct users tokens are minted for.
+    #[arg(long, default_value_t = 10_000)]
+    pub users: u32,
+    /// The server's database, to verify against after the run (mysql:// or sqlite:).
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// Share of placed orders sent again with the same Idempotency-Key (must return the same
+    /// order).
+    #[arg(long, default_value_t = 0.02)]
+    pub replay_fraction: f64,
+    /// Client runtime threads.
+    #[arg(long, default_value_t = 2)]
+    pub client_threads: usize,
+    /// Worker threads of the bare reference server.
+    #[arg(long, default_value_t = 2)]
+    pub bare_workers: usize,
+    /// Per-request timeout.
+    #[arg(long, default_value = "10s")]
+    pub request_timeout: humantime::Duration,
+    /// Skip the bare reference endpoint.
+    #[arg(long)]
+    pub no_bare: bool,
+}
+
+impl HttpArgs {
+    pub fn scenario(&self) -> Scenario {
+        self.scenario.unwrap_or(match self.load.preset {
+            Preset::FlashSale => Scenario::FlashSale,
+            Preset::Catalog => Scenario::Catalog,
+            Preset::Mixed => Scenario::Mixed,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Command {
+        Cli::try_parse_from(args).expect("valid command line").command
+    }
+
+    #[test]
+    fn presets_give_the_documented_workloads() {
+        let Command::Engines(args) = parse(&["t", "engines"]) else { panic!("engines") };
+        let flash = args.load.workload(Mode::Engines).expect("valid");
+        assert_eq!(
+            (flash.sku_count, flash.stock_per_sku, flash.attempts, flash.concurrency),
+            (1, 10_000, 200_000, 256)
+        );
+        let Command::Engines(args) = parse(&["t", "engines", "--preset", "catalog"]) else { panic!("engines") };
+        let catalog = args.load.workload(Mode::Engines).expect("valid");
+        assert_eq!((catalog.sku_count, catalog.attempts), (100_000, 200_000));
+        assert_eq!(catalog.distribution, KeyDistribution::Zipf { exponent: 1.1 });
+    }
+
+    #[test]
+    fn flags_override_the_preset() {
+        let cli = parse(&[
+            "t",
+            "engines",
+            "--preset",
+            "catalog",
+            "--skus",
+            "10",
+            "--uniform",
+            "--attempts",
+            "5",
+            "--time-limit",
+            "3s",
+            "--engines",
+            "redis-lua,tianji-actor,redis-lua",
+        ]);
+        let Command::Engines(args) = cli else { panic!("engines") };
+        let workload = args.load.workload(Mode::Engines).expect("valid");
+        assert_eq!(workload.sku_count, 10);
+        assert_eq!(workload.attempts, 5);
+        assert_eq!(workload.distribution, KeyDistribution::Uniform);
+        assert_eq!(workload.time_limit, Duration::from_secs(3));
+        assert_eq!(args.selected_engines(), vec![EngineName::TianjiActor, EngineName::RedisLua]);
+    }
+
+    #[test]
+    fn engine_names_are_spelled_as_documented() {
+        let names: Vec<String> = EngineName::value_variants()
+            .iter()
+            .map(|e| e.to_possible_value().expect("named").get_name().to_owned())
+            .collect();
+        assert_eq!(names, ["tianji-actor", "tianji-memory", "redis-lua", "redis-lua-durable", "mysql-row-lock"]);
+    }
+
+    #[test]
+    fn the_http_scenario_follows_the_preset_unless_named() {
+        let cli = parse(&["t", "http", "--target", "http://127.0.0.1:1", "--preset", "catalog"]);
+        let Command::Http(args) = cli else { panic!("http") };
+        assert_eq!(args.scenario(), Scenario::Catalog);
+        let cli = parse(&["t", "http", "--target", "http://127.0.0.1:1", "--scenario", "mixed"]);
+        let Command::Http(args) = cli else { panic!("http") };
+        assert_eq!(args.scenario(), Scenario::Mixed);
+    }
+}

@@ -1,0 +1,138 @@
+//! `engines`: the same closed-loop driver against each reservation engine, one after the
+//! other, each from the same fresh state, each checked against what it stored.
+//!
+//! An engine is set up (SKUs created where it keeps stock), driven, read back, checked and
+//! cleaned up (Redis keys deleted); the one MariaDB database of the run is dropped at the end.
+//! One file per engine: `tianji.rs` (actors, durable or in memory), `redis_lua.rs` (the
+//! classic script, with or without the durable order insert), `row_lock.rs` (one conditional
+//! UPDATE per attempt).
+
+pub mod redis_lua;
+pub mod row_lock;
+pub mod tianji;
+
+use crate::check::{check, CheckResult, SkuObserved};
+use crate::cli::{EngineName, EnginesArgs};
+use crate::database::{with_fresh_database, FreshDatabase};
+use crate::driver::{drive, Attempt, Outcome};
+use crate::report::{ratios, Report, Summary};
+use crate::target::require_loopback;
+use crate::workload::Workload;
+use async_trait::async_trait;
+use std::sync::Arc;
+
+/// The engine every other is compared with.
+pub const BASELINE_ENGINE: &str = "tianji-actor";
+
+/// What an engine holds after the run, per SKU index, plus anything it found wrong on the way
+/// and notes for the report.
+#[derive(Debug, Default)]
+pub struct ReadBack {
+    pub observed: Vec<SkuObserved>,
+    pub problems: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+/// One reservation engine under test.
+#[async_trait]
+pub trait Engine: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+
+    /// Reserves `attempt.quantity` units of SKU `attempt.sku_index` for a new order.
+    async fn attempt(&self, attempt: Attempt) -> Outcome;
+
+    /// Reads the final state back from where the engine keeps it.
+    async fn read_back(&self) -> anyhow::Result<ReadBack>;
+
+    /// Removes what the engine created outside the run's database (Redis keys, threads).
+    async fn cleanup(&self) -> anyhow::Result<()>;
+}
+
+/// Everything an engine's setup may need.
+pub struct Setup<'a> {
+    pub workload: &'a Workload,
+    pub database: &'a FreshDatabase,
+    pub redis_url: &'a str,
+    /// Unique per run: namespaces Redis keys.
+    pub run_id: &'a str,
+}
+
+pub async fn run(args: &EnginesArgs) -> anyhow::Result<Report> {
+    require_loopback("--mysql-url", &args.mysql_url, &["mysql", "mariadb"])?;
+    require_loopback("--redis-url", &args.redis_url, &["redis"])?;
+    let workload = args.load.workload(crate::cli::Mode::Engines)?;
+    let names = args.selected_engines();
+    let run_id = hex::encode(rand::random::<[u8; 6]>());
+    let started_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    eprintln!("engines: {}", workload.describe());
+    let server = args.mysql_url.replacen("mariadb://", "mysql://", 1);
+    let results = with_fresh_database(&server, |database| {
+        let (workload, redis_url, run_id) = (&workload, args.redis_url.as_str(), run_id.as_str());
+        async move {
+            let mut rows = Vec::new();
+            for name in names {
+                let setup = Setup { workload, database: &database, redis_url, run_id };
+                let row = measure_engine(name, &setup).await?;
+                eprintln!(
+                    "{:<18} {:>10.0} /s  ok {}  rejected {}  errors {}  check {}",
+                    row.name, row.throughput_per_s, row.ok, row.rejected, row.errors, row.check
+                );
+                rows.push(row);
+            }
+            anyhow::Ok(rows)
+        }
+    })
+    .await?;
+    Ok(Report {
+        command: "engines".into(),
+        workload: workload.describe(),
+        ratios: ratios(&results, BASELINE_ENGINE),
+        results,
+        started_at,
+    })
+}
+
+async fn start_engine(name: EngineName, setup: &Setup<'_>) -> anyhow::Result<Arc<dyn Engine>> {
+    Ok(match name {
+        EngineName::TianjiActor => Arc::new(tianji::TianjiEngine::durable(setup).await?),
+        EngineName::TianjiMemory => Arc::new(tianji::TianjiEngine::in_memory(setup).await?),
+        EngineName::RedisLua => Arc::new(redis_lua::RedisLuaEngine::start(setup, false).await?),
+        EngineName::RedisLuaDurable => Arc::new(redis_lua::RedisLuaEngine::start(setup, true).await?),
+        EngineName::MysqlRowLock => Arc::new(row_lock::RowLockEngine::start(setup).await?),
+    })
+}
+
+/// Sets one engine up, drives it, reads it back and checks it; cleans up in every case.
+async fn measure_engine(name: EngineName, setup: &Setup<'_>) -> anyhow::Result<Summary> {
+    let started = std::time::Instant::now();
+    let engine = start_engine(name, setup).await?;
+    eprintln!(
+        "{}: set up {} SKUs in {:.1} s",
+        engine.name(),
+        setup.workload.sku_count,
+        started.elapsed().as_secs_f64()
+    );
+    let measured = drive_and_check(&engine, setup.workload).await;
+    let cleaned = engine.cleanup().await;
+    let summary = measured?;
+    cleaned?;
+    Ok(summary)
+}
+
+async fn drive_and_check(engine: &Arc<dyn Engine>, workload: &Workload) -> anyhow::Result<Summary> {
+    let driven = Arc::clone(engine);
+    let measurement = drive(engine.name(), workload, move |attempt| {
+        let engine = Arc::clone(&driven);
+        async move { engine.attempt(attempt).await }
+    })
+    .await?;
+    let started = std::time::Instant::now();
+    let read_back = engine.read_back().await?;
+    eprintln!("{}: read back in {:.1} s", engine.name(), started.elapsed().as_secs_f64());
+    let mut result: CheckResult =
+        check(workload.stock_per_sku, &measurement.acked_units, &measurement.acked_orders, &read_back.observed);
+    for problem in read_back.problems {
+        result.problem(problem);
+    }
+    Ok(Summary::new(&measurement, &result, read_back.notes))
+}

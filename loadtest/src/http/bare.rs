@@ -1,0 +1,104 @@
+//! The reference endpoint: a minimal actix-web JSON handler at `POST /v1/orders` that parses
+//! the same body tianji gets and answers 201 with a small order, touching nothing else (no
+//! token check, no actor, no database). Driven with the same load as tianji, it is the ceiling
+//! of HTTP + JSON on this machine; the report gives tianji / bare.
+//!
+//! It runs on 127.0.0.1:0 in its own thread with its own actix System, and is stopped by the
+//! run that started it.
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+/// Same body limit as tianji's API.
+pub const BODY_SIZE_MAX_BYTES: usize = 64 * 1024;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Item {
+    sku_id: i64,
+    quantity: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlaceBody {
+    items: Vec<Item>,
+}
+
+async fn place(next_id: web::Data<AtomicI64>, body: web::Json<PlaceBody>) -> HttpResponse {
+    let order_id = next_id.fetch_add(1, Ordering::Relaxed);
+    let quantity: i64 = body.items.iter().map(|item| item.quantity).sum();
+    let sku_id = body.items.first().map_or(0, |item| item.sku_id);
+    HttpResponse::Created().json(serde_json::json!({
+        "order_id": order_id,
+        "user_id": 1,
+        "status": "pending_payment",
+        "items": [{ "sku_id": sku_id, "quantity": quantity }],
+        "pay_cents": 100 * quantity,
+    }))
+}
+
+pub struct BareServer {
+    pub url: String,
+    handle: actix_web::dev::ServerHandle,
+    thread: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl BareServer {
+    /// Starts the server with `workers` worker threads on a free loopback port.
+    pub fn start(workers: usize) -> anyhow::Result<Self> {
+        let (ready, started) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let next_id = web::Data::new(AtomicI64::new(1));
+                let server = HttpServer::new(move || {
+                    App::new()
+                        .app_data(next_id.clone())
+                        .app_data(web::JsonConfig::default().limit(BODY_SIZE_MAX_BYTES))
+                        .route("/v1/orders", web::post().to(place))
+                })
+                .workers(workers)
+                .bind(("127.0.0.1", 0));
+                let server = match server {
+                    Ok(server) => server,
+                    Err(error) => {
+                        let _ = ready.send(Err(error.to_string()));
+                        return Ok(());
+                    }
+                };
+                let address: Vec<SocketAddr> = server.addrs();
+                let running = server.run();
+                let _ = ready.send(Ok((address, running.handle())));
+                running.await
+            })
+        });
+        let (addresses, handle) = started
+            .recv()
+            .map_err(|_| anyhow::anyhow!("the bare server thread ended before it started"))?
+            .map_err(|e| anyhow::anyhow!("binding the bare server: {e}"))?;
+        let address = addresses.first().ok_or_else(|| anyhow::anyhow!("the bare server bound no address"))?;
+        Ok(BareServer { url: format!("http://{address}"), handle, thread: Some(thread) })
+    }
+
+    /// Stops the server gracefully and waits for its thread.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.handle.stop(true).await;
+        if let Some(thread) = self.thread.take() {
+            thread.join().map_err(|_| anyhow::anyhow!("the bare server thread panicked"))??;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for BareServer {
+    /// A server that was not stopped (an error path) is stopped without waiting.
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            drop(self.handle.stop(false));
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! `http`: end to end against a running `tianji serve` on a loopback address. Creates the
+//! run's SKUs through the admin API, drives the scenario with keep-alive connections, checks
+//! the end state through the API (and the database when given), then drives a bare actix-web
+//! handler that the tool starts itself with the same load, and reports tianji / bare.
+
+pub mod api;
+pub mod bare;
+pub mod scenarios;
+pub mod verify;
+
+use crate::check::{check, CheckResult};
+use crate::cli::{HttpArgs, Mode, Scenario};
+use crate::driver::{drive, Measurement, Outcome};
+use crate::report::{ratios, Report, Summary};
+use crate::target::require_loopback;
+use crate::workload::Workload;
+use api::{Answer, Api};
+use futures::StreamExt;
+use scenarios::{Ledger, ScenarioContext};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// SKUs created at once during setup.
+pub const SKU_CREATE_CONCURRENCY: usize = 64;
+/// The most users tokens are minted for.
+pub const USERS_MAX: u32 = 1_000_000;
+/// The row every other is compared with.
+pub const BARE_NAME: &str = "bare-actix";
+/// Shortest JWT secret tianji accepts, in bytes.
+pub const SECRET_LEN_MIN_BYTES: usize = 32;
+
+pub fn main(args: &HttpArgs) -> anyhow::Result<Report> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.client_threads.clamp(1, 64))
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(args))
+}
+
+fn secret(value: &Option<String>, file: &Option<std::path::PathBuf>, what: &str) -> anyhow::Result<Option<String>> {
+    let secret = match (value, file) {
+        (Some(value), _) => value.trim().to_owned(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading {what} from {}: {e}", path.display()))?
+            .trim()
+            .to_owned(),
+        (None, None) => return Ok(None),
+    };
+    if secret.len() < SECRET_LEN_MIN_BYTES {
+        anyhow::bail!("{what} is shorter than {SECRET_LEN_MIN_BYTES} bytes");
+    }
+    Ok(Some(secret))
+}
+
+fn check_database_url(url: &str) -> anyhow::Result<()> {
+    if url.starts_with("sqlite:") {
+        return Ok(());
+    }
+    require_loopback("--database-url", url, &["mysql", "mariadb"])?;
+    Ok(())
+}
+
+fn build_api(args: &HttpArgs, base: &str, jwt_secret: &str, concurrency: usize) -> anyhow::Result<Api> {
+    if !(1..=USERS_MAX).contains(&args.users) {
+        anyhow::bail!("--users must be between 1 and {USERS_MAX}");
+    }
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .timeout(args.request_timeout.into())
+        .tcp_nodelay(true)
+        .build()?;
+    let user_tokens = (1..=u64::from(args.users))
+        .map(|user| api::mint_token(jwt_secret, user, "user"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Api {
+        client,
+        base: base.trim_end_matches('/').to_owned(),
+        user_tokens,
+        admin_token: api::mint_token(jwt_secret, u64::from(args.users) + 1, "admin")?,
+    })
+}
+
+async fn run(args: &HttpArgs) -> anyhow::Result<Report> {
+    let target = require_loopback("--target", &args.target, &["http"])?;
+    if let Some(url) = &args.database_url {
+        check_database_url(url)?;
+    }
+    let scenario = args.scenario();
+    let jwt_secret = secret(&args.jwt_secret, &args.jwt_secret_file, "the JWT secret")?
+        .ok_or_else(|| anyhow::anyhow!("give --jwt-secret or --jwt-secret-file"))?;
+    let payment_secret = secret(&args.payment_secret, &args.payment_secret_file, "the payment secret")?;
+    if scenario == Scenario::Mixed && payment_secret.is_none() {
+        anyhow::bail!("scenario mixed pays orders: give --payment-secret or --payment-secret-file");
+    }
+    if !(0.0..=1.0).contains(&args.replay_fraction) {
+        anyhow::bail!("--replay-fraction must be between 0 and 1");
+    }
+    let workload = args.load.workload(Mode::Http)?;
+    let started_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let api = Arc::new(build_api(args, target.as_str(), &jwt_secret, workload.concurrency)?);
+    let name = format!("tianji-{}", scenario_name(scenario));
+    eprintln!("http {name} against {}: {}", api.base, workload.describe());
+    let sku_ids = create_skus(&api, &workload).await?;
+    let context = Arc::new(ScenarioContext {
+        api: Arc::clone(&api),
+        sku_ids,
+        run_id: hex::encode(rand::random::<[u8; 6]>()),
+        replay_fraction: args.replay_fraction,
+        payment_secret: payment_secret.filter(|_| scenario == Scenario::Mixed),
+        ledger: Ledger::default(),
+    });
+    let driven = Arc::clone(&context);
+    let measurement = drive(&name, &workload, move |attempt| {
+        let context = Arc::clone(&driven);
+        async move { context.attempt(attempt).await }
+    })
+    .await?;
+    let result = verify_run(&context, &workload, &measurement, args.database_url.as_deref()).await?;
+    let notes = vec![format!(
+        "{} idempotency replays sent; SKUs {}",
+        context.ledger.replays.load(Ordering::Relaxed),
+        describe_skus(&context.sku_ids)
+    )];
+    let mut results = vec![Summary::new(&measurement, &result, notes)];
+    eprintln!("{name}: {:.0} /s, check {}", results[0].throughput_per_s, results[0].check);
+    if !args.no_bare {
+        results.push(run_bare(args, &workload).await?);
+    }
+    Ok(Report {
+        command: format!("http {}", scenario_name(scenario)),
+        workload: format!("{} against {}", workload.describe(), api.base),
+        ratios: ratios(&results, BARE_NAME),
+        results,
+        started_at,
+    })
+}
+
+fn scenario_name(scenario: Scenario) -> &'static str {
+    match scenario {
+        Scenario::FlashSale => "flash-sale",
+        Scenario::Catalog => "catalog",
+        Scenario::Mixed => "mixed",
+    }
+}
+
+fn describe_skus(sku_ids: &[i64]) -> String {
+    match sku_ids {
+        [only] => format!("[{only}]"),
+        [first, .., last] => format!("{first}..{last} ({} SKUs)", sku_ids.len()),
+        [] => "none".into(),
+    }
+}
+
+async fn create_skus(api: &Api, workload: &Workload) -> anyhow::Result<Vec<i64>> {
+    let started = Instant::now();
+    let answers: Vec<Answer<api::SkuReply>> = futures::stream::iter(0..workload.sku_count)
+        .map(|index| async move { api.create_sku(&format!("load sku {index}"), workload.stock_per_sku).await })
+        .buffered(SKU_CREATE_CONCURRENCY)
+        .collect()
+        .await;
+    let mut sku_ids = Vec::with_capacity(answers.len());
+    for answer in answers {
+        match answer {
+            Answer::Done(sku) => sku_ids.push(sku.sku_id),
+            Answer::SoldOut => anyhow::bail!("creating a SKU answered insufficient_stock"),
+            Answer::Failed(message) => anyhow::bail!("creating a SKU failed: {message}"),
+        }
+    }
+    eprintln!("created {} SKUs in {:.1} s", sku_ids.len(), started.elapsed().as_secs_f64());
+    Ok(sku_ids)
+}
+
+/// Every check of the run, through the API and then the database.
+async fn verify_run(
+    context: &ScenarioContext,
+    workload: &Workload,
+    measurement: &Measurement,
+    database_url: Option<&str>,
+) -> anyhow::Result<CheckResult> {
+    let started = Instant::now();
+    let placed = context.ledger.orders();
+    let mut result = CheckResult::default();
+    for problem in context.ledger.replay_problems.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        result.problem(problem.clone());
+    }
+    verify::duplicate_orders(&placed, &mut result);
+    let (statuses, mut observed) = verify::read_orders(&context.api, &context.sku_ids, &placed, &mut result).await;
+    let expected = verify::expectation(workload.sku_count, &placed, &statuses, &mut result);
+    // Every success placed an order; an error may have come after a placement (mixed).
+    let placed_count = placed.len() as u64;
+    if placed_count < measurement.ok || placed_count > measurement.ok + measurement.errors {
+        result.problem(format!("{} successes but {} orders placed", measurement.ok, placed.len()));
+    }
+    let stock = workload.stock_per_sku;
+    verify::read_skus(&context.api, &context.sku_ids, stock, &expected, &mut observed, &mut result).await;
+    let compared = check(stock, &expected.open_units, &expected.open_orders, &observed);
+    let mut result = verify::merge(compared, result, "api");
+    if let Some(url) = database_url {
+        let in_database =
+            verify::check_database(url, &context.sku_ids, stock, &context.key_prefix(), placed.len(), &expected)
+                .await?;
+        result = verify::merge(result, in_database, "db");
+    }
+    eprintln!("verified in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(result)
+}
+
+/// The same load against the bare reference handler.
+async fn run_bare(args: &HttpArgs, workload: &Workload) -> anyhow::Result<Summary> {
+    let server = bare::BareServer::start(args.bare_workers.clamp(1, 64))?;
+    let api = Arc::new(Api {
+        client: reqwest::Client::builder()
+            .pool_max_idle_per_host(workload.concurrency)
+            .timeout(Duration::from(args.request_timeout))
+            .tcp_nodelay(true)
+            .build()?,
+        base: server.url.clone(),
+        user_tokens: vec!["Bearer reference".into()],
+        admin_token: "Bearer reference".into(),
+    });
+    let measured = drive(BARE_NAME, workload, move |attempt| {
+        let api = Arc::clone(&api);
+        async move {
+            let key = format!("bare-{}", attempt.seq);
+            match api.place(0, &key, attempt.sku_index as i64 + 1, attempt.quantity).await {
+                Answer::Done(_) => Outcome::Ok { units: attempt.quantity },
+                Answer::SoldOut => Outcome::Rejected,
+                Answer::Failed(message) => Outcome::Error(message),
+            }
+        }
+    })
+    .await;
+    server.stop().await?;
+    let measurement = measured?;
+    let mut summary = Summary::new(
+        &measurement,
+        &CheckResult::default(),
+        vec![format!(
+            "reference: a minimal actix-web JSON handler with {} workers, no state to check",
+            args.bare_workers
+        )],
+    );
+    summary.check = "n/a (reference)".into();
+    Ok(summary)
+}

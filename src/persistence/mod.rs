@@ -236,12 +236,6 @@ pub trait Store: Send + Sync + 'static {
         transitions: &[OrderTransition],
     ) -> Result<Vec<Result<(), StoreError>>, StoreError>;
 
-    /// One step of one order (see `transition_orders`).
-    async fn transition_order(&self, transition: &OrderTransition) -> Result<(), StoreError> {
-        let mut outcomes = self.transition_orders(std::slice::from_ref(transition)).await?;
-        outcomes.pop().expect("one outcome per transition")
-    }
-
     /// Stores a payment that did not pay its order; `false` if `out_trade_no` was stored already.
     async fn record_payment(&self, payment: &Payment, at_ms: i64) -> Result<bool, StoreError>;
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tianji::actors::{ActorLimits, Core};
 use tianji::domain::{Cents, IdempotencyKey, OrderId, PlaceOrder, SkuId, UserId};
 use tianji::persistence::redis::Snapshots;
-use tianji::persistence::NewSku;
+use tianji::persistence::{DynStore, NewSku};
 
 #[derive(Parser)]
 struct Args {
@@ -46,10 +46,12 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
-async fn core(url: &str) -> anyhow::Result<Arc<Core>> {
-    let store = tianji::persistence::connect(url, true).await?;
+async fn core(url: &str) -> anyhow::Result<(Arc<Core>, DynStore)> {
     let limits = ActorLimits { session_idle_timeout: Duration::from_secs(1), ..ActorLimits::default() };
-    Ok(Core::start(store, Arc::new(Snapshots::in_process()), limits, 2, Duration::from_secs(3_600), 2))
+    let store = tianji::persistence::connect(url, true, limits.database_timeout).await?;
+    let core =
+        Core::start(Arc::clone(&store), Arc::new(Snapshots::in_process()), limits, 2, Duration::from_secs(3_600), 2);
+    Ok((core, store))
 }
 
 /// Runs `count` jobs with `concurrency` in flight; returns how long they took.
@@ -83,8 +85,8 @@ where
 
 async fn run(args: Args, url: &str) -> anyhow::Result<()> {
     let baseline = rss_bytes();
-    let first = core(url).await?;
-    let skus: Vec<SkuId> = (0..args.skus).map(|_| SkuId::new(first.ids.next_id())).collect();
+    let (first, store) = core(url).await?;
+    let skus: Vec<SkuId> = (0..args.skus).map(|_| SkuId::new(first.next_id())).collect();
     let per_sku = (args.orders / args.skus + 1) as i64;
     for sku_id in &skus {
         let sku = NewSku {
@@ -94,7 +96,7 @@ async fn run(args: Args, url: &str) -> anyhow::Result<()> {
             total: per_sku,
             created_at_ms: 0,
         };
-        first.store.create_sku(&sku).await?;
+        store.create_sku(&sku).await?;
     }
     let placer = Arc::clone(&first);
     let skus_for_jobs = skus.clone();
@@ -114,13 +116,11 @@ async fn run(args: Args, url: &str) -> anyhow::Result<()> {
         took.as_secs_f64(),
         args.orders as f64 / took.as_secs_f64()
     );
-    // Let every session passivate: what stays is the timer and the SKU actors' leases.
-    while !first.orders.is_empty() {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // Placement starts no order session: what stays is the timer, the SKU actors' leases and
+    // the user actors' recent keys.
     let held = rss_bytes().saturating_sub(baseline);
     println!(
-        "resident with {} pending orders, sessions passivated: {:.0} MiB over baseline ({:.0} bytes per pending order)",
+        "resident with {} pending orders: {:.0} MiB over baseline ({:.0} bytes per pending order)",
         args.orders,
         mib(held),
         held as f64 / args.orders as f64
@@ -129,8 +129,9 @@ async fn run(args: Args, url: &str) -> anyhow::Result<()> {
     // A restart: a new core on the same database, as a new process would build it.
     let before_restart = rss_bytes();
     let started = Instant::now();
-    let second = core(url).await?;
-    let (repaired, armed) = second.recover().await?;
+    let (second, second_store) = core(url).await?;
+    let recovery = second.recover().await?;
+    let (repaired, armed) = (recovery.leases_repaired, recovery.deadlines_armed);
     let recovered = started.elapsed();
     for sku_id in &skus {
         second.sku_snapshot(*sku_id).await?;
@@ -144,7 +145,7 @@ async fn run(args: Args, url: &str) -> anyhow::Result<()> {
     );
 
     // Payment callbacks through the order sessions (activated from the database each).
-    let pending = second.store.pending_deadlines().await?;
+    let pending = second_store.pending_deadlines().await?;
     let to_pay: Vec<OrderId> = pending.iter().take(args.payments as usize).map(|(id, _)| *id).collect();
     let payer = Arc::clone(&second);
     let paid = Arc::new(AtomicU64::new(0));

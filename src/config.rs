@@ -130,7 +130,6 @@ impl Settings {
                 Duration::from_secs(1),
                 Duration::from_secs(86_400),
             )?,
-            lease_tick: defaults.lease_tick,
             session_idle_timeout: defaults.session_idle_timeout,
             reservation_grace: parse_duration(
                 get,
@@ -138,6 +137,21 @@ impl Settings {
                 defaults.reservation_grace,
                 Duration::from_secs(1),
                 Duration::from_secs(86_400),
+            )?,
+            database_timeout: parse_duration(
+                get,
+                "TIANJI_DATABASE_TIMEOUT",
+                defaults.database_timeout,
+                Duration::from_millis(50),
+                Duration::from_secs(600),
+            )?,
+            user_keys_max: parse_number(get, "TIANJI_USER_KEYS_MAX", defaults.user_keys_max, 1, 100_000)?,
+            user_keys_total_max: parse_number(
+                get,
+                "TIANJI_USER_KEYS_TOTAL_MAX",
+                defaults.user_keys_total_max,
+                1,
+                1 << 30,
             )?,
         };
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);

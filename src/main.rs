@@ -74,7 +74,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
 }
 
 async fn migrate(settings: Settings) -> anyhow::Result<()> {
-    tianji::persistence::connect(&settings.database_url, true).await?;
+    tianji::persistence::connect(&settings.database_url, true, settings.limits.database_timeout).await?;
     println!("migrations applied");
     Ok(())
 }

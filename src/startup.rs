@@ -19,7 +19,7 @@ pub struct Application {
 impl Application {
     /// Connects, migrates and binds. Needs a running actix `System` (actors start on it).
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
-        let store = persistence::connect(&settings.database_url, true).await?;
+        let store = persistence::connect(&settings.database_url, true, settings.limits.database_timeout).await?;
         let snapshots = Arc::new(match &settings.redis_url {
             Some(url) => Snapshots::with_redis(url)?,
             None => Snapshots::in_process(),
@@ -32,15 +32,8 @@ impl Application {
             settings.pay_timeout,
             settings.actor_threads,
         );
-        let started = std::time::Instant::now();
-        let (repaired, armed) = core.recover().await?;
-        tracing::info!(
-            repaired,
-            armed,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "recovered: leases repaired, deadlines armed"
-        );
-        let state = web::Data::new(AppState { core: Arc::clone(&core), idempotency: Default::default() });
+        core.recover().await?;
+        let state = web::Data::new(AppState { core: Arc::clone(&core) });
         let keys = web::Data::new(JwtKeys::new(settings.jwt_secret()));
         let payment_key = web::Data::new(PaymentKey::new(settings.payment_secret()));
         let listener = TcpListener::bind(settings.bind)?;

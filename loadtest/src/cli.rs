@@ -1,5 +1,6 @@
 //! Command line: `engines` and `http`, their presets, and how explicit flags override a
-//! preset's values. Parsing ends in a validated `Workload`.
+//! preset's values. Parsing ends in a validated `Workload`, closed loop unless `--rate` asks
+//! for an open loop.
 
 use crate::workload::{KeyDistribution, Workload, WorkloadError};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -116,12 +117,20 @@ pub struct LoadArgs {
     /// Starting values; every flag below overrides its part.
     #[arg(long, value_enum, default_value_t = Preset::FlashSale)]
     pub preset: Preset,
-    /// Concurrent clients (closed loop: each waits for its answer before the next attempt).
+    /// Concurrent clients (closed loop: each waits for its answer before the next attempt);
+    /// with --rate, the most attempts in flight (one due when they are all out is dropped).
     #[arg(long)]
     pub concurrency: Option<usize>,
-    /// Attempts in total.
+    /// Attempts in total (with --rate: at most this many of the planned ones).
     #[arg(long)]
     pub attempts: Option<u64>,
+    /// Open loop: send this many attempts per second at planned instants, answered or not, and
+    /// time each from its planned instant (no coordinated omission).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Open loop: how long attempts keep arriving at --rate (default: the time limit).
+    #[arg(long, requires = "rate")]
+    pub duration: Option<humantime::Duration>,
     /// Units of each SKU.
     #[arg(long)]
     pub stock: Option<i64>,
@@ -146,6 +155,10 @@ pub struct LoadArgs {
     /// Write a self-contained HTML report (inline SVG) to this file.
     #[arg(long)]
     pub html: Option<PathBuf>,
+    /// MariaDB's process, whose CPU time is reported (default: the one listening on the
+    /// database port, else the only process named mariadbd or mysqld).
+    #[arg(long)]
+    pub mysqld_pid: Option<u32>,
 }
 
 impl LoadArgs {
@@ -156,15 +169,24 @@ impl LoadArgs {
             (false, Some(exponent)) => KeyDistribution::Zipf { exponent },
             (false, None) => preset.distribution,
         };
-        Workload::parse(
+        let time_limit = self.time_limit.map_or(preset.time_limit, Into::into);
+        let closed = Workload::parse(
             self.skus.unwrap_or(preset.sku_count),
             self.stock.unwrap_or(preset.stock_per_sku),
             self.attempts.unwrap_or(preset.attempts),
             self.concurrency.unwrap_or(preset.concurrency),
             self.max_quantity.unwrap_or(preset.max_quantity),
             distribution,
-            self.time_limit.map_or(preset.time_limit, Into::into),
-        )
+            time_limit,
+        )?;
+        match self.rate {
+            None => Ok(closed),
+            // A preset's attempt count sizes a closed run; an open one plans rate x duration,
+            // capped only by an explicit --attempts.
+            Some(rate_per_s) => {
+                closed.open_loop(rate_per_s, self.duration.map_or(time_limit, Into::into), self.attempts)
+            }
+        }
     }
 }
 
@@ -189,6 +211,10 @@ pub struct EnginesArgs {
     pub mysql_url: String,
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
+    /// Redis's process, whose CPU time is reported (default: the one listening on the Redis
+    /// port, else the only process named redis-server).
+    #[arg(long)]
+    pub redis_pid: Option<u32>,
 }
 
 impl EnginesArgs {
@@ -237,9 +263,14 @@ pub struct HttpArgs {
     /// Distinct users tokens are minted for.
     #[arg(long, default_value_t = 10_000)]
     pub users: u32,
-    /// The server's database, to verify against after the run (mysql:// or sqlite:).
+    /// The server's database, to verify against after the run (mysql://, mariadb:// or
+    /// sqlite:), e.g. mysql://root@127.0.0.1:3306/tianji or sqlite:///data/tianji.db?mode=ro.
     #[arg(long)]
     pub database_url: Option<String>,
+    /// The server's process, whose CPU time is reported (default: the process listening on
+    /// the --target port, when it can be found).
+    #[arg(long)]
+    pub server_pid: Option<u32>,
     /// Share of placed orders sent again with the same Idempotency-Key (must return the same
     /// order).
     #[arg(long, default_value_t = 0.02)]
@@ -271,6 +302,7 @@ impl HttpArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::workload::Arrival;
 
     fn parse(args: &[&str]) -> Command {
         Cli::try_parse_from(args).expect("valid command line").command
@@ -314,6 +346,23 @@ mod tests {
         assert_eq!(workload.distribution, KeyDistribution::Uniform);
         assert_eq!(workload.time_limit, Duration::from_secs(3));
         assert_eq!(args.selected_engines(), vec![EngineName::TianjiActor, EngineName::RedisLua]);
+    }
+
+    #[test]
+    fn rate_makes_an_open_loop_over_the_duration() {
+        let cli = parse(&["t", "engines", "--rate", "2000", "--duration", "5s", "--concurrency", "64"]);
+        let Command::Engines(args) = cli else { panic!("engines") };
+        let open = args.load.workload(Mode::Engines).expect("valid");
+        assert_eq!(open.arrival, Arrival::Open { rate_per_s: 2_000.0 });
+        assert_eq!((open.attempts, open.concurrency, open.time_limit), (10_000, 64, Duration::from_secs(5)));
+        let cli = parse(&["t", "http", "--target", "http://127.0.0.1:1", "--rate", "100", "--attempts", "30"]);
+        let Command::Http(args) = cli else { panic!("http") };
+        let capped = args.load.workload(Mode::Http).expect("valid");
+        assert_eq!(capped.attempts, 30, "an explicit --attempts caps the schedule");
+        assert_eq!(capped.time_limit, Duration::from_secs(20), "the duration defaults to the time limit");
+        let Command::Engines(args) = parse(&["t", "engines"]) else { panic!("engines") };
+        assert_eq!(args.load.workload(Mode::Engines).expect("valid").arrival, Arrival::Closed);
+        assert!(Cli::try_parse_from(["t", "engines", "--duration", "5s"]).is_err(), "--duration needs --rate");
     }
 
     #[test]

@@ -1,14 +1,20 @@
-//! The closed-loop driver every engine and scenario runs under: `concurrency` tasks take
-//! tickets from one counter until `attempts` are taken or the time limit passes, each attempt
-//! timed on its own and recorded in the task's own histogram (merged at the end, so recording
-//! never contends). A sampler thread counts completed attempts every 100 ms, for the
-//! throughput-over-time plot and the progress bar.
+//! The driver every engine and scenario runs under, closed loop by default: `concurrency`
+//! tasks take tickets from one counter until `attempts` are taken or the time limit passes,
+//! each attempt timed on its own and recorded in the task's own histogram (merged at the end,
+//! so recording never contends). Open loop (`Arrival::Open`, in `open_loop`): attempts are sent
+//! at planned instants whatever the answers do, and timed from those instants. A sampler thread
+//! counts completed attempts every 100 ms, for the throughput-over-time plot and the progress
+//! bar.
 //!
 //! The driver knows nothing about what an attempt does: it hands out (SKU index, quantity) and
 //! counts what comes back, per SKU, so the end state can be checked against what was
 //! acknowledged.
 
-use crate::workload::{KeyPicker, Workload};
+mod open_loop;
+
+pub use open_loop::{OpenLoopStats, SEND_LATE_AFTER};
+
+use crate::workload::{Arrival, KeyPicker, Workload};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
@@ -68,6 +74,8 @@ pub struct Measurement {
     pub acked_units: Vec<u64>,
     pub acked_orders: Vec<u64>,
     pub error_kinds: BTreeMap<String, u64>,
+    /// How the arrivals went, for an open-loop run.
+    pub open_loop: Option<OpenLoopStats>,
 }
 
 impl Measurement {
@@ -83,6 +91,8 @@ struct Shared {
     ok: AtomicU64,
     rejected: AtomicU64,
     errors: AtomicU64,
+    /// Open loop: attempts not sent because the in-flight bound was reached.
+    dropped: AtomicU64,
     acked_units: Vec<AtomicU64>,
     acked_orders: Vec<AtomicU64>,
     error_kinds: Mutex<BTreeMap<String, u64>>,
@@ -96,6 +106,7 @@ impl Shared {
             ok: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
             acked_units: (0..sku_count).map(|_| AtomicU64::new(0)).collect(),
             acked_orders: (0..sku_count).map(|_| AtomicU64::new(0)).collect(),
             error_kinds: Mutex::new(BTreeMap::new()),
@@ -145,6 +156,39 @@ where
     let picker = Arc::new(KeyPicker::new(workload));
     let sampler = Sampler::start(name, workload.attempts, Arc::clone(&shared));
     let started = Instant::now();
+    let driven = match workload.arrival {
+        Arrival::Closed => closed_loop(workload, &shared, attempt, picker, started).await.map(|h| (h, None)),
+        Arrival::Open { rate_per_s } => {
+            let plan = open_loop::Plan { rate_per_s, planned: workload.attempts, in_flight_max: workload.concurrency };
+            open_loop::run(plan, Arc::clone(&shared), attempt, picker, started).await.map(|(h, s)| (h, Some(s)))
+        }
+    };
+    let elapsed = started.elapsed();
+    let completed_samples = sampler.stop();
+    let (latency_us, open_loop) = driven.map_err(|error| anyhow::anyhow!("{name}: {error:#}"))?;
+    let mut measurement = collect(name, workload, &shared, latency_us, elapsed, completed_samples);
+    if let Some(stats) = &open_loop {
+        // Every planned attempt was sent or dropped; dropping is not a time limit.
+        assert_eq!(stats.sent + stats.dropped, stats.planned, "open loop lost track of an attempt");
+        assert_eq!(measurement.attempts, stats.sent, "an open-loop attempt was not counted");
+        measurement.time_limited = false;
+    }
+    measurement.open_loop = open_loop;
+    Ok(measurement)
+}
+
+/// `concurrency` clients, each sending its next attempt when its last one was answered.
+async fn closed_loop<F, Fut>(
+    workload: &Workload,
+    shared: &Arc<Shared>,
+    attempt: Arc<F>,
+    picker: Arc<KeyPicker>,
+    started: Instant,
+) -> anyhow::Result<Histogram<u64>>
+where
+    F: Fn(Attempt) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Outcome> + Send + 'static,
+{
     let deadline = started + workload.time_limit;
     let tasks: Vec<_> = (0..workload.concurrency)
         .map(|_| {
@@ -161,12 +205,10 @@ where
             Err(error) => failure = Some(error),
         }
     }
-    let elapsed = started.elapsed();
-    let completed_samples = sampler.stop();
-    if let Some(error) = failure {
-        anyhow::bail!("{name}: a client task failed: {error}");
+    match failure {
+        Some(error) => anyhow::bail!("a client task failed: {error}"),
+        None => Ok(latency_us),
     }
-    Ok(collect(name, workload, &shared, latency_us, elapsed, completed_samples))
 }
 
 async fn client_loop<F, Fut>(
@@ -224,14 +266,16 @@ fn collect(
         acked_units: shared.acked_units.iter().map(load).collect(),
         acked_orders: shared.acked_orders.iter().map(load).collect(),
         error_kinds: shared.error_kinds.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        open_loop: None,
     }
 }
 
 /// A thread that samples the completed counter every `SAMPLE_INTERVAL` and draws the
-/// progress bar. A thread rather than a task, so a busy runtime cannot delay the samples.
+/// progress bar. A thread rather than a task, so a busy runtime cannot delay the samples. It
+/// ends when stopped, or when the run holding it is dropped.
 struct Sampler {
     stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<Vec<u64>>,
+    thread: Option<std::thread::JoinHandle<Vec<u64>>>,
 }
 
 impl Sampler {
@@ -254,24 +298,33 @@ impl Sampler {
                 next += SAMPLE_INTERVAL;
                 let completed = shared.completed.load(Ordering::Relaxed);
                 samples.push(completed);
-                progress.set_position(completed);
+                progress.set_position(completed + shared.dropped.load(Ordering::Relaxed));
                 progress.set_message(format!(
-                    "ok {} rejected {} errors {}",
+                    "ok {} rejected {} errors {} dropped {}",
                     shared.ok.load(Ordering::Relaxed),
                     shared.rejected.load(Ordering::Relaxed),
-                    shared.errors.load(Ordering::Relaxed)
+                    shared.errors.load(Ordering::Relaxed),
+                    shared.dropped.load(Ordering::Relaxed)
                 ));
             }
             progress.finish_and_clear();
             samples
         });
-        Sampler { stop, thread }
+        Sampler { stop, thread: Some(thread) }
     }
 
-    fn stop(self) -> Vec<u64> {
+    fn stop(mut self) -> Vec<u64> {
         self.stop.store(true, Ordering::Relaxed);
+        // Taken once, here; Drop only sets the flag.
+        let thread = self.thread.take().expect("a sampler is stopped once");
         // The sampler only sleeps and reads atomics; a panic there is a bug worth surfacing.
-        self.thread.join().expect("sampler thread panicked")
+        thread.join().expect("sampler thread panicked")
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 

@@ -1,9 +1,10 @@
 //! The HTML report: one self-contained file (inline CSS and SVG, no scripts, no external
-//! assets) with the summary table, a latency-by-percentile plot (log-log, HdrHistogram style)
-//! and completed attempts per second over time, one line per engine or scenario.
+//! assets) with the summary table (CPU per operation beside the throughput), the open-loop
+//! arrivals, the CPU time by process, a latency-by-percentile plot (log-log, HdrHistogram
+//! style) and completed attempts per second over time, one line per engine or scenario.
 
 use crate::driver::SAMPLE_INTERVAL;
-use crate::report::{Report, Summary};
+use crate::report::{optional, ratio_line, Report, Summary};
 use std::fmt::Write as _;
 
 /// Plot size in SVG user units.
@@ -44,6 +45,8 @@ pub fn render(report: &Report) -> String {
         escape(&report.started_at)
     );
     page.push_str(&summary_table(report));
+    page.push_str(&open_loop_table(&report.results));
+    page.push_str(&cpu_table(report));
     page.push_str("<h2>Latency by percentile</h2>");
     page.push_str(&latency_plot(&report.results));
     page.push_str("<h2>Completed attempts per second over time</h2>");
@@ -55,42 +58,113 @@ pub fn render(report: &Report) -> String {
 fn summary_table(report: &Report) -> String {
     let mut out = String::from(
         "<table><tr><th>name</th><th>attempts</th><th>ok</th><th>rejected</th><th>errors</th>\
-         <th>throughput /s</th><th>p50 us</th><th>p90 us</th><th>p99 us</th><th>p99.9 us</th>\
-         <th>oversold</th><th>seconds</th><th>check</th></tr>",
+         <th>throughput /s</th><th>CPU us/op</th><th>p50 us</th><th>p90 us</th><th>p99 us</th>\
+         <th>p99.9 us</th><th>latency from</th><th>oversold</th><th>seconds</th><th>check</th></tr>",
     );
     for row in &report.results {
         let class = if row.check_passed { "" } else { " class=\"bad\"" };
         let _ = write!(
             out,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0}</td><td>{}</td>\
-             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.2}{}</td><td{class}>{}</td></tr>",
+             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.2}{}</td>\
+             <td{class}>{}</td></tr>",
             escape(&row.name),
             row.attempts,
             row.ok,
             row.rejected,
             row.errors,
             row.throughput_per_s,
+            optional(row.cpu_us_per_op, 1),
             row.p50_us,
             row.p90_us,
             row.p99_us,
             row.p999_us,
+            escape(&row.latency_from),
             row.oversold,
             row.elapsed_s,
             if row.time_limited { " (time limit)" } else { "" },
             escape(&row.check)
         );
     }
-    out.push_str("</table><ul>");
+    out.push_str(
+        "</table><p>An operation is an answered attempt (acknowledged or refused for want of \
+         stock). CPU us/op: CPU time (user + system) of the processes measured, per operation.</p><ul>",
+    );
     for ratio in report.ratios.iter().filter(|r| r.name != r.baseline) {
+        let _ = write!(out, "<li>{}</li>", escape(&ratio_line(ratio)));
+    }
+    out.push_str("</ul>");
+    out
+}
+
+/// The open-loop rows: rate asked and achieved, dropped and late sends.
+fn open_loop_table(rows: &[Summary]) -> String {
+    if rows.iter().all(|row| row.open_loop.is_none()) {
+        return String::new();
+    }
+    let mut out = String::from(
+        "<h2>Open loop</h2><table><tr><th>name</th><th>asked /s</th><th>sent /s</th><th>planned</th>\
+         <th>sent</th><th>dropped/late</th><th>in flight max</th><th>sent late</th>\
+         <th>worst send lag us</th><th>p50 us</th><th>p99 us</th><th>p99.9 us</th></tr>",
+    );
+    for row in rows {
+        let Some(open) = &row.open_loop else { continue };
         let _ = write!(
             out,
-            "<li>{} / {}: throughput x{:.3}, p50 x{:.2}, p99 x{:.2}</li>",
-            escape(&ratio.name),
-            escape(&ratio.baseline),
-            ratio.throughput,
-            ratio.p50,
-            ratio.p99
+            "<tr><td>{}</td><td>{:.0}</td><td>{:.0}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&row.name),
+            open.rate_asked_per_s,
+            open.rate_sent_per_s,
+            open.planned,
+            open.sent,
+            open.dropped,
+            open.in_flight_max,
+            open.sent_late,
+            open.send_lag_max_us,
+            row.p50_us,
+            row.p99_us,
+            row.p999_us
         );
+    }
+    out.push_str(
+        "</table><p>Latency counts from each attempt's planned send. Dropped/late: due while the \
+         most attempts allowed were in flight, so not sent.</p>",
+    );
+    out
+}
+
+/// CPU time by row and process.
+fn cpu_table(report: &Report) -> String {
+    if report.results.iter().all(|row| row.cpu.is_empty()) {
+        return String::new();
+    }
+    let mut out = String::from(
+        "<h2>Machine time per operation</h2><table><tr><th>name</th><th>process</th><th>CPU s</th>\
+         <th>cores</th><th>CPU us/op</th></tr>",
+    );
+    for row in &report.results {
+        for share in &row.cpu {
+            let _ = write!(
+                out,
+                "<tr><td>{}</td><td>{}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td></tr>",
+                escape(&row.name),
+                escape(&share.process),
+                share.cpu_s,
+                share.cores,
+                optional(share.us_per_op, 1)
+            );
+        }
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td><b>processes measured</b></td><td></td><td></td><td><b>{}</b></td></tr>",
+            escape(&row.name),
+            optional(row.cpu_us_per_op, 1)
+        );
+    }
+    out.push_str("</table><ul>");
+    for note in &report.notes {
+        let _ = write!(out, "<li>{}</li>", escape(note));
     }
     out.push_str("</ul>");
     out
@@ -236,7 +310,7 @@ fn throughput_plot(rows: &[Summary]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::Report;
+    use crate::report::{CpuShare, OpenLoopSummary, Report};
 
     fn row(name: &str) -> Summary {
         Summary {
@@ -263,7 +337,52 @@ mod tests {
             latency_curve_us: vec![(0.0, 1), (50.0, 10), (99.0, 30), (100.0, 50)],
             throughput_timeline_per_s: vec![50.0, 100.0, 150.0],
             notes: vec![],
+            latency_from: "send".into(),
+            open_loop: None,
+            cpu: vec![],
+            cpu_us_per_op: None,
+            cpu_us_per_ok: None,
+            machine_cpu_us_per_op: None,
         }
+    }
+
+    #[test]
+    fn open_loop_and_cpu_tables_appear_when_measured() {
+        let closed = row("bare-actix");
+        let mut open = row("tianji-flash-sale");
+        open.open_loop = Some(OpenLoopSummary {
+            rate_asked_per_s: 1_000.0,
+            rate_sent_per_s: 990.0,
+            planned: 10_000,
+            sent: 9_900,
+            dropped: 100,
+            sent_late: 3,
+            sent_late_after_us: 1_000,
+            send_lag_max_us: 2_500,
+            in_flight_max: 256,
+        });
+        open.cpu = vec![CpuShare {
+            process: "server pid 7".into(),
+            cpu_s: 1.5,
+            cores: 0.75,
+            us_per_op: Some(151.5),
+            whole_machine: false,
+        }];
+        open.cpu_us_per_op = Some(151.5);
+        let report = Report {
+            command: "http flash-sale".into(),
+            workload: "w".into(),
+            results: vec![open, closed],
+            ratios: vec![],
+            started_at: "now".into(),
+            notes: vec!["cpu: server pid 7 (--server-pid)".into()],
+        };
+        let page = render(&report);
+        assert!(page.contains("<h2>Open loop</h2>") && page.contains("<td>990</td>"));
+        assert!(page.contains("<h2>Machine time per operation</h2>") && page.contains("<td>151.5</td>"));
+        assert!(page.contains("<li>cpu: server pid 7 (--server-pid)</li>"));
+        let plain = render(&Report { results: vec![row("a")], notes: vec![], ..report });
+        assert!(!plain.contains("Open loop") && !plain.contains("Machine time"));
     }
 
     #[test]
@@ -282,6 +401,7 @@ mod tests {
             results: vec![row("tianji-actor"), row("a<b")],
             ratios: vec![],
             started_at: "now".into(),
+            notes: vec![],
         };
         let page = render(&report);
         assert!(page.starts_with("<!DOCTYPE html>"));

@@ -1,18 +1,22 @@
-//! tianji-loadtest: drives tianji and its baselines with one closed-loop driver and checks
-//! that what each acknowledged is what it stored. `engines` runs reservation engines in
-//! process; `http` runs scenarios against a running `tianji serve` beside a bare actix-web
-//! handler. Every run is bounded in attempts and time, sends load only to loopback
-//! addresses, and removes what it created (databases, Redis keys, servers it started).
+//! tianji-loadtest: drives tianji and its baselines with one driver, closed loop or open loop
+//! at a fixed rate, and checks that what each acknowledged is what it stored. `engines` runs
+//! reservation engines in process; `http` runs scenarios against a running `tianji serve`
+//! beside a bare actix-web handler. Beside each throughput it reports machine time per
+//! operation (CPU time of the processes involved). Every run is bounded in attempts and time,
+//! sends load only to loopback addresses, and removes what it created (databases, Redis keys,
+//! servers it started).
 //!
 //! Exit status: 0 when every end-state check passed, 1 when a check failed, 2 on any error.
 
 mod check;
 mod cli;
+mod cpu;
 mod database;
 mod driver;
 mod engines;
 mod html;
 mod http;
+mod process;
 mod report;
 mod target;
 mod workload;

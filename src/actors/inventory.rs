@@ -1,22 +1,28 @@
-//! The inventory actor: one per SKU, the only writer of that SKU's stock.
+//! The inventory actor: one per SKU, the only one that decides about that SKU's stock.
 //!
-//! Each change is applied to the in-memory `Ledger` at once (so the next message sees it) and
-//! joins the open batch; a batch is written in one transaction, fenced by the SKU's version,
-//! and its callers are answered only after the commit. While one batch commits the next one
-//! fills. A request the ledger refuses (sold out, unknown lease) is answered at once without
-//! touching the database. If a commit fails, the actor fails every pending caller and stops:
-//! its in-memory state is ahead of the database, so it must never answer from it again; the
-//! next request activates a fresh actor from the database.
+//! It holds the SKU's `Ledger` in memory and answers at once: a request the ledger refuses
+//! (sold out, unknown lease) touches nothing; an accepted one moves the ledger and hands the
+//! caller a `SkuEffect` (counter delta, reservation row, the actor's owner epoch). The caller
+//! puts the effect into its change (an order step and its stock effect are one change) and
+//! submits it to the node's write pipeline; the actor never writes itself.
+//!
+//! After every batch the pipeline sends a `Committed` notice: committed effects move the
+//! actor's view of the database (`committed`, what readers see), refused ones are undone in the
+//! ledger. If a batch failed, or the SKU was fenced (a newer activation owns it), the actor
+//! stops: its memory may be ahead of the database, so it must never answer from it again; the
+//! next request activates a fresh actor from the database under a new epoch.
+//!
+//! Leases do not run out in here: a reservation is written in the same commit as its order,
+//! and only the order's own close (cancel, timeout) lets its units go.
 
 use super::registry::ActorRef;
 use super::{ask, ActorLimits, Core, Refusal, Reply};
-use crate::domain::ids::wall_clock_ms;
-use crate::domain::inventory::{InventoryError, Ledger, Quantity};
+use crate::domain::inventory::{InventoryError, Ledger, Quantity, Reservation};
+use crate::domain::lease::CounterDelta;
 use crate::domain::{OrderId, SkuId};
-use crate::persistence::redis::{SkuSnapshot, Snapshots};
-use crate::persistence::{DynStore, InventoryBatch, ReservationStatus, ReservationWrite, SkuInfo, StoreError};
+use crate::persistence::redis::SkuSnapshot;
+use crate::persistence::{Conflict, LeaseWrite, ReservationStatus, SkuEffect, SkuInfo, SkuState, StoreError};
 use actix::prelude::*;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -48,49 +54,58 @@ impl From<StoreError> for SkuError {
     }
 }
 
-/// Hold `quantity` units for `order_id` until `expires_at_ms`; answers with what the SKU sells
-/// as, for the order's item snapshot.
+/// Units held for an order: what the SKU sells as (for the order's item snapshot) and the
+/// effect to commit with the order.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub info: SkuInfo,
+    pub effect: SkuEffect,
+}
+
+/// Hold `quantity` units for `order_id`; the lease row records `expires_at_ms` (the order's
+/// deadline plus grace) for readers and reconciliation.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Reserve {
     pub order_id: OrderId,
     pub quantity: Quantity,
     pub expires_at_ms: i64,
-    pub reply: Reply<SkuInfo, SkuError>,
+    pub reply: Reply<Grant, SkuError>,
 }
 
-/// The order was paid: its reserved units are sold. Answers with the units.
+/// Takes back an effect that was never submitted (a placement that failed on another line, a
+/// change the pipeline refused to queue). Memory only: nothing was written.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Confirm {
-    pub order_id: OrderId,
-    pub reply: Reply<i64, SkuError>,
+pub struct Abandon {
+    pub effect: SkuEffect,
 }
 
-/// The order will not be paid: its reserved units go back on the shelf. Answers with the units.
+/// The stock side of an order step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settlement {
+    /// The order was paid: its reserved units are sold.
+    Confirm,
+    /// The order closed: its reserved units go back on the shelf.
+    Release,
+    /// A refund before delivery: the `quantity` units sold to the order go back on the shelf.
+    Return { quantity: i64 },
+}
+
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Release {
+pub struct Settle {
     pub order_id: OrderId,
-    pub reply: Reply<i64, SkuError>,
+    pub settlement: Settlement,
+    pub reply: Reply<SkuEffect, SkuError>,
 }
 
-/// A refund before delivery: the `quantity` units sold to `order_id` go back on the shelf.
-/// The order's reservation row moves from confirmed to returned, once.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct ReturnSold {
-    pub order_id: OrderId,
-    pub quantity: i64,
-    pub reply: Reply<i64, SkuError>,
-}
-
-/// Adds units; answers with the committed snapshot that includes them.
+/// Adds units; answers with the effect to commit.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Restock {
     pub quantity: Quantity,
-    pub reply: Reply<SkuSnapshot, SkuError>,
+    pub reply: Reply<SkuEffect, SkuError>,
 }
 
 /// The last committed state.
@@ -100,78 +115,31 @@ pub struct GetSnapshot {
     pub reply: Reply<SkuSnapshot, SkuError>,
 }
 
-/// A caller waiting for the batch that holds its change.
-enum Waiter {
-    Reserved(Reply<SkuInfo, SkuError>),
-    Units(Reply<i64, SkuError>, i64),
-    Restocked(Reply<SkuSnapshot, SkuError>),
-}
-
-impl Waiter {
-    fn answer(self, outcome: Result<&SkuSnapshot, &SkuError>, info: &SkuInfo) {
-        // A caller that went away no longer needs its answer; the change is committed anyway.
-        match (self, outcome) {
-            (Waiter::Reserved(reply), Ok(_)) => drop(reply.send(Ok(info.clone()))),
-            (Waiter::Units(reply, units), Ok(_)) => drop(reply.send(Ok(units))),
-            (Waiter::Restocked(reply), Ok(snapshot)) => drop(reply.send(Ok(snapshot.clone()))),
-            (Waiter::Reserved(reply), Err(error)) => drop(reply.send(Err(error.clone()))),
-            (Waiter::Units(reply, _), Err(error)) => drop(reply.send(Err(error.clone()))),
-            (Waiter::Restocked(reply), Err(error)) => drop(reply.send(Err(error.clone()))),
-        }
-    }
-}
-
-/// The changes made since the last flush, collapsed to one row write per order.
-#[derive(Default)]
-struct Batch {
-    writes: HashMap<OrderId, ReservationWrite>,
-    waiters: Vec<Waiter>,
-    counters_changed: bool,
-}
-
-impl Batch {
-    fn is_empty(&self) -> bool {
-        self.writes.is_empty() && !self.counters_changed
-    }
-
-    fn size(&self) -> usize {
-        self.writes.len().max(self.waiters.len())
-    }
-
-    fn reserve(&mut self, order_id: OrderId, quantity: i64, expires_at_ms: i64) {
-        let write =
-            ReservationWrite { order_id, quantity, expires_at_ms, from: None, status: ReservationStatus::Reserved };
-        let previous = self.writes.insert(order_id, write);
-        assert!(previous.is_none(), "order {order_id} reserved twice in one batch");
-        self.counters_changed = true;
-    }
-
-    /// Moves a reservation from `from` to `to`, in this batch's row if it has one.
-    fn settle(&mut self, order_id: OrderId, quantity: i64, from: ReservationStatus, to: ReservationStatus) {
-        assert_ne!(from, to);
-        self.counters_changed = true;
-        match self.writes.get_mut(&order_id) {
-            Some(write) => {
-                assert_eq!(write.status, from, "order {order_id} is not {} in this batch", from.as_str());
-                write.status = to;
-            }
-            None => {
-                let write = ReservationWrite { order_id, quantity, expires_at_ms: 0, from: Some(from), status: to };
-                self.writes.insert(order_id, write);
-            }
-        }
-    }
+/// What a batch of the write pipeline did with this SKU's effects of one epoch.
+#[derive(Message, Debug, Default)]
+#[rtype(result = "()")]
+pub struct Committed {
+    pub epoch: i64,
+    /// The SKU's version after the batch, when an effect of it was written.
+    pub version: Option<i64>,
+    /// The sum of the committed effects.
+    pub delta: CounterDelta,
+    /// How many effects the batch settled (committed or refused).
+    pub settled: usize,
+    pub refused: Vec<(SkuEffect, Conflict)>,
+    /// The batch failed as a whole: nothing of it is known to be written.
+    pub failed: bool,
 }
 
 pub struct InventoryActor {
     info: SkuInfo,
     ledger: Ledger,
-    /// The snapshot of the last commit; its version is the row's version in the database.
+    epoch: i64,
+    /// What the database holds, as far as this actor knows: the sum of committed effects.
     committed: SkuSnapshot,
-    open: Batch,
-    committing: bool,
+    /// Effects handed out and not yet settled by a notice or an `Unreserve`.
+    outstanding: usize,
     failed: bool,
-    flush_timer: Option<SpawnHandle>,
     last_active: Instant,
     core: Arc<Core>,
 }
@@ -181,123 +149,62 @@ impl InventoryActor {
         self.core.limits
     }
 
-    fn store(&self) -> DynStore {
-        Arc::clone(&self.core.store)
+    fn effect(&self, delta: CounterDelta, lease: Option<LeaseWrite>) -> SkuEffect {
+        SkuEffect { sku_id: self.info.sku_id, epoch: Some(self.epoch), delta, lease }
     }
 
-    fn snapshots(&self) -> &Snapshots {
-        &self.core.snapshots
-    }
-
-    /// Whether new work must be refused: the actor failed, or its open batch is full while the
-    /// previous one is still committing (the bound on un-committed changes).
-    fn refusal(&self) -> Option<SkuError> {
-        if self.failed {
-            return Some(SkuError::Unavailable("sku actor is stopping".into()));
-        }
-        if self.committing && self.open.size() >= self.limits().batch_size_max {
-            return Some(SkuError::Overloaded);
-        }
-        None
-    }
-
-    /// Closes the open batch now if it is full, or arms the delay timer.
-    fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
-        if self.open.size() >= self.limits().batch_size_max {
-            self.flush(ctx);
-        } else if self.flush_timer.is_none() && !self.committing {
-            let delay = self.limits().batch_delay;
-            self.flush_timer = Some(ctx.run_later(delay, |actor, ctx| {
-                actor.flush_timer = None;
-                actor.flush(ctx);
-            }));
-        }
-    }
-
-    fn flush(&mut self, ctx: &mut Context<Self>) {
-        if self.committing || self.failed || self.open.is_empty() {
-            return;
-        }
-        if let Some(timer) = self.flush_timer.take() {
-            ctx.cancel_future(timer);
-        }
-        let batch = std::mem::take(&mut self.open);
-        let counters = self.ledger.counters();
-        let snapshot = SkuSnapshot { counters, version: self.committed.version + 1, ..self.committed.clone() };
-        let write = InventoryBatch {
-            sku_id: self.info.sku_id,
-            expected_version: self.committed.version,
-            counters,
-            writes: batch.writes.into_values().collect(),
-            now_ms: wall_clock_ms() as i64,
-        };
-        let waiters = batch.waiters;
-        let store = self.store();
-        let started = Instant::now();
-        self.committing = true;
-        let commit = async move { store.commit_inventory(&write).await.map(|()| write.writes.len()) };
-        ctx.spawn(commit.into_actor(self).map(move |result, actor, ctx| {
-            tracing::debug!(sku_id = %actor.info.sku_id, batch_size = waiters.len(), elapsed_us = started.elapsed().as_micros() as u64, ok = result.is_ok(), "inventory batch");
-            actor.committed_batch(result.map(|_| snapshot), waiters, ctx);
-        }));
-    }
-
-    fn committed_batch(
+    /// Runs a ledger operation and returns the effect it made, or the ledger's refusal.
+    fn change(
         &mut self,
-        result: Result<SkuSnapshot, StoreError>,
-        waiters: Vec<Waiter>,
-        ctx: &mut Context<Self>,
-    ) {
-        self.committing = false;
-        match result {
-            Ok(snapshot) => {
-                assert_eq!(snapshot.version, self.committed.version + 1);
-                assert!(snapshot.counters.is_balanced());
-                self.committed = snapshot;
-                self.snapshots().publish(self.committed.clone());
-                for waiter in waiters {
-                    waiter.answer(Ok(&self.committed), &self.info);
-                }
-                // The next batch filled while this one committed: write it now.
-                self.flush(ctx);
-            }
-            Err(error) => {
-                tracing::error!(sku_id = %self.info.sku_id, %error, "inventory commit failed; failing pending callers and stopping");
-                self.failed = true;
-                let failure = SkuError::Unavailable(error.to_string());
-                let pending = waiters.into_iter().chain(std::mem::take(&mut self.open).waiters);
-                for waiter in pending {
-                    waiter.answer(Err(&failure), &self.info);
-                }
-                ctx.stop();
-            }
+        lease: Option<LeaseWrite>,
+        operation: impl FnOnce(&mut Ledger) -> Result<(), InventoryError>,
+    ) -> Result<SkuEffect, SkuError> {
+        if self.failed {
+            return Err(SkuError::Unavailable("sku actor is stopping".into()));
         }
+        let before = self.ledger.counters();
+        operation(&mut self.ledger)?;
+        // From here on the effect is handed out and must be settled.
+        let delta = CounterDelta::between(before, self.ledger.counters());
+        assert!(!delta.is_zero(), "an accepted change moves stock");
+        self.outstanding += 1;
+        Ok(self.effect(delta, lease))
     }
 
-    /// Releases leases that ran out, and stops the actor when it has had nothing to do for
-    /// the idle timeout and holds no lease (a lease needs its timer running).
-    fn tick(&mut self, ctx: &mut Context<Self>) {
-        if self.failed {
-            return;
-        }
-        let expired = self.ledger.expire_due(wall_clock_ms() as i64);
-        if !expired.is_empty() {
-            tracing::info!(sku_id = %self.info.sku_id, leases = expired.len(), "reservations expired");
-            for (order_id, quantity) in expired {
-                self.open.settle(order_id, quantity, ReservationStatus::Reserved, ReservationStatus::Expired);
+    /// Undoes an effect that was not written. `false` if it cannot be undone from memory.
+    fn undo(&mut self, effect: &SkuEffect) -> bool {
+        use ReservationStatus::*;
+        let undone = match &effect.lease {
+            Some(LeaseWrite { order_id, from: None, to: Reserved, .. }) => self.ledger.release(*order_id).map(drop),
+            Some(LeaseWrite { order_id, quantity, expires_at_ms, from: Some(Reserved), to: Confirmed }) => {
+                let lease = Reservation { quantity: *quantity, expires_at_ms: *expires_at_ms };
+                self.ledger.unconfirm(*order_id, lease)
             }
-            self.schedule_flush(ctx);
-            return;
-        }
+            Some(LeaseWrite { order_id, quantity, expires_at_ms, from: Some(Reserved), to: Released }) => {
+                Quantity::parse(*quantity, u32::MAX).and_then(|q| self.ledger.reserve(*order_id, q, *expires_at_ms))
+            }
+            Some(LeaseWrite { quantity, from: Some(Confirmed), to: Returned, .. }) => self.ledger.unreturn(*quantity),
+            None => self.ledger.unrestock(effect.delta.total),
+            Some(other) => Err(InventoryError::Corrupt(format!("no undo for {other:?}"))),
+        };
+        undone.is_ok()
+    }
+
+    /// Stops for good: memory may be ahead of the database.
+    fn fail(&mut self, reason: &str, ctx: &mut Context<Self>) {
+        tracing::warn!(sku_id = %self.info.sku_id, epoch = self.epoch, reason, "sku actor stops; the next request reloads it");
+        self.failed = true;
+        ctx.stop();
+    }
+
+    /// Stops the actor when it has had nothing to do for the idle timeout and nothing of it is
+    /// on its way through the pipeline.
+    fn tick(&mut self, ctx: &mut Context<Self>) {
         let idle = self.last_active.elapsed() >= self.limits().idle_timeout;
-        if idle && self.open.is_empty() && !self.committing && self.ledger.open_reservations() == 0 {
+        if idle && self.outstanding == 0 {
             tracing::debug!(sku_id = %self.info.sku_id, "passivating idle sku actor");
             ctx.stop();
         }
-    }
-
-    fn touch(&mut self) {
-        self.last_active = Instant::now();
     }
 }
 
@@ -305,8 +212,9 @@ impl Actor for InventoryActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.snapshots().publish(self.committed.clone());
-        ctx.run_interval(self.limits().lease_tick, |actor, ctx| actor.tick(ctx));
+        self.core.snapshots.publish(self.committed.clone());
+        let every = (self.limits().idle_timeout / 4).max(std::time::Duration::from_millis(10));
+        ctx.run_interval(every, |actor, ctx| actor.tick(ctx));
     }
 
     fn stopped(&mut self, ctx: &mut Self::Context) {
@@ -317,116 +225,83 @@ impl Actor for InventoryActor {
 impl Handler<Reserve> for InventoryActor {
     type Result = ();
 
-    fn handle(&mut self, msg: Reserve, ctx: &mut Self::Context) {
-        self.touch();
-        if let Some(error) = self.refusal() {
-            let _ = msg.reply.send(Err(error));
-            return;
-        }
-        if self.open.writes.contains_key(&msg.order_id) {
-            let _ = msg.reply.send(Err(InventoryError::DuplicateReservation(msg.order_id).into()));
-            return;
-        }
-        if let Err(error) = self.ledger.reserve(msg.order_id, msg.quantity, msg.expires_at_ms) {
-            let _ = msg.reply.send(Err(error.into()));
-            return;
-        }
-        self.open.reserve(msg.order_id, msg.quantity.units(), msg.expires_at_ms);
-        self.open.waiters.push(Waiter::Reserved(msg.reply));
-        self.schedule_flush(ctx);
-    }
-}
-
-impl InventoryActor {
-    fn settle(
-        &mut self,
-        order_id: OrderId,
-        status: ReservationStatus,
-        reply: Reply<i64, SkuError>,
-        ctx: &mut Context<Self>,
-    ) {
-        self.touch();
-        if self.failed {
-            let _ = reply.send(Err(SkuError::Unavailable("sku actor is stopping".into())));
-            return;
-        }
-        let result = match status {
-            ReservationStatus::Confirmed => self.ledger.confirm(order_id),
-            _ => self.ledger.release(order_id),
+    fn handle(&mut self, msg: Reserve, _ctx: &mut Self::Context) {
+        self.last_active = Instant::now();
+        let Reserve { order_id, quantity, expires_at_ms, reply } = msg;
+        let lease = LeaseWrite {
+            order_id,
+            quantity: quantity.units(),
+            expires_at_ms,
+            from: None,
+            to: ReservationStatus::Reserved,
         };
-        match result {
-            Ok(units) => {
-                self.open.settle(order_id, units, ReservationStatus::Reserved, status);
-                self.open.waiters.push(Waiter::Units(reply, units));
-                self.schedule_flush(ctx);
-            }
-            Err(error) => {
-                let _ = reply.send(Err(error.into()));
-            }
+        let result = self.change(Some(lease), |ledger| ledger.reserve(order_id, quantity, expires_at_ms));
+        let _ = reply.send(result.map(|effect| Grant { info: self.info.clone(), effect }));
+    }
+}
+
+impl Handler<Abandon> for InventoryActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Abandon, ctx: &mut Self::Context) {
+        if msg.effect.epoch != Some(self.epoch) || self.failed {
+            return; // Made by an earlier activation, whose memory is gone.
+        }
+        self.outstanding = self.outstanding.checked_sub(1).expect("only handed-out effects are abandoned");
+        if !self.undo(&msg.effect) {
+            self.fail("an abandoned effect could not be undone", ctx);
         }
     }
 }
 
-impl Handler<Confirm> for InventoryActor {
+impl Handler<Settle> for InventoryActor {
     type Result = ();
 
-    fn handle(&mut self, msg: Confirm, ctx: &mut Self::Context) {
-        self.settle(msg.order_id, ReservationStatus::Confirmed, msg.reply, ctx);
-    }
-}
-
-impl Handler<Release> for InventoryActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: Release, ctx: &mut Self::Context) {
-        self.settle(msg.order_id, ReservationStatus::Released, msg.reply, ctx);
-    }
-}
-
-impl Handler<ReturnSold> for InventoryActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: ReturnSold, ctx: &mut Self::Context) {
-        self.touch();
-        if self.failed {
-            let _ = msg.reply.send(Err(SkuError::Unavailable("sku actor is stopping".into())));
-            return;
-        }
-        let already = self.open.writes.get(&msg.order_id).is_some_and(|w| w.status == ReservationStatus::Returned);
-        if already {
-            let _ = msg.reply.send(Err(InventoryError::NotSold {
-                sold: self.ledger.counters().sold,
-                requested: msg.quantity,
+    fn handle(&mut self, msg: Settle, _ctx: &mut Self::Context) {
+        self.last_active = Instant::now();
+        let Settle { order_id, settlement, reply } = msg;
+        let lease = self.ledger.reservation(order_id);
+        let result = match (settlement, lease) {
+            (Settlement::Return { quantity }, _) => {
+                let write = LeaseWrite {
+                    order_id,
+                    quantity,
+                    expires_at_ms: 0,
+                    from: Some(ReservationStatus::Confirmed),
+                    to: ReservationStatus::Returned,
+                };
+                self.change(Some(write), |ledger| ledger.return_sold(quantity))
             }
-            .into()));
-            return;
-        }
-        if let Err(error) = self.ledger.return_sold(msg.quantity) {
-            let _ = msg.reply.send(Err(error.into()));
-            return;
-        }
-        self.open.settle(msg.order_id, msg.quantity, ReservationStatus::Confirmed, ReservationStatus::Returned);
-        self.open.waiters.push(Waiter::Units(msg.reply, msg.quantity));
-        self.schedule_flush(ctx);
+            (_, None) => Err(InventoryError::UnknownReservation(order_id).into()),
+            (Settlement::Confirm, Some(lease)) => {
+                let write = settled_lease(order_id, lease, ReservationStatus::Confirmed);
+                self.change(Some(write), |ledger| ledger.confirm(order_id).map(drop))
+            }
+            (Settlement::Release, Some(lease)) => {
+                let write = settled_lease(order_id, lease, ReservationStatus::Released);
+                self.change(Some(write), |ledger| ledger.release(order_id).map(drop))
+            }
+        };
+        let _ = reply.send(result);
+    }
+}
+
+fn settled_lease(order_id: OrderId, lease: Reservation, to: ReservationStatus) -> LeaseWrite {
+    LeaseWrite {
+        order_id,
+        quantity: lease.quantity,
+        expires_at_ms: lease.expires_at_ms,
+        from: Some(ReservationStatus::Reserved),
+        to,
     }
 }
 
 impl Handler<Restock> for InventoryActor {
     type Result = ();
 
-    fn handle(&mut self, msg: Restock, ctx: &mut Self::Context) {
-        self.touch();
-        if let Some(error) = self.refusal() {
-            let _ = msg.reply.send(Err(error));
-            return;
-        }
-        if let Err(error) = self.ledger.restock(msg.quantity) {
-            let _ = msg.reply.send(Err(error.into()));
-            return;
-        }
-        self.open.counters_changed = true;
-        self.open.waiters.push(Waiter::Restocked(msg.reply));
-        self.schedule_flush(ctx);
+    fn handle(&mut self, msg: Restock, _ctx: &mut Self::Context) {
+        self.last_active = Instant::now();
+        let _ = msg.reply.send(self.change(None, |ledger| ledger.restock(msg.quantity)));
     }
 }
 
@@ -438,9 +313,40 @@ impl Handler<GetSnapshot> for InventoryActor {
     }
 }
 
-/// Loads a SKU from the store and starts its actor on the SKU's arbiter.
-async fn activate(core: Arc<Core>, sku_id: SkuId) -> Result<Addr<InventoryActor>, SkuError> {
-    let state = core.store.load_sku(sku_id).await?.ok_or(SkuError::NotFound(sku_id))?;
+impl Handler<Committed> for InventoryActor {
+    type Result = ();
+
+    fn handle(&mut self, notice: Committed, ctx: &mut Self::Context) {
+        if notice.epoch != self.epoch || self.failed {
+            return; // A notice for an earlier activation of this SKU.
+        }
+        if notice.failed {
+            return self.fail("a batch with its effects failed", ctx);
+        }
+        self.outstanding = self.outstanding.checked_sub(notice.settled).expect("notices settle handed-out effects");
+        if !notice.delta.is_zero() {
+            let after = self.committed.counters.apply(notice.delta);
+            self.committed.counters = after.expect("committed effects keep the stored counters balanced");
+        }
+        if let Some(version) = notice.version {
+            assert!(version > self.committed.version, "versions only grow");
+            self.committed.version = version;
+            self.core.snapshots.publish(self.committed.clone());
+        }
+        for (effect, conflict) in &notice.refused {
+            if *conflict == Conflict::Fenced(self.info.sku_id) {
+                return self.fail("fenced: another activation owns the sku", ctx);
+            }
+            if !self.undo(effect) {
+                return self.fail("a refused effect could not be undone", ctx);
+            }
+        }
+    }
+}
+
+/// Starts an actor for a SKU state just activated from the store.
+fn start(core: &Arc<Core>, state: SkuState) -> Result<Addr<InventoryActor>, SkuError> {
+    let sku_id = state.info.sku_id;
     let ledger = Ledger::restore(state.counters, state.reservations).map_err(|error| {
         tracing::error!(%sku_id, %error, "refusing to serve a sku whose stored state does not balance");
         SkuError::Unavailable(error.to_string())
@@ -452,26 +358,43 @@ async fn activate(core: Arc<Core>, sku_id: SkuId) -> Result<Addr<InventoryActor>
         counters: state.counters,
         version: state.version,
     };
-    let arbiter = core.arbiters.for_key(sku_id.get());
-    let mailbox_capacity = core.limits.mailbox_capacity;
     let actor = InventoryActor {
         info: state.info,
         ledger,
+        epoch: state.epoch,
         committed,
-        open: Batch::default(),
-        committing: false,
+        outstanding: 0,
         failed: false,
-        flush_timer: None,
         last_active: Instant::now(),
-        core,
+        core: Arc::clone(core),
     };
-    Ok(super::start_on(&arbiter, mailbox_capacity, actor))
+    let arbiter = core.arbiters.for_key(sku_id.get());
+    Ok(super::start_on(&arbiter, core.limits.mailbox_capacity, actor))
 }
 
 /// The SKU side of `Core`: find or activate a SKU's actor and ask it.
 impl Core {
-    pub async fn sku(self: &Arc<Self>, sku_id: SkuId) -> Result<ActorRef<InventoryActor>, SkuError> {
-        self.skus.get_or_activate(sku_id, || activate(Arc::clone(self), sku_id)).await
+    /// The live actor of a SKU, activated from the store (batched with the other activations
+    /// of the moment) if need be. Ids known not to exist are refused from memory.
+    pub(crate) async fn sku(self: &Arc<Self>, sku_id: SkuId) -> Result<ActorRef<InventoryActor>, SkuError> {
+        if let Some(actor) = self.skus.get(sku_id) {
+            return Ok(actor);
+        }
+        if self.unknown_skus.contains(&sku_id) {
+            return Err(SkuError::NotFound(sku_id));
+        }
+        self.skus
+            .get_or_activate(sku_id, || async {
+                let state = self.sku_loader.submit(sku_id).await.map_err(|e| SkuError::Unavailable(e.to_string()))?;
+                match state {
+                    Some(state) => start(self, state),
+                    None => {
+                        self.remember_unknown_sku(sku_id);
+                        Err(SkuError::NotFound(sku_id))
+                    }
+                }
+            })
+            .await
     }
 
     /// Asks a SKU's actor, activating it first; retried once if the actor stopped before the
@@ -496,37 +419,59 @@ impl Core {
         }
     }
 
-    pub async fn reserve(
+    pub(crate) async fn reserve(
         self: &Arc<Self>,
         sku_id: SkuId,
         order_id: OrderId,
         quantity: Quantity,
         expires_at_ms: i64,
-    ) -> Result<SkuInfo, SkuError> {
-        let actor = self.sku(sku_id).await?;
-        // Not retried: a reservation whose answer was lost may have been made; its lease ends it.
-        ask(actor.addr(), |reply| Reserve { order_id, quantity, expires_at_ms, reply }).await
+    ) -> Result<Grant, SkuError> {
+        self.ask_sku(sku_id, |reply| Reserve { order_id, quantity, expires_at_ms, reply }).await
     }
 
-    pub async fn confirm(self: &Arc<Self>, sku_id: SkuId, order_id: OrderId) -> Result<i64, SkuError> {
-        self.ask_sku(sku_id, |reply| Confirm { order_id, reply }).await
+    /// Takes back effects that will not be submitted.
+    pub(crate) fn abandon(&self, effects: impl IntoIterator<Item = SkuEffect>) {
+        for effect in effects {
+            match self.skus.get(effect.sku_id) {
+                // Past the mailbox bound on purpose: refused, the units would stay held until
+                // a reload. Bounded by the effects handed out.
+                Some(actor) => actor.addr().do_send(Abandon { effect }),
+                None => tracing::debug!(sku_id = %effect.sku_id, "sku actor gone; its reload dropped the effect"),
+            }
+        }
     }
 
-    pub async fn release(self: &Arc<Self>, sku_id: SkuId, order_id: OrderId) -> Result<i64, SkuError> {
-        self.ask_sku(sku_id, |reply| Release { order_id, reply }).await
-    }
-
-    pub async fn return_sold(
+    pub(crate) async fn settle(
         self: &Arc<Self>,
         sku_id: SkuId,
         order_id: OrderId,
-        quantity: i64,
-    ) -> Result<i64, SkuError> {
-        self.ask_sku(sku_id, |reply| ReturnSold { order_id, quantity, reply }).await
+        settlement: Settlement,
+    ) -> Result<SkuEffect, SkuError> {
+        self.ask_sku(sku_id, |reply| Settle { order_id, settlement, reply }).await
     }
 
+    /// Adds units to a SKU and answers with its committed state once they are written.
     pub async fn restock(self: &Arc<Self>, sku_id: SkuId, quantity: Quantity) -> Result<SkuSnapshot, SkuError> {
-        self.ask_sku(sku_id, |reply| Restock { quantity, reply }).await
+        let core = Arc::clone(self);
+        // Spawned: a client that goes away does not leave the effect handed out and unsubmitted.
+        let written = tokio::spawn(async move {
+            let effect = core.ask_sku(sku_id, |reply| Restock { quantity, reply }).await?;
+            let change = crate::persistence::Change { skus: vec![effect.clone()], ..Default::default() };
+            match core.journal.submit(change).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(conflict)) => Err(SkuError::Unavailable(conflict.to_string())),
+                Err(error) => {
+                    if error.never_queued() {
+                        core.abandon([effect]);
+                    }
+                    Err(SkuError::Unavailable(error.to_string()))
+                }
+            }
+        });
+        written.await.map_err(|_| SkuError::Unavailable("restock task failed".into()))??;
+        // Asked after the commit: the actor has its notice by then (the pipeline sends notices
+        // before it answers the batch's callers).
+        self.ask_sku(sku_id, |reply| GetSnapshot { reply }).await
     }
 
     /// The committed state of a SKU: from the snapshot cache, else from its actor (activated

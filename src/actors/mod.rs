@@ -1,23 +1,31 @@
 //! Actors: one per hot key, each owning its key's state and serializing every change to it.
 //!
-//! `inventory.rs` (one per SKU) and `order.rs` (one per order session) hold their messages,
-//! state and handlers; `registry.rs` activates and forgets them. `Core` is what they share:
-//! the store, the snapshots, the registries, the order writer and the arbiters they run on.
-//! Actors run on dedicated arbiters (threads), apart from the HTTP workers, picked by key.
+//! `inventory.rs` (one per SKU), `user.rs` (one per user) and `order.rs` (one per order in
+//! use) hold their messages, state and handlers; `registry.rs` activates and forgets them;
+//! `timer.rs` holds the payment deadlines; `journal.rs` is the node's one write pipeline.
+//! `Core` is the facade the HTTP layer talks to (commands and queries) and what the actors
+//! share. Actors run on dedicated arbiters (threads), apart from the HTTP workers, by key.
 
 pub mod inventory;
+pub mod journal;
 pub mod order;
+pub mod recovery;
 pub mod registry;
 pub mod timer;
+pub mod user;
 
+use crate::domain::clock::{DynClock, SystemClock};
 use crate::domain::order::Order;
-use crate::domain::{OrderId, SkuId, Snowflake};
+use crate::domain::sku::SkuDraft;
+use crate::domain::{OrderId, OrderStatus, SkuId, Snowflake, UserId};
 use crate::persistence::group_commit::{BatchLimits, Batcher};
-use crate::persistence::redis::Snapshots;
-use crate::persistence::{DynStore, OrderInsert, OrderTransition, StoreError};
+use crate::persistence::redis::{SkuSnapshot, Snapshots};
+use crate::persistence::{Change, Conflict, DynStore, NewSku, RecentKey, SkuState, StoreError};
 use actix::dev::ToEnvelope;
 use actix::prelude::*;
+use dashmap::DashSet;
 use registry::Registry;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -35,10 +43,15 @@ pub struct ActorLimits {
     pub idle_timeout: Duration,
     /// An order session with no work for this long stops (orders are many and mostly idle).
     pub session_idle_timeout: Duration,
-    /// How often an inventory actor looks for leases that ran out.
-    pub lease_tick: Duration,
-    /// How long a reservation outlives its order's payment deadline.
+    /// How long a reservation's recorded expiry outlives its order's payment deadline.
     pub reservation_grace: Duration,
+    /// Bounds waiting for the database on the request path: a connection, a statement, a
+    /// batch's commit. Past it the caller gets 503 (and, for a commit, the outcome is unknown).
+    pub database_timeout: Duration,
+    /// Idempotency-Keys a user actor holds.
+    pub user_keys_max: usize,
+    /// Idempotency-Keys all user actors hold together.
+    pub user_keys_total_max: usize,
 }
 
 impl Default for ActorLimits {
@@ -49,8 +62,10 @@ impl Default for ActorLimits {
             batch_delay: Duration::from_millis(1),
             idle_timeout: Duration::from_secs(300),
             session_idle_timeout: Duration::from_secs(10),
-            lease_tick: Duration::from_millis(250),
             reservation_grace: Duration::from_secs(120),
+            database_timeout: Duration::from_secs(1),
+            user_keys_max: 64,
+            user_keys_total_max: 1_000_000,
         }
     }
 }
@@ -134,26 +149,39 @@ impl Drop for ArbiterPool {
     }
 }
 
-/// What the actors share.
+/// What the actors share, and the one door the HTTP layer goes through.
 pub struct Core {
-    pub store: DynStore,
-    pub snapshots: Arc<Snapshots>,
-    pub skus: Registry<SkuId, inventory::InventoryActor>,
-    pub orders: Registry<OrderId, order::OrderSession>,
-    pub order_writer: Batcher<Order, OrderInsert>,
-    /// Group commit of order steps (pay, cancel, timeout, finish, refund).
-    pub transition_writer: Batcher<OrderTransition, Result<(), StoreError>>,
-    pub arbiters: ArbiterPool,
-    pub limits: ActorLimits,
-    pub ids: Snowflake,
+    store: DynStore,
+    snapshots: Arc<Snapshots>,
+    skus: Registry<SkuId, inventory::InventoryActor>,
+    users: Registry<UserId, user::UserActor>,
+    orders: Registry<OrderId, order::OrderSession>,
+    /// The node's one write pipeline.
+    journal: Batcher<Change, Result<(), Conflict>>,
+    /// SKU activations of the same moment share one read.
+    sku_loader: Batcher<SkuId, Option<SkuState>>,
+    /// User activations of the same moment share one read.
+    user_loader: Batcher<UserId, Vec<RecentKey>>,
+    /// SKU ids that do not exist, so a flood of them does not reach the database.
+    unknown_skus: DashSet<SkuId>,
+    /// Idempotency-Keys held by all user actors.
+    user_keys_held: AtomicUsize,
+    arbiters: ArbiterPool,
+    limits: ActorLimits,
+    ids: Snowflake,
+    clock: DynClock,
     /// How long a buyer has to pay a new order.
-    pub pay_timeout: Duration,
+    pay_timeout: Duration,
     /// Payment deadlines of pending orders.
-    pub timer: timer::DeadlineTimer,
+    timer: timer::DeadlineTimer,
 }
 
+/// Unknown SKU ids remembered at most; past it the set starts over.
+pub const UNKNOWN_SKUS_MAX: usize = 100_000;
+
 impl Core {
-    /// Builds the core and starts its order writer and arbiters. Needs a running `System`.
+    /// Builds the core on the wall clock and starts its pipeline and arbiters. Needs a running
+    /// `System`.
     pub fn start(
         store: DynStore,
         snapshots: Arc<Snapshots>,
@@ -162,114 +190,138 @@ impl Core {
         pay_timeout: Duration,
         arbiter_count: usize,
     ) -> Arc<Core> {
-        let order_writer =
-            writer(
-                "orders",
-                &store,
-                &limits,
-                |store, orders: Vec<Order>| async move { store.insert_orders(&orders).await },
-            );
-        let transition_writer =
-            writer("order_transitions", &store, &limits, |store, transitions: Vec<OrderTransition>| async move {
-                store.transition_orders(&transitions).await
-            });
+        Core::start_with_clock(store, snapshots, limits, worker_id, pay_timeout, arbiter_count, Arc::new(SystemClock))
+    }
+
+    /// `start` on the given clock.
+    pub fn start_with_clock(
+        store: DynStore,
+        snapshots: Arc<Snapshots>,
+        limits: ActorLimits,
+        worker_id: u16,
+        pay_timeout: Duration,
+        arbiter_count: usize,
+        clock: DynClock,
+    ) -> Arc<Core> {
         let (timer, timer_task) = timer::DeadlineTimer::channel();
-        let core = Arc::new(Core {
+        let loads = BatchLimits { size_max: 1_000, delay: Duration::ZERO, queue_max: limits.mailbox_capacity };
+        let core = Arc::new_cyclic(|weak| Core {
+            journal: journal::start(weak.clone(), Arc::clone(&store), Arc::clone(&clock), &limits),
+            sku_loader: loader(
+                "sku_activations",
+                &store,
+                loads,
+                limits.database_timeout,
+                |store, ids: Vec<SkuId>| async move { store.activate_skus(&ids).await },
+            ),
+            user_loader: loader(
+                "user_activations",
+                &store,
+                loads,
+                limits.database_timeout,
+                move |store, ids: Vec<UserId>| async move { store.recent_keys(&ids, limits.user_keys_max).await },
+            ),
             store,
             snapshots,
             skus: Registry::default(),
+            users: Registry::default(),
             orders: Registry::default(),
-            order_writer,
-            transition_writer,
+            unknown_skus: DashSet::new(),
+            user_keys_held: AtomicUsize::new(0),
             arbiters: ArbiterPool::start(arbiter_count),
             limits,
             ids: Snowflake::new(worker_id),
+            clock,
             pay_timeout,
             timer,
         });
-        tokio::spawn(timer_task.run(Arc::downgrade(&core)));
+        tokio::spawn(timer_task.run(Arc::downgrade(&core), Arc::clone(&core.clock)));
         core
     }
 
-    /// Brings stock in line with orders after a crash, then arms the deadlines of every order
-    /// awaiting payment. Runs at start, before the service takes requests.
-    ///
-    /// A step of an order is written before its effect on stock, so a crash can leave a lease
-    /// behind its order: open under an order that was paid or closed (or under no order at all,
-    /// when the crash came between reserving and writing the order), or sold under an order
-    /// refunded before delivery. Each such lease gets the repair `domain::order::lease_repair`
-    /// names; a repair that fails is logged and left for the next start. Returns (leases
-    /// repaired, deadlines armed).
-    pub async fn recover(self: &Arc<Self>) -> anyhow::Result<(usize, usize)> {
-        use crate::domain::order::{lease_repair, LeaseRepair};
-        use crate::persistence::ReservationStatus;
-        use futures::StreamExt;
+    pub fn limits(&self) -> ActorLimits {
+        self.limits
+    }
 
-        let started = std::time::Instant::now();
-        let lagging = self.store.unsettled_reservations().await?;
-        let scanned_ms = started.elapsed().as_millis() as u64;
-        let repairs: Vec<_> = lagging
-            .into_iter()
-            .filter_map(|lease| {
-                let open = lease.status == ReservationStatus::Reserved;
-                lease_repair(open, lease.order_status, lease.refunded_from_paid).map(|repair| (lease, repair))
-            })
-            .collect();
-        let repaired = repairs.len();
-        let outcomes = futures::stream::iter(repairs)
-            .map(|(lease, repair)| async move {
-                let (sku, order) = (lease.sku_id, lease.order_id);
-                let result = match repair {
-                    LeaseRepair::Release => self.release(sku, order).await.map(drop),
-                    LeaseRepair::Confirm => self.confirm(sku, order).await.map(drop),
-                    LeaseRepair::ConfirmThenReturn => match self.confirm(sku, order).await {
-                        Ok(_) => self.return_sold(sku, order, lease.quantity).await.map(drop),
-                        Err(error) => Err(error),
-                    },
-                    LeaseRepair::Return => self.return_sold(sku, order, lease.quantity).await.map(drop),
-                };
-                (lease, repair, result)
-            })
-            .buffer_unordered(RECOVERY_IN_FLIGHT_MAX)
-            .collect::<Vec<_>>()
-            .await;
-        let mut failed = 0;
-        for (lease, repair, result) in outcomes {
-            match result {
-                Ok(()) => tracing::info!(sku_id = %lease.sku_id, order_id = %lease.order_id, ?repair, "lease repaired"),
-                Err(error) => {
-                    // Not fatal: a service that cannot start repairs nothing. The lease stays
-                    // as it is in the database and is looked at again at the next start.
-                    failed += 1;
-                    tracing::error!(sku_id = %lease.sku_id, order_id = %lease.order_id, ?repair, %error, "lease repair failed");
-                }
-            }
+    /// (snapshots written to Redis, failed Redis writes) since start.
+    pub fn redis_stats(&self) -> (u64, u64) {
+        self.snapshots.redis_stats()
+    }
+
+    /// Stops the actors' arbiters (benchmarks and tests that start many cores).
+    pub fn stop(&self) {
+        self.arbiters.stop();
+    }
+
+    /// A new snowflake id of this node.
+    pub fn next_id(&self) -> i64 {
+        self.ids.next_id()
+    }
+
+    /// Whether the database answers within the database timeout.
+    pub async fn ready(&self) -> Result<(), StoreError> {
+        self.bounded(self.store.ping()).await
+    }
+
+    /// Creates a SKU and answers with its committed state.
+    pub async fn create_sku(self: &Arc<Self>, draft: SkuDraft) -> Result<SkuSnapshot, inventory::SkuError> {
+        let sku = NewSku {
+            sku_id: SkuId::new(self.next_id()),
+            name: draft.name,
+            price_cents: draft.price_cents,
+            total: draft.stock,
+            created_at_ms: self.clock.now_ms(),
+        };
+        self.bounded(self.store.create_sku(&sku)).await?;
+        self.unknown_skus.remove(&sku.sku_id);
+        tracing::info!(sku_id = %sku.sku_id, stock = sku.total, "sku created");
+        self.sku_snapshot(sku.sku_id).await
+    }
+
+    /// An order as stored.
+    pub async fn order(&self, order_id: OrderId) -> Result<Option<Order>, StoreError> {
+        self.bounded(self.store.find_order(order_id)).await
+    }
+
+    /// A user's orders, newest first, older than `before` when given.
+    pub async fn list_orders(
+        &self,
+        user_id: UserId,
+        status: Option<OrderStatus>,
+        before: Option<OrderId>,
+        limit: u32,
+    ) -> Result<Vec<Order>, StoreError> {
+        self.bounded(self.store.list_orders(user_id, status, before, limit)).await
+    }
+
+    /// `read`, or `Unavailable` once the database timeout passes.
+    async fn bounded<T>(
+        &self,
+        read: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.limits.database_timeout, read).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Unavailable("the database did not answer in time".into())),
         }
-        let repaired = repaired - failed;
-        let repaired_ms = started.elapsed().as_millis() as u64;
-        let deadlines = self.store.pending_deadlines().await?;
-        let loaded_ms = started.elapsed().as_millis() as u64;
-        let armed = deadlines.len();
-        for chunk in deadlines.chunks(DEADLINES_PER_COMMAND_MAX) {
-            self.timer.schedule_many(chunk.to_vec()).await;
+    }
+
+    /// Remembers an id that names no SKU, within bounds.
+    fn remember_unknown_sku(&self, sku_id: SkuId) {
+        if self.unknown_skus.len() >= UNKNOWN_SKUS_MAX {
+            self.unknown_skus.clear();
         }
-        tracing::info!(
-            scanned_ms,
-            repaired_ms,
-            loaded_ms,
-            armed_ms = started.elapsed().as_millis() as u64,
-            "recovery phases (cumulative)"
-        );
-        Ok((repaired, armed))
+        self.unknown_skus.insert(sku_id);
     }
 }
 
-/// A group-commit writer over the store, bounded like the actors.
-fn writer<T, R, Fut>(
+/// A batcher of reads for activations: whatever queued while the previous read ran is read
+/// in one statement, bounded by the database timeout.
+fn loader<T, R, Fut>(
     name: &'static str,
     store: &DynStore,
-    limits: &ActorLimits,
-    write: fn(DynStore, Vec<T>) -> Fut,
+    limits: BatchLimits,
+    timeout: Duration,
+    read: impl Fn(DynStore, Vec<T>) -> Fut + Send + 'static,
 ) -> Batcher<T, R>
 where
     T: Send + 'static,
@@ -277,13 +329,13 @@ where
     Fut: std::future::Future<Output = Result<Vec<R>, StoreError>> + Send + 'static,
 {
     let store = Arc::clone(store);
-    let bounds =
-        BatchLimits { size_max: limits.batch_size_max, delay: limits.batch_delay, queue_max: limits.mailbox_capacity };
-    Batcher::spawn(name, bounds, move |items| write(Arc::clone(&store), items))
+    Batcher::spawn(name, limits, move |items| {
+        let read = read(Arc::clone(&store), items);
+        async move {
+            match tokio::time::timeout(timeout, read).await {
+                Ok(result) => result,
+                Err(_) => Err(StoreError::Unavailable("the database did not answer in time".into())),
+            }
+        }
+    })
 }
-
-/// Deadlines handed to the timer in one command during recovery.
-const DEADLINES_PER_COMMAND_MAX: usize = 10_000;
-
-/// Lease repairs run at once during recovery.
-const RECOVERY_IN_FLIGHT_MAX: usize = 64;

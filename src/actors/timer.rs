@@ -4,11 +4,14 @@
 //! bytes per order, so a million pending orders cost tens of megabytes while their sessions
 //! are passivated. When a deadline passes the timer asks the order's session (activated from
 //! the database if need be) to time the order out; at most `EXPIRATIONS_IN_FLIGHT_MAX` of those
-//! run at once. Deadlines are reloaded from the database at start, and those that passed while
-//! the process was down fire right away.
+//! run at once. A timeout that fails (the database is down or slow) is tried again with
+//! backoff, up to `RETRY_BACKOFF_MAX` apart, until the order has left PendingPayment: an outage
+//! delays closes, it never drops them. Deadlines are reloaded from the database at start, and
+//! those that passed while the process was down fire right away.
 
+use super::order::LifecycleError;
 use super::Core;
-use crate::domain::ids::wall_clock_ms;
+use crate::domain::clock::DynClock;
 use crate::domain::OrderId;
 use futures::StreamExt;
 use std::collections::HashMap;
@@ -21,9 +24,14 @@ use tokio_util::time::{delay_queue, DelayQueue};
 pub const EXPIRATIONS_IN_FLIGHT_MAX: usize = 256;
 /// Commands waiting for the timer task; senders wait (briefly) when it is full.
 pub const COMMANDS_QUEUED_MAX: usize = 65_536;
+/// The first retry of a failed timeout; each next one waits twice as long, up to the max.
+pub const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(250);
+pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 enum Command {
     Schedule(OrderId, i64),
+    /// A timeout failed for the `n`th time in a row: try again after the backoff.
+    Retry(OrderId, u32),
     /// Many deadlines at once (recovery at start): one message instead of one per order.
     ScheduleMany(Vec<(OrderId, i64)>),
     Forget(OrderId),
@@ -39,7 +47,7 @@ impl DeadlineTimer {
     /// The timer's handle and the receiving end its task runs on (see `run`).
     pub fn channel() -> (DeadlineTimer, TimerTask) {
         let (commands, receiver) = mpsc::channel(COMMANDS_QUEUED_MAX);
-        (DeadlineTimer { commands }, TimerTask { receiver })
+        (DeadlineTimer { commands: commands.clone() }, TimerTask { receiver, retries: commands })
     }
 
     /// Times out `order_id` at `deadline_ms` (milliseconds since the Unix epoch).
@@ -64,28 +72,37 @@ impl DeadlineTimer {
 
 pub struct TimerTask {
     receiver: mpsc::Receiver<Command>,
+    retries: mpsc::Sender<Command>,
 }
 
 impl TimerTask {
     /// Runs until every `DeadlineTimer` handle is gone or the core is dropped.
-    pub async fn run(mut self, core: Weak<Core>) {
+    pub async fn run(mut self, core: Weak<Core>, clock: DynClock) {
         let mut queue: DelayQueue<OrderId> = DelayQueue::new();
+        let mut failures: HashMap<OrderId, u32> = HashMap::new();
         let mut keys: HashMap<OrderId, delay_queue::Key> = HashMap::new();
         let in_flight = Arc::new(Semaphore::new(EXPIRATIONS_IN_FLIGHT_MAX));
         loop {
             tokio::select! {
                 command = self.receiver.recv() => match command {
                     Some(Command::Schedule(order_id, deadline_ms)) => {
-                        arm(&mut queue, &mut keys, order_id, deadline_ms, wall_clock_ms() as i64);
+                        arm(&mut queue, &mut keys, order_id, deadline_ms, clock.now_ms());
                     }
                     Some(Command::ScheduleMany(deadlines)) => {
-                        let now_ms = wall_clock_ms() as i64;
+                        let now_ms = clock.now_ms();
                         keys.reserve(deadlines.len());
                         for (order_id, deadline_ms) in deadlines {
                             arm(&mut queue, &mut keys, order_id, deadline_ms, now_ms);
                         }
                     }
+                    Some(Command::Retry(order_id, failed)) => {
+                        let backoff = RETRY_BACKOFF_MIN.saturating_mul(1 << failed.min(16)).min(RETRY_BACKOFF_MAX);
+                        failures.insert(order_id, failed);
+                        let now_ms = clock.now_ms();
+                        arm(&mut queue, &mut keys, order_id, now_ms + backoff.as_millis() as i64, now_ms);
+                    }
                     Some(Command::Forget(order_id)) => {
+                        failures.remove(&order_id);
                         if let Some(key) = keys.remove(&order_id) {
                             queue.remove(&key);
                         }
@@ -97,9 +114,16 @@ impl TimerTask {
                     keys.remove(&order_id);
                     let Some(core) = core.upgrade() else { return };
                     let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else { return };
+                    let failed = failures.remove(&order_id).unwrap_or(0);
+                    let retries = self.retries.clone();
                     tokio::spawn(async move {
-                        if let Err(error) = core.time_out_order(order_id).await {
-                            tracing::warn!(%order_id, %error, "timing out an order failed; it is retried at the next start");
+                        match core.time_out_order(order_id).await {
+                            // Closed now, or it left PendingPayment some other way: done.
+                            Ok(_) | Err(LifecycleError::NotFound | LifecycleError::InvalidTransition(_)) => {}
+                            Err(error) => {
+                                tracing::warn!(%order_id, %error, failed = failed + 1, "timing out an order failed; retrying with backoff");
+                                let _ = retries.send(Command::Retry(order_id, failed + 1)).await;
+                            }
                         }
                         drop(permit);
                     });

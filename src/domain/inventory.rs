@@ -222,6 +222,48 @@ impl Ledger {
         Ok(())
     }
 
+    /// Undoes `confirm` of a change that was never committed: the sold units are held by the
+    /// order's reservation again.
+    pub fn unconfirm(&mut self, order_id: OrderId, reservation: Reservation) -> Result<(), InventoryError> {
+        if self.reservations.contains_key(&order_id) {
+            return Err(InventoryError::DuplicateReservation(order_id));
+        }
+        if reservation.quantity <= 0 || reservation.quantity > self.counters.sold {
+            return Err(InventoryError::NotSold { sold: self.counters.sold, requested: reservation.quantity });
+        }
+        // From here on the undo must succeed.
+        self.counters.sold -= reservation.quantity;
+        self.counters.reserved += reservation.quantity;
+        self.reservations.insert(order_id, reservation);
+        self.expiry.insert((reservation.expires_at_ms, order_id));
+        self.assert_balanced();
+        Ok(())
+    }
+
+    /// Undoes `return_sold` of a change that was never committed, if the units are still
+    /// available.
+    pub fn unreturn(&mut self, units: i64) -> Result<(), InventoryError> {
+        if units <= 0 || units > self.counters.available {
+            return Err(InventoryError::InsufficientStock { available: self.counters.available, requested: units });
+        }
+        self.counters.available -= units;
+        self.counters.sold += units;
+        self.assert_balanced();
+        Ok(())
+    }
+
+    /// Undoes `restock` of a change that was never committed, if the units are still
+    /// available.
+    pub fn unrestock(&mut self, units: i64) -> Result<(), InventoryError> {
+        if units <= 0 || units > self.counters.available {
+            return Err(InventoryError::InsufficientStock { available: self.counters.available, requested: units });
+        }
+        self.counters.available -= units;
+        self.counters.total -= units;
+        self.assert_balanced();
+        Ok(())
+    }
+
     fn take(&mut self, order_id: OrderId) -> Result<Reservation, InventoryError> {
         let reservation = self.reservations.remove(&order_id).ok_or(InventoryError::UnknownReservation(order_id))?;
         let indexed = self.expiry.remove(&(reservation.expires_at_ms, order_id));
@@ -298,6 +340,26 @@ mod tests {
         assert_eq!(ledger.counters().available, 9);
         assert_eq!(ledger.confirm(order(1)), Ok(1));
         assert!(ledger.expire_due(1_000).is_empty(), "a confirmed order does not expire");
+    }
+
+    #[test]
+    fn undo_puts_back_what_an_uncommitted_change_moved() {
+        let mut ledger = Ledger::new(5);
+        let lease = Reservation { quantity: 2, expires_at_ms: 100 };
+        ledger.reserve(order(1), qty(2), 100).unwrap();
+        ledger.confirm(order(1)).unwrap();
+        ledger.unconfirm(order(1), lease).unwrap();
+        assert_eq!(ledger.counters(), Counters { total: 5, available: 3, reserved: 2, sold: 0 });
+        assert_eq!(ledger.unconfirm(order(1), lease), Err(InventoryError::DuplicateReservation(order(1))));
+        ledger.confirm(order(1)).unwrap();
+        ledger.return_sold(2).unwrap();
+        ledger.unreturn(2).unwrap();
+        assert_eq!(ledger.counters(), Counters { total: 5, available: 3, reserved: 0, sold: 2 });
+        ledger.restock(qty(4)).unwrap();
+        ledger.unrestock(4).unwrap();
+        assert_eq!(ledger.counters(), Counters { total: 5, available: 3, reserved: 0, sold: 2 });
+        assert!(ledger.unrestock(4).is_err(), "units no longer available cannot be taken back");
+        assert!(ledger.unreturn(4).is_err());
     }
 
     #[test]

@@ -3,10 +3,14 @@
 //! Everything that decides about money, stock or order states lives here once and is unit-
 //! and property-tested here; actors and handlers call it instead of re-implementing it.
 
+pub mod clock;
 pub mod ids;
 pub mod inventory;
+pub mod lease;
 pub mod money;
 pub mod order;
+pub mod payment;
+pub mod sku;
 
 pub use ids::{OrderId, SkuId, Snowflake, UserId};
 pub use inventory::{Counters, InventoryError, Ledger, Quantity, Reservation};

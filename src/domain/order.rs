@@ -115,34 +115,6 @@ impl OrderStatus {
     }
 }
 
-/// What must happen to a reservation whose order moved on while the lease did not (a crash
-/// between an order's step and its stock effect).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LeaseRepair {
-    /// The order will never be paid (closed, or never written): the units go back.
-    Release,
-    /// The order was paid: the units are sold.
-    Confirm,
-    /// The order was paid and then refunded before delivery: sold, then back on the shelf.
-    ConfirmThenReturn,
-    /// The units were sold and the order refunded before delivery: back on the shelf.
-    Return,
-}
-
-/// The repair a lease needs, from whether it is still open (`reserved`), its order's status
-/// (`None`: no order was written for it) and whether that order was refunded from Paid.
-pub fn lease_repair(lease_open: bool, order: Option<OrderStatus>, refunded_from_paid: bool) -> Option<LeaseRepair> {
-    use OrderStatus::*;
-    match (lease_open, order) {
-        (true, None | Some(Closed)) => Some(LeaseRepair::Release),
-        (true, Some(Paid | Finished)) => Some(LeaseRepair::Confirm),
-        (true, Some(Refunded)) if refunded_from_paid => Some(LeaseRepair::ConfirmThenReturn),
-        (true, Some(Refunded)) => Some(LeaseRepair::Confirm),
-        (false, Some(Refunded)) if refunded_from_paid => Some(LeaseRepair::Return),
-        _ => None,
-    }
-}
-
 impl fmt::Display for OrderStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -392,26 +364,6 @@ mod tests {
         assert_eq!(table.len(), 25);
         for (from, to, allowed) in table {
             assert_eq!(from.can_become(to), allowed, "{from} -> {to}");
-        }
-    }
-
-    #[test]
-    fn lease_repairs_follow_the_order() {
-        use OrderStatus::*;
-        let cases = [
-            (true, None, false, Some(LeaseRepair::Release)),
-            (true, Some(PendingPayment), false, None),
-            (true, Some(Closed), false, Some(LeaseRepair::Release)),
-            (true, Some(Paid), false, Some(LeaseRepair::Confirm)),
-            (true, Some(Finished), false, Some(LeaseRepair::Confirm)),
-            (true, Some(Refunded), true, Some(LeaseRepair::ConfirmThenReturn)),
-            (true, Some(Refunded), false, Some(LeaseRepair::Confirm)),
-            (false, Some(Refunded), true, Some(LeaseRepair::Return)),
-            (false, Some(Refunded), false, None),
-            (false, Some(Paid), false, None),
-        ];
-        for (open, order, from_paid, expected) in cases {
-            assert_eq!(lease_repair(open, order, from_paid), expected, "{open} {order:?} {from_paid}");
         }
     }
 

@@ -3,9 +3,11 @@
 //! and unavailability carry `Retry-After`. Server-side causes are logged, not sent.
 
 use crate::actors::inventory::SkuError;
-use crate::actors::order::{LifecycleError, PlaceError};
+use crate::actors::order::LifecycleError;
+use crate::actors::user::PlaceError;
 use crate::domain::inventory::InventoryError;
 use crate::domain::order::OrderError;
+use crate::domain::sku::SkuRuleError;
 use crate::persistence::StoreError;
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
@@ -96,8 +98,7 @@ impl ResponseError for ApiError {
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
-            StoreError::Unavailable(_) | StoreError::Fenced(_) => ApiError::unavailable(error),
-            StoreError::Stale(_) => ApiError::new(StatusCode::CONFLICT, "stale_version", error.to_string()),
+            StoreError::Unavailable(_) => ApiError::unavailable(error),
             StoreError::Corrupt(_) | StoreError::Database(_) => ApiError::internal(error),
         }
     }
@@ -132,6 +133,17 @@ impl From<SkuError> for ApiError {
     }
 }
 
+impl From<SkuRuleError> for ApiError {
+    fn from(error: SkuRuleError) -> Self {
+        let code = match &error {
+            SkuRuleError::InvalidName => "invalid_name",
+            SkuRuleError::InvalidPrice(_) => "invalid_price",
+            SkuRuleError::InvalidStock => "invalid_stock",
+        };
+        ApiError::unprocessable(code, error.to_string())
+    }
+}
+
 impl From<OrderError> for ApiError {
     fn from(error: OrderError) -> Self {
         let code = match &error {
@@ -155,7 +167,7 @@ impl From<PlaceError> for ApiError {
             PlaceError::KeyReused => ApiError::unprocessable("idempotency_key_reused", error.to_string()),
             PlaceError::Invalid(inner) => inner.into(),
             PlaceError::Overloaded => ApiError::overloaded(),
-            PlaceError::Unavailable(reason) => ApiError::unavailable(reason),
+            PlaceError::Unavailable(reason) | PlaceError::Uncertain(reason) => ApiError::unavailable(reason),
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Liveness and readiness. `/readyz` is ready only while the database answers.
+//! Liveness and readiness. `/readyz` is ready only while the database answers within the
+//! database timeout, so it turns not-ready within about a second of an outage.
 
 use super::AppState;
 use actix_web::{get, web, HttpResponse};
@@ -11,7 +12,7 @@ pub async fn healthz() -> HttpResponse {
 
 #[get("/readyz")]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    match state.core.store.ping().await {
+    match state.core.ready().await {
         Ok(()) => HttpResponse::Ok().json(json!({"status": "ready"})),
         Err(error) => {
             tracing::warn!(%error, "not ready: database unreachable");

@@ -1,11 +1,10 @@
-//! The HTTP API (actix-web): routes per resource, JWT auth, JSON errors, idempotency. Handlers
-//! parse at the edge into domain types, call the actors through `Core`, and translate the
+//! The HTTP API (actix-web): routes per resource, JWT auth, JSON errors. Handlers parse at the
+//! edge into domain types, call the actors through the `Core` facade, and translate the
 //! outcome; they decide nothing about money or stock themselves.
 
 pub mod auth;
 pub mod errors;
 pub mod health;
-pub mod idempotency;
 pub mod orders;
 pub mod payments;
 pub mod skus;
@@ -22,7 +21,6 @@ pub const BODY_SIZE_MAX_BYTES: usize = 64 * 1024;
 /// What every handler shares.
 pub struct AppState {
     pub core: Arc<Core>,
-    pub idempotency: idempotency::IdempotencyGate,
 }
 
 fn json_error(error: JsonPayloadError, _request: &HttpRequest) -> actix_web::Error {

@@ -3,7 +3,7 @@
 use super::auth::{Admin, Caller};
 use super::errors::ApiError;
 use super::AppState;
-use crate::actors::order::Placed;
+use crate::actors::user::Placed;
 use crate::domain::order::{Order, OrderItem};
 use crate::domain::{Cents, IdempotencyKey, OrderEvent, OrderId, OrderStatus, PlaceOrder, UserId};
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
@@ -86,7 +86,7 @@ pub async fn place(
     let key = idempotency_key(&request)?;
     let items: Vec<(i64, i64)> = body.items.iter().map(|i| (i.sku_id, i.quantity)).collect();
     let order = PlaceOrder::parse(&items)?;
-    let placed = state.idempotency.place_once(&state.core, caller.user_id, key, order).await?;
+    let placed = state.core.place_order(caller.user_id, key, order).await?;
     let mut response = HttpResponse::Created();
     if let Placed::Replayed(_) = placed {
         response.insert_header((REPLAYED_HEADER, "true"));
@@ -193,7 +193,7 @@ pub async fn list(
                 .ok_or_else(|| ApiError::bad_request("invalid_cursor", "cursor is not one this API gave out"))?,
         ),
     };
-    let orders = state.core.store.list_orders(caller.user_id, status, before, limit).await?;
+    let orders = state.core.list_orders(caller.user_id, status, before, limit).await?;
     let next_cursor = (orders.len() == limit as usize).then(|| orders.last().map(|o| encode_cursor(o.id))).flatten();
     Ok(HttpResponse::Ok().json(OrderPage { orders: orders.iter().map(OrderBody::from).collect(), next_cursor }))
 }

@@ -5,16 +5,12 @@
 use super::auth::{Admin, Caller};
 use super::errors::ApiError;
 use super::AppState;
-use crate::domain::ids::wall_clock_ms;
 use crate::domain::inventory::{Quantity, STOCK_QUANTITY_MAX};
+use crate::domain::sku::SkuDraft;
 use crate::domain::{Cents, SkuId};
 use crate::persistence::redis::SkuSnapshot;
-use crate::persistence::NewSku;
 use actix_web::{get, post, web, HttpResponse};
 use serde::{Deserialize, Serialize};
-
-/// The longest SKU name, in characters.
-pub const SKU_NAME_LEN_MAX: usize = 200;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -68,32 +64,8 @@ pub async fn create(
     _admin: Admin,
     body: web::Json<CreateSku>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.into_inner();
-    let name = body.name.trim().to_owned();
-    if name.is_empty() || name.chars().count() > SKU_NAME_LEN_MAX {
-        return Err(ApiError::unprocessable(
-            "invalid_name",
-            format!("name must be 1 to {SKU_NAME_LEN_MAX} characters"),
-        ));
-    }
-    let price_cents =
-        Cents::parse_price(body.price_cents).map_err(|e| ApiError::unprocessable("invalid_price", e.to_string()))?;
-    if !(0..=i64::from(STOCK_QUANTITY_MAX)).contains(&body.stock) {
-        return Err(ApiError::unprocessable(
-            "invalid_stock",
-            format!("stock must be between 0 and {STOCK_QUANTITY_MAX}"),
-        ));
-    }
-    let sku = NewSku {
-        sku_id: SkuId::new(state.core.ids.next_id()),
-        name,
-        price_cents,
-        total: body.stock,
-        created_at_ms: wall_clock_ms() as i64,
-    };
-    state.core.store.create_sku(&sku).await?;
-    tracing::info!(sku_id = %sku.sku_id, stock = sku.total, "sku created");
-    let snapshot = state.core.sku_snapshot(sku.sku_id).await?;
+    let draft = SkuDraft::parse(&body.name, body.price_cents, body.stock)?;
+    let snapshot = state.core.create_sku(draft).await?;
     Ok(HttpResponse::Created().json(SkuBody::from(snapshot)))
 }
 

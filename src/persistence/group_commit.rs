@@ -30,8 +30,17 @@ pub enum SubmitError {
     Overloaded,
     #[error("the writer has stopped")]
     Closed,
+    #[error("the writer stopped before answering; the outcome is unknown")]
+    Lost,
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl SubmitError {
+    /// Whether the item certainly never reached a batch (so it was not written).
+    pub fn never_queued(&self) -> bool {
+        matches!(self, SubmitError::Overloaded | SubmitError::Closed)
+    }
 }
 
 struct Job<T, R> {
@@ -71,7 +80,7 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
             mpsc::error::TrySendError::Full(_) => SubmitError::Overloaded,
             mpsc::error::TrySendError::Closed(_) => SubmitError::Closed,
         })?;
-        answer.await.map_err(|_| SubmitError::Closed)?.map_err(SubmitError::Store)
+        answer.await.map_err(|_| SubmitError::Lost)?.map_err(SubmitError::Store)
     }
 }
 

@@ -1,17 +1,19 @@
 //! A store that keeps everything in process memory: the same contract as the SQL stores
-//! (version fencing, unique idempotency keys, one "transaction" per call) without a database.
-//! It measures the ceiling of the actor design and lets actor tests run without servers;
-//! it is not durable.
+//! (owner epochs, unique idempotency keys and trade numbers, one "transaction" per call, the
+//! same `plan::decide` for every batch) without a database. It measures the ceiling of the
+//! actor design and lets actor tests run without servers; it is not durable.
 
+use super::plan::{decide, Facts, SkuRow, Wanted};
 use super::{
-    InventoryBatch, NewSku, OrderInsert, OrderTransition, Payment, PaymentStatus, ReservationStatus, SkuInfo, SkuState,
-    Store, StoreError, UnsettledReservation,
+    Change, CommitReport, NewSku, Payment, PaymentStatus, RecentKey, ReservationStatus, SkuInfo, SkuState, Store,
+    StoreError, UnsettledLease,
 };
 use crate::domain::inventory::{Counters, Reservation};
+use crate::domain::lease::settled_lease_statuses;
 use crate::domain::order::{Order, OrderStatus};
 use crate::domain::{OrderId, SkuId, UserId};
 use async_trait::async_trait;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 #[derive(Default)]
@@ -19,14 +21,21 @@ pub struct MemoryStore {
     state: Mutex<MemoryState>,
 }
 
+struct StoredSku {
+    info: SkuInfo,
+    counters: Counters,
+    version: i64,
+    epoch: i64,
+}
+
 #[derive(Default)]
 struct MemoryState {
-    skus: HashMap<SkuId, (SkuInfo, Counters, i64)>,
+    skus: HashMap<SkuId, StoredSku>,
     reservations: HashMap<(SkuId, OrderId), (Reservation, ReservationStatus)>,
     orders: HashMap<OrderId, Order>,
     keys: HashMap<(UserId, String), OrderId>,
     payments: HashMap<String, Payment>,
-    refunded_from_paid: std::collections::HashSet<OrderId>,
+    refunded_from_paid: HashSet<OrderId>,
 }
 
 impl MemoryStore {
@@ -42,7 +51,73 @@ impl MemoryStore {
 
     /// The stored counters and version of a SKU, for tests.
     pub fn counters(&self, sku_id: SkuId) -> Option<(Counters, i64)> {
-        self.lock().skus.get(&sku_id).map(|(_, counters, version)| (*counters, *version))
+        self.lock().skus.get(&sku_id).map(|sku| (sku.counters, sku.version))
+    }
+}
+
+impl MemoryState {
+    fn facts(&self, wanted: &Wanted) -> Facts {
+        let mut facts = Facts::default();
+        for sku_id in &wanted.skus {
+            if let Some(sku) = self.skus.get(sku_id) {
+                let row = SkuRow { epoch: sku.epoch, version: sku.version, counters: sku.counters };
+                facts.skus.insert(*sku_id, row);
+            }
+        }
+        for order_id in &wanted.orders {
+            if let Some(order) = self.orders.get(order_id) {
+                facts.orders.insert(*order_id, (order.status, order.version));
+            }
+        }
+        facts.keys = wanted.keys.iter().filter(|pair| self.keys.contains_key(*pair)).cloned().collect();
+        facts.payments = wanted.payments.iter().filter(|t| self.payments.contains_key(*t)).cloned().collect();
+        facts
+    }
+
+    /// Applies one accepted change, with the same row checks the SQL store makes.
+    fn apply(&mut self, change: &Change) -> Result<(), StoreError> {
+        if let Some(order) = &change.order {
+            order.assert_amounts();
+            self.keys.insert((order.user_id, order.idempotency_key.clone()), order.id);
+            self.orders.insert(order.id, order.clone());
+        }
+        if let Some(transition) = &change.transition {
+            let order = self.orders.get_mut(&transition.order_id).expect("the plan checked the order exists");
+            assert!(transition.from.can_become(transition.to));
+            order.status = transition.to;
+            order.version += 1;
+            if (transition.from, transition.to) == (OrderStatus::Paid, OrderStatus::Refunded) {
+                self.refunded_from_paid.insert(transition.order_id);
+            }
+            if transition.refund_payment {
+                for payment in self.payments.values_mut() {
+                    if payment.order_id == transition.order_id && payment.status == PaymentStatus::Paid {
+                        payment.status = PaymentStatus::Refunded;
+                    }
+                }
+            }
+        }
+        if let Some(payment) = &change.payment {
+            self.payments.insert(payment.out_trade_no.clone(), payment.clone());
+        }
+        for effect in &change.skus {
+            let Some(lease) = &effect.lease else { continue };
+            let key = (effect.sku_id, lease.order_id);
+            match (lease.from, self.reservations.get_mut(&key)) {
+                (None, None) => {
+                    let reservation = Reservation { quantity: lease.quantity, expires_at_ms: lease.expires_at_ms };
+                    self.reservations.insert(key, (reservation, lease.to));
+                }
+                (Some(from), Some((_, status))) if *status == from => *status = lease.to,
+                _ => {
+                    return Err(StoreError::Corrupt(format!(
+                        "reservation of order {} on sku {} is not {:?}",
+                        lease.order_id, effect.sku_id, lease.from
+                    )))
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -59,70 +134,74 @@ impl Store for MemoryStore {
         }
         let info = SkuInfo { sku_id: sku.sku_id, name: sku.name.clone(), price_cents: sku.price_cents };
         let counters = Counters { total: sku.total, available: sku.total, reserved: 0, sold: 0 };
-        state.skus.insert(sku.sku_id, (info, counters, 0));
+        state.skus.insert(sku.sku_id, StoredSku { info, counters, version: 0, epoch: 0 });
         Ok(())
     }
 
-    async fn load_sku(&self, sku_id: SkuId) -> Result<Option<SkuState>, StoreError> {
-        let state = self.lock();
-        let Some((info, counters, version)) = state.skus.get(&sku_id) else {
-            return Ok(None);
-        };
-        let reservations = state
-            .reservations
-            .iter()
-            .filter(|((sku, _), (_, status))| *sku == sku_id && *status == ReservationStatus::Reserved)
-            .map(|((_, order_id), (reservation, _))| (*order_id, *reservation))
-            .collect();
-        Ok(Some(SkuState { info: info.clone(), counters: *counters, version: *version, reservations }))
-    }
-
-    async fn commit_inventory(&self, batch: &InventoryBatch) -> Result<(), StoreError> {
-        assert!(batch.counters.is_balanced());
+    async fn activate_skus(&self, sku_ids: &[SkuId]) -> Result<Vec<Option<SkuState>>, StoreError> {
         let mut state = self.lock();
-        let state = &mut *state;
-        let Some(row) = state.skus.get_mut(&batch.sku_id) else {
-            return Err(StoreError::Fenced(batch.sku_id));
-        };
-        if row.2 != batch.expected_version {
-            return Err(StoreError::Fenced(batch.sku_id));
-        }
-        // Check every row first so that the batch applies wholly or not at all.
-        for write in &batch.writes {
-            let existing = state.reservations.get(&(batch.sku_id, write.order_id));
-            let ok = match (write.from, existing) {
-                (None, None) => true,
-                (Some(from), Some((_, held))) => from == *held,
-                _ => false,
+        let mut states = Vec::with_capacity(sku_ids.len());
+        for sku_id in sku_ids {
+            let Some(sku) = state.skus.get_mut(sku_id) else {
+                states.push(None);
+                continue;
             };
-            if !ok {
-                return Err(StoreError::Corrupt(format!("reservation of order {} out of step", write.order_id)));
-            }
+            sku.epoch += 1;
+            let (info, counters, version, epoch) = (sku.info.clone(), sku.counters, sku.version, sku.epoch);
+            let reservations = state
+                .reservations
+                .iter()
+                .filter(|((sku, _), (_, status))| sku == sku_id && *status == ReservationStatus::Reserved)
+                .map(|((_, order_id), (reservation, _))| (*order_id, *reservation))
+                .collect();
+            states.push(Some(SkuState { info, counters, version, epoch, reservations }));
         }
-        row.1 = batch.counters;
-        row.2 += 1;
-        for write in &batch.writes {
-            let reservation = Reservation { quantity: write.quantity, expires_at_ms: write.expires_at_ms };
-            state.reservations.insert((batch.sku_id, write.order_id), (reservation, write.status));
-        }
-        Ok(())
+        Ok(states)
     }
 
-    async fn insert_orders(&self, orders: &[Order]) -> Result<Vec<OrderInsert>, StoreError> {
-        let mut state = self.lock();
-        Ok(orders
+    async fn recent_keys(&self, user_ids: &[UserId], per_user_max: usize) -> Result<Vec<Vec<RecentKey>>, StoreError> {
+        let state = self.lock();
+        Ok(user_ids
             .iter()
-            .map(|order| {
-                let key = (order.user_id, order.idempotency_key.clone());
-                if state.keys.contains_key(&key) || state.orders.contains_key(&order.id) {
-                    return OrderInsert::DuplicateKey;
-                }
-                order.assert_amounts();
-                state.keys.insert(key, order.id);
-                state.orders.insert(order.id, order.clone());
-                OrderInsert::Inserted
+            .map(|user_id| {
+                let mut orders: Vec<&Order> = state.orders.values().filter(|o| o.user_id == *user_id).collect();
+                orders.sort_by_key(|o| std::cmp::Reverse(o.id));
+                orders
+                    .into_iter()
+                    .take(per_user_max)
+                    .map(|o| RecentKey {
+                        idempotency_key: o.idempotency_key.clone(),
+                        order_id: o.id,
+                        request_hash: o.request_hash.clone(),
+                    })
+                    .collect()
             })
             .collect())
+    }
+
+    async fn commit(&self, changes: &[Change], now_ms: i64) -> Result<CommitReport, StoreError> {
+        let mut state = self.lock();
+        let plan = decide(changes, state.facts(&Wanted::of(changes)), now_ms);
+        // Checked on a copy first: like a transaction, a failing row check writes nothing.
+        for change in plan.accepted(changes) {
+            for effect in &change.skus {
+                if let Some(lease) = &effect.lease {
+                    let found = state.reservations.get(&(effect.sku_id, lease.order_id)).map(|(_, s)| *s);
+                    if found != lease.from {
+                        return Err(StoreError::Corrupt(format!("reservation of order {} disagrees", lease.order_id)));
+                    }
+                }
+            }
+        }
+        for change in plan.accepted(changes) {
+            state.apply(change)?;
+        }
+        for (sku_id, (_, after)) in &plan.skus {
+            let sku = state.skus.get_mut(sku_id).expect("the plan only holds stored skus");
+            sku.counters = *after;
+            sku.version += 1;
+        }
+        Ok(CommitReport { versions: plan.versions(), outcomes: plan.outcomes })
     }
 
     async fn find_order(&self, order_id: OrderId) -> Result<Option<Order>, StoreError> {
@@ -133,23 +212,6 @@ impl Store for MemoryStore {
         let state = self.lock();
         let order_id = state.keys.get(&(user_id, idempotency_key.to_owned()));
         Ok(order_id.and_then(|id| state.orders.get(id)).cloned())
-    }
-
-    async fn transition_orders(
-        &self,
-        transitions: &[OrderTransition],
-    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-        let mut state = self.lock();
-        Ok(transitions.iter().map(|transition| apply_transition(&mut state, transition)).collect())
-    }
-
-    async fn record_payment(&self, payment: &Payment, _at_ms: i64) -> Result<bool, StoreError> {
-        let mut state = self.lock();
-        if state.payments.contains_key(&payment.out_trade_no) {
-            return Ok(false);
-        }
-        state.payments.insert(payment.out_trade_no.clone(), payment.clone());
-        Ok(true)
     }
 
     async fn find_payment(&self, out_trade_no: &str) -> Result<Option<Payment>, StoreError> {
@@ -172,7 +234,7 @@ impl Store for MemoryStore {
             .filter(|o| before.is_none_or(|b| o.id < b))
             .cloned()
             .collect();
-        orders.sort_by_key(|order| std::cmp::Reverse(order.id));
+        orders.sort_by_key(|o| std::cmp::Reverse(o.id));
         orders.truncate(limit as usize);
         Ok(orders)
     }
@@ -187,23 +249,22 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    async fn unsettled_reservations(&self) -> Result<Vec<UnsettledReservation>, StoreError> {
+    async fn unsettled_leases(&self) -> Result<Vec<UnsettledLease>, StoreError> {
         let state = self.lock();
         Ok(state
             .reservations
             .iter()
             .filter_map(|((sku_id, order_id), (reservation, status))| {
                 let order_status = state.orders.get(order_id).map(|o| o.status);
-                let lagging = match (status, order_status) {
-                    (ReservationStatus::Reserved, None) => true,
-                    (ReservationStatus::Reserved, Some(order)) => order != OrderStatus::PendingPayment,
-                    (ReservationStatus::Confirmed, Some(OrderStatus::Refunded)) => true,
-                    _ => false,
+                let unsettled = match order_status {
+                    None => *status == ReservationStatus::Reserved,
+                    Some(order) => !settled_lease_statuses(order).contains(status),
                 };
-                lagging.then(|| UnsettledReservation {
+                unsettled.then(|| UnsettledLease {
                     sku_id: *sku_id,
                     order_id: *order_id,
                     quantity: reservation.quantity,
+                    expires_at_ms: reservation.expires_at_ms,
                     status: *status,
                     order_status,
                     refunded_from_paid: state.refunded_from_paid.contains(order_id),
@@ -211,32 +272,4 @@ impl Store for MemoryStore {
             })
             .collect())
     }
-}
-
-/// One step of one order, with the same checks the SQL store makes.
-fn apply_transition(state: &mut MemoryState, transition: &OrderTransition) -> Result<(), StoreError> {
-    let stale = StoreError::Stale(transition.order_id);
-    let order = state.orders.get_mut(&transition.order_id).ok_or_else(|| stale.clone())?;
-    if order.version != transition.expected_version || order.status != transition.from {
-        return Err(stale);
-    }
-    if let Some(payment) = &transition.insert_payment {
-        if state.payments.contains_key(&payment.out_trade_no) {
-            return Err(StoreError::Database(format!("duplicate out_trade_no {}", payment.out_trade_no)));
-        }
-        state.payments.insert(payment.out_trade_no.clone(), payment.clone());
-    }
-    order.status = transition.to;
-    order.version += 1;
-    if transition.refund_payment {
-        for payment in state.payments.values_mut() {
-            if payment.order_id == transition.order_id && payment.status == PaymentStatus::Paid {
-                payment.status = PaymentStatus::Refunded;
-            }
-        }
-    }
-    if (transition.from, transition.to) == (OrderStatus::Paid, OrderStatus::Refunded) {
-        state.refunded_from_paid.insert(transition.order_id);
-    }
-    Ok(())
 }

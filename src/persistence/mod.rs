@@ -5,30 +5,31 @@
 //! `memory.rs` is a store without a database, the ceiling of the design in benchmarks;
 //! `redis.rs` publishes snapshots for readers; `group_commit.rs` batches writes.
 //!
-//! Every write method is one transaction: a batch is wholly written or not at all, and a
-//! caller is only answered after it returns `Ok`.
+//! Every change to trade data goes through `Store::commit`, one transaction per batch of
+//! changes from any number of keys: prefetch what the batch depends on, decide every change
+//! with `plan::decide` (the same decision in every backend), write what was accepted with
+//! multi-row statements, commit. A change is wholly written or not at all, and its caller is
+//! answered only after the commit.
 
 pub mod group_commit;
 pub mod memory;
 pub mod mysql;
+pub mod plan;
 pub mod redis;
 pub mod sql;
 pub mod sqlite;
 
 use crate::domain::inventory::{Counters, Reservation};
+use crate::domain::lease::CounterDelta;
+pub use crate::domain::lease::ReservationStatus;
 use crate::domain::order::{Order, OrderStatus};
 use crate::domain::{Cents, OrderId, SkuId, UserId};
 use async_trait::async_trait;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    /// The SKU row's version moved under us: another owner wrote it. Nothing was written.
-    #[error("sku {0} was written by another owner (version check failed)")]
-    Fenced(SkuId),
-    /// An order changed since it was read (version check failed). Nothing was written.
-    #[error("order {0} changed since it was read")]
-    Stale(OrderId),
     /// The database could not be reached or answered in time. Nothing is known to be written.
     #[error("database unavailable: {0}")]
     Unavailable(String),
@@ -73,70 +74,92 @@ pub struct SkuInfo {
 pub struct SkuState {
     pub info: SkuInfo,
     pub counters: Counters,
+    /// Bumped by every commit that touches the SKU.
     pub version: i64,
+    /// The owner epoch this activation took: every write of the actor must carry it, and a
+    /// later activation (here or on another node) makes it stale.
+    pub epoch: i64,
     /// Reservations still in status `reserved`.
     pub reservations: Vec<(OrderId, Reservation)>,
 }
 
-/// The status of an `inventory_reservation` row. The names are stored and never reused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ReservationStatus {
-    Reserved,
-    Confirmed,
-    Released,
-    Expired,
-    /// Sold units given back by a refund before the goods went out.
-    Returned,
-}
-
-impl ReservationStatus {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Reserved => "reserved",
-            Self::Confirmed => "confirmed",
-            Self::Released => "released",
-            Self::Expired => "expired",
-            Self::Returned => "returned",
-        }
-    }
-
-    pub fn parse(name: &str) -> Option<Self> {
-        [Self::Reserved, Self::Confirmed, Self::Released, Self::Expired, Self::Returned]
-            .into_iter()
-            .find(|status| status.as_str() == name)
-    }
-}
-
-/// The final state of one reservation row after a batch. A row without `from` is new and is
-/// inserted with its final status (which may already be released); the others must be in
-/// status `from` in the database and move to `status`.
+/// A change to one reservation row. A write without `from` inserts a new row in status `to`;
+/// the others must find the row in status `from`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReservationWrite {
+pub struct LeaseWrite {
     pub order_id: OrderId,
     pub quantity: i64,
     pub expires_at_ms: i64,
     pub from: Option<ReservationStatus>,
-    pub status: ReservationStatus,
+    pub to: ReservationStatus,
 }
 
-/// One group commit of one SKU: its counters after the batch and the reservation rows it
-/// touched. Written only if the row is still at `expected_version`, which becomes
-/// `expected_version + 1`.
-#[derive(Debug, Clone)]
-pub struct InventoryBatch {
+/// The part of a change that falls on one SKU: its counters move by `delta`, and at most one
+/// of its reservation rows changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkuEffect {
     pub sku_id: SkuId,
-    pub expected_version: i64,
-    pub counters: Counters,
-    pub writes: Vec<ReservationWrite>,
-    pub now_ms: i64,
+    /// The owner epoch of the actor that made the effect; written only if the SKU is still at
+    /// it. `None` only for repairs at start, before any actor owns the SKU.
+    pub epoch: Option<i64>,
+    pub delta: CounterDelta,
+    pub lease: Option<LeaseWrite>,
 }
 
-/// What happened to one order of an `insert_orders` batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OrderInsert {
-    Inserted,
-    /// The user already has an order under this idempotency key; nothing was written for it.
+/// One step of an order's state machine, written with a version check and logged.
+#[derive(Debug, Clone)]
+pub struct OrderTransition {
+    pub order_id: OrderId,
+    pub from: OrderStatus,
+    pub to: OrderStatus,
+    /// The version the order was read at; it becomes `expected_version + 1`.
+    pub expected_version: i64,
+    pub at_ms: i64,
+    /// A payment: refused at commit time if the commit happens after this deadline.
+    pub pay_by_ms: Option<i64>,
+    /// Mark the order's paid payment refunded in the same transaction.
+    pub refund_payment: bool,
+}
+
+/// One entry of the write pipeline: everything one logical step writes, across tables and
+/// keys, committed together or not at all.
+#[derive(Debug, Clone, Default)]
+pub struct Change {
+    /// A new order (row, items, first status log entry).
+    pub order: Option<Order>,
+    pub transition: Option<OrderTransition>,
+    /// A payment row (the one that pays, or one kept for refund).
+    pub payment: Option<Payment>,
+    pub skus: Vec<SkuEffect>,
+}
+
+/// Why one change of a batch was not written. The rest of the batch is unaffected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Conflict {
+    /// The SKU is owned by a newer activation (or does not exist), or the change would leave
+    /// its stored counters unbalanced: the actor's view is stale.
+    #[error("sku {0} is owned elsewhere or its stored stock disagrees")]
+    Fenced(SkuId),
+    /// The user already has an order under this idempotency key.
+    #[error("an order exists under this idempotency key")]
     DuplicateKey,
+    /// The `out_trade_no` is stored already.
+    #[error("the payment is stored already")]
+    DuplicatePayment,
+    /// The order is not at the status and version the step was made from.
+    #[error("order {0} changed since it was read")]
+    Stale(OrderId),
+    /// A payment reached the commit after its order's deadline.
+    #[error("the payment deadline passed before the commit")]
+    DeadlinePassed,
+}
+
+/// What one `Store::commit` did: one outcome per change, in order, and the version each
+/// written SKU has now.
+#[derive(Debug, Clone, Default)]
+pub struct CommitReport {
+    pub outcomes: Vec<Result<(), Conflict>>,
+    pub versions: HashMap<SkuId, i64>,
 }
 
 /// What a payment row records. The names are stored and never reused.
@@ -175,28 +198,21 @@ pub struct Payment {
     pub status: PaymentStatus,
 }
 
-/// One step of an order's state machine, written with a version check and logged.
-#[derive(Debug, Clone)]
-pub struct OrderTransition {
+/// A recent placement of a user: what the user actor needs to answer a retry from memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecentKey {
+    pub idempotency_key: String,
     pub order_id: OrderId,
-    pub from: OrderStatus,
-    pub to: OrderStatus,
-    /// The version the order was read at; it becomes `expected_version + 1`.
-    pub expected_version: i64,
-    pub at_ms: i64,
-    /// A payment row to insert in the same transaction (the payment that paid the order).
-    pub insert_payment: Option<Payment>,
-    /// Mark the order's paid payment refunded in the same transaction.
-    pub refund_payment: bool,
+    pub request_hash: String,
 }
 
-/// A reservation that recovery must look at: still open (or, for a refund from Paid, still
-/// sold) while its order says otherwise.
+/// A reservation whose status disagrees with its order's (see `domain::lease`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnsettledReservation {
+pub struct UnsettledLease {
     pub sku_id: SkuId,
     pub order_id: OrderId,
     pub quantity: i64,
+    pub expires_at_ms: i64,
     pub status: ReservationStatus,
     /// `None`: no order was ever written for this reservation.
     pub order_status: Option<OrderStatus>,
@@ -204,7 +220,7 @@ pub struct UnsettledReservation {
     pub refunded_from_paid: bool,
 }
 
-/// The database behind the actors. Implementations write each call in one transaction.
+/// The database behind the actors.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Whether the database answers (readiness).
@@ -212,32 +228,22 @@ pub trait Store: Send + Sync + 'static {
 
     async fn create_sku(&self, sku: &NewSku) -> Result<(), StoreError>;
 
-    /// The SKU's counters, version and open reservations; `None` if there is no such SKU.
-    async fn load_sku(&self, sku_id: SkuId) -> Result<Option<SkuState>, StoreError>;
+    /// Takes ownership of SKUs for new actors: bumps each one's epoch (fencing out any older
+    /// owner) and reads its counters and open reservations, in one transaction. `None` for
+    /// an id with no SKU; results are in the order of `sku_ids`.
+    async fn activate_skus(&self, sku_ids: &[SkuId]) -> Result<Vec<Option<SkuState>>, StoreError>;
 
-    /// Writes one batch of one SKU, fenced by its version (`StoreError::Fenced` on mismatch).
-    async fn commit_inventory(&self, batch: &InventoryBatch) -> Result<(), StoreError>;
+    /// The newest `per_user_max` placements of each user, newest first; results are in the
+    /// order of `user_ids`.
+    async fn recent_keys(&self, user_ids: &[UserId], per_user_max: usize) -> Result<Vec<Vec<RecentKey>>, StoreError>;
 
-    /// Inserts new orders (rows, items and their first status log entry) in one transaction.
-    /// An order whose `(user_id, idempotency_key)` exists already is skipped and reported as
-    /// `DuplicateKey`; the outcomes are in the order of `orders`.
-    async fn insert_orders(&self, orders: &[Order]) -> Result<Vec<OrderInsert>, StoreError>;
+    /// Writes a batch of changes in one transaction (see the module doc). `Err` means nothing
+    /// is known to be written.
+    async fn commit(&self, changes: &[Change], now_ms: i64) -> Result<CommitReport, StoreError>;
 
     async fn find_order(&self, order_id: OrderId) -> Result<Option<Order>, StoreError>;
 
     async fn find_order_by_key(&self, user_id: UserId, idempotency_key: &str) -> Result<Option<Order>, StoreError>;
-
-    /// Moves orders one step each, in one transaction: an order still at its
-    /// `expected_version` and `from` moves and its step is logged in `order_status_log`; one that
-    /// is not gets `StoreError::Stale` and nothing is written for it. The outcomes are in the
-    /// order of `transitions`; an `Err` of the whole call means nothing was written.
-    async fn transition_orders(
-        &self,
-        transitions: &[OrderTransition],
-    ) -> Result<Vec<Result<(), StoreError>>, StoreError>;
-
-    /// Stores a payment that did not pay its order; `false` if `out_trade_no` was stored already.
-    async fn record_payment(&self, payment: &Payment, at_ms: i64) -> Result<bool, StoreError>;
 
     async fn find_payment(&self, out_trade_no: &str) -> Result<Option<Payment>, StoreError>;
 
@@ -253,19 +259,21 @@ pub trait Store: Send + Sync + 'static {
     /// Every order awaiting payment with its deadline, for the deadline timer at start.
     async fn pending_deadlines(&self) -> Result<Vec<(OrderId, i64)>, StoreError>;
 
-    /// Reservations whose state lags behind their order's: open under an order that is no
-    /// longer pending (or under no order at all), or sold under an order refunded from Paid.
-    async fn unsettled_reservations(&self) -> Result<Vec<UnsettledReservation>, StoreError>;
+    /// Reservations whose status disagrees with their order's (`domain::lease`), whatever
+    /// their status.
+    async fn unsettled_leases(&self) -> Result<Vec<UnsettledLease>, StoreError>;
 }
 
 pub type DynStore = Arc<dyn Store>;
 
 /// Opens the store a database URL names, running pending migrations when `migrate` is set.
-pub async fn connect(url: &str, migrate: bool) -> anyhow::Result<DynStore> {
+/// `timeout` bounds acquiring a connection and, on MariaDB, how long a statement waits for a
+/// row lock.
+pub async fn connect(url: &str, migrate: bool, timeout: std::time::Duration) -> anyhow::Result<DynStore> {
     let store = if url.starts_with("mysql://") || url.starts_with("mariadb://") {
-        mysql::connect(url, migrate).await?
+        mysql::connect(url, migrate, timeout).await?
     } else if url.starts_with("sqlite:") {
-        sqlite::connect(url, migrate).await?
+        sqlite::connect(url, migrate, timeout).await?
     } else if url == "memory:" {
         return Ok(Arc::new(memory::MemoryStore::default()));
     } else {

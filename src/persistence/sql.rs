@@ -1,20 +1,28 @@
 //! The SQL of the trade core, shared by MariaDB and SQLite through sqlx's `Any` driver.
 //!
-//! Statements are bound, never formatted with values. The two dialects differ only in how an
-//! insert skips a duplicate key, which `Dialect` supplies. Times are stored as milliseconds
-//! since the Unix epoch in `BIGINT` columns, the same in both databases.
+//! Statements are bound, never formatted with values. The two dialects differ only in how a
+//! write transaction starts and how rows are locked for it, which `Dialect` supplies. Times are
+//! stored as milliseconds since the Unix epoch in `BIGINT` columns, the same in both databases.
+//!
+//! `commit` is the write pipeline's transaction: lock and read what the batch depends on, let
+//! `plan::decide` accept or refuse each change, write the accepted ones with a fixed number of
+//! multi-row statements per table (whatever the batch size), commit.
 
+use super::plan::{decide, Facts, Plan, SkuRow, Wanted};
 use super::{
-    InventoryBatch, NewSku, OrderInsert, OrderTransition, Payment, PaymentStatus, ReservationStatus, SkuInfo, SkuState,
-    Store, StoreError, UnsettledReservation,
+    Change, CommitReport, LeaseWrite, NewSku, Payment, PaymentStatus, RecentKey, ReservationStatus, SkuInfo, SkuState,
+    Store, StoreError, UnsettledLease,
 };
 use crate::domain::inventory::{Counters, Reservation};
+use crate::domain::lease::settled_lease_statuses;
 use crate::domain::order::{Order, OrderItem, OrderStatus};
 use crate::domain::{Cents, OrderId, SkuId, UserId};
 use async_trait::async_trait;
 use sqlx::any::{Any, AnyRow};
+use sqlx::query_builder::Separated;
+use sqlx::AnyConnection;
 use sqlx::{AnyPool, QueryBuilder, Row};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 /// Rows per multi-row statement; keeps every statement under SQLite's 32,766 bound parameters.
 const ROWS_PER_STATEMENT_MAX: usize = 1_000;
@@ -26,13 +34,54 @@ pub enum Dialect {
 }
 
 impl Dialect {
-    /// The tail of an INSERT that skips rows whose unique key exists already.
-    fn skip_duplicates(self) -> &'static str {
+    /// How a write transaction starts. SQLite takes the write lock at once, so what the
+    /// transaction reads cannot change before it writes.
+    fn begin_write(self) -> &'static str {
         match self {
-            Dialect::MySql => " ON DUPLICATE KEY UPDATE id = id",
-            Dialect::Sqlite => " ON CONFLICT DO NOTHING",
+            Dialect::MySql => "BEGIN",
+            Dialect::Sqlite => "BEGIN IMMEDIATE",
         }
     }
+
+    /// The tail of a SELECT whose rows the transaction goes on to write. (SQLite's
+    /// transaction holds the whole database already.)
+    fn lock_rows(self) -> &'static str {
+        match self {
+            Dialect::MySql => " FOR UPDATE",
+            Dialect::Sqlite => "",
+        }
+    }
+}
+
+/// Appends `(?, ?, ...)` with `values` bound.
+fn push_list<T>(builder: &mut QueryBuilder<'static, Any>, values: impl IntoIterator<Item = T>)
+where
+    T: 'static + Send + sqlx::Encode<'static, Any> + sqlx::Type<Any>,
+{
+    builder.push("(");
+    let mut list = builder.separated(", ");
+    for value in values {
+        list.push_bind(value);
+    }
+    list.push_unseparated(")");
+}
+
+/// Inserts `rows` with one multi-row statement per `ROWS_PER_STATEMENT_MAX`: `head` names the
+/// table and columns, `bind` pushes one row's values in that order. The one chunked insert of
+/// the crate.
+async fn insert_rows<T>(
+    connection: &mut AnyConnection,
+    head: &str,
+    rows: &[T],
+    mut bind: impl FnMut(&mut Separated<'_, 'static, Any, &'static str>, &T),
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(ROWS_PER_STATEMENT_MAX) {
+        let mut insert = QueryBuilder::<Any>::new(head);
+        insert.push(" ");
+        insert.push_values(chunk, |mut row, value| bind(&mut row, value));
+        insert.build().execute(&mut *connection).await?;
+    }
+    Ok(())
 }
 
 pub struct SqlStore {
@@ -128,8 +177,8 @@ impl Store for SqlStore {
 
     async fn create_sku(&self, sku: &NewSku) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO inventory (sku_id, name, price_cents, total, available, reserved, sold, version, \
-             created_at, updated_at) VALUES (?, ?, ?, ?, ?, 0, 0, 0, ?, ?)",
+            "INSERT INTO inventory (sku_id, name, price_cents, total, available, reserved, sold, version, epoch, \
+             created_at, updated_at) VALUES (?, ?, ?, ?, ?, 0, 0, 0, 0, ?, ?)",
         )
         .bind(sku.sku_id.get())
         .bind(sku.name.clone())
@@ -143,197 +192,87 @@ impl Store for SqlStore {
         Ok(())
     }
 
-    async fn load_sku(&self, sku_id: SkuId) -> Result<Option<SkuState>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(
-            "SELECT name, price_cents, total, available, reserved, sold, version FROM inventory WHERE sku_id = ?",
-        )
-        .bind(sku_id.get())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let reservation_rows = sqlx::query(
-            "SELECT order_id, quantity, expires_at FROM inventory_reservation WHERE sku_id = ? AND status = ?",
-        )
-        .bind(sku_id.get())
-        .bind(ReservationStatus::Reserved.as_str())
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        let reservations = reservation_rows
-            .iter()
-            .map(|r| {
-                Ok((
-                    OrderId::new(r.try_get("order_id")?),
-                    Reservation { quantity: r.try_get("quantity")?, expires_at_ms: r.try_get("expires_at")? },
-                ))
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        Ok(Some(SkuState {
-            info: SkuInfo { sku_id, name: row.try_get("name")?, price_cents: Cents::new(row.try_get("price_cents")?) },
-            counters: Counters {
-                total: row.try_get("total")?,
-                available: row.try_get("available")?,
-                reserved: row.try_get("reserved")?,
-                sold: row.try_get("sold")?,
-            },
-            version: row.try_get("version")?,
-            reservations,
-        }))
-    }
-
-    async fn commit_inventory(&self, batch: &InventoryBatch) -> Result<(), StoreError> {
-        assert!(batch.counters.is_balanced(), "refusing to write unbalanced counters {:?}", batch.counters);
-        let mut tx = self.pool.begin().await?;
-        let counters = batch.counters;
-        let updated = sqlx::query(
-            "UPDATE inventory SET total = ?, available = ?, reserved = ?, sold = ?, version = ?, updated_at = ? \
-             WHERE sku_id = ? AND version = ?",
-        )
-        .bind(counters.total)
-        .bind(counters.available)
-        .bind(counters.reserved)
-        .bind(counters.sold)
-        .bind(batch.expected_version + 1)
-        .bind(batch.now_ms)
-        .bind(batch.sku_id.get())
-        .bind(batch.expected_version)
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() != 1 {
-            return Err(StoreError::Fenced(batch.sku_id));
-        }
-
-        let new_rows: Vec<_> = batch.writes.iter().filter(|w| w.from.is_none()).collect();
-        for chunk in new_rows.chunks(ROWS_PER_STATEMENT_MAX) {
-            let mut insert = QueryBuilder::<Any>::new(
-                "INSERT INTO inventory_reservation (sku_id, order_id, quantity, status, expires_at, created_at, updated_at) ",
-            );
-            insert.push_values(chunk, |mut row, write| {
-                row.push_bind(batch.sku_id.get())
-                    .push_bind(write.order_id.get())
-                    .push_bind(write.quantity)
-                    .push_bind(write.status.as_str())
-                    .push_bind(write.expires_at_ms)
-                    .push_bind(batch.now_ms)
-                    .push_bind(batch.now_ms);
-            });
-            insert.build().execute(&mut *tx).await?;
-        }
-
-        let mut moves: BTreeMap<(&str, &str), Vec<i64>> = BTreeMap::new();
-        for write in &batch.writes {
-            if let Some(from) = write.from.filter(|from| *from != write.status) {
-                moves.entry((from.as_str(), write.status.as_str())).or_default().push(write.order_id.get());
-            }
-        }
-        for ((from, to), order_ids) in moves {
-            for chunk in order_ids.chunks(ROWS_PER_STATEMENT_MAX) {
-                let mut update = QueryBuilder::<Any>::new("UPDATE inventory_reservation SET status = ");
-                update.push_bind(to);
-                update.push(", updated_at = ").push_bind(batch.now_ms);
-                update.push(" WHERE sku_id = ").push_bind(batch.sku_id.get());
-                update.push(" AND status = ").push_bind(from);
-                update.push(" AND order_id IN (");
-                let mut ids = update.separated(", ");
-                for order_id in chunk {
-                    ids.push_bind(*order_id);
-                }
-                update.push(")");
-                let result = update.build().execute(&mut *tx).await?;
-                // The actor and the database must agree on the state of every lease.
-                if result.rows_affected() != chunk.len() as u64 {
-                    return Err(StoreError::Corrupt(format!(
-                        "sku {}: {} of {} reservations to move {from} -> {to} were not {from}",
-                        batch.sku_id,
-                        chunk.len() as u64 - result.rows_affected(),
-                        chunk.len(),
-                    )));
-                }
-            }
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn insert_orders(&self, orders: &[Order]) -> Result<Vec<OrderInsert>, StoreError> {
-        if orders.is_empty() {
+    async fn activate_skus(&self, sku_ids: &[SkuId]) -> Result<Vec<Option<SkuState>>, StoreError> {
+        if sku_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.pool.begin().await?;
-        for chunk in orders.chunks(ROWS_PER_STATEMENT_MAX) {
-            let mut insert =
-                QueryBuilder::<Any>::new(format!("INSERT INTO trade_order ({ORDER_COLUMNS}, updated_at) "));
-            insert.push_values(chunk, |mut row, order| {
-                order.assert_amounts();
-                row.push_bind(order.id.get())
-                    .push_bind(order.user_id.get())
-                    .push_bind(order.status.as_str())
-                    .push_bind(order.total_cents.get())
-                    .push_bind(order.discount_cents.get())
-                    .push_bind(order.pay_cents.get())
-                    .push_bind(order.coupon_id)
-                    .push_bind(order.idempotency_key.clone())
-                    .push_bind(order.request_hash.clone())
-                    .push_bind(order.pay_deadline_ms)
-                    .push_bind(order.version)
-                    .push_bind(order.created_at_ms)
-                    .push_bind(order.created_at_ms);
-            });
-            insert.push(self.dialect.skip_duplicates());
-            insert.build().execute(&mut *tx).await?;
-        }
-
-        // Which rows landed: an order skipped for its idempotency key is not under its own id.
-        let mut inserted = HashSet::with_capacity(orders.len());
-        for chunk in orders.chunks(ROWS_PER_STATEMENT_MAX) {
-            let mut select = QueryBuilder::<Any>::new("SELECT id FROM trade_order WHERE id IN (");
-            let mut ids = select.separated(", ");
-            for order in chunk {
-                ids.push_bind(order.id.get());
-            }
-            select.push(")");
+        let ids: Vec<i64> = sku_ids.iter().map(|id| id.get()).collect();
+        let mut tx = self.pool.begin_with(self.dialect.begin_write()).await?;
+        let mut states: HashMap<i64, SkuState> = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(ROWS_PER_STATEMENT_MAX) {
+            let mut bump = QueryBuilder::<Any>::new("UPDATE inventory SET epoch = epoch + 1 WHERE sku_id IN ");
+            push_list(&mut bump, chunk.iter().copied());
+            bump.build().execute(&mut *tx).await?;
+            let mut select = QueryBuilder::<Any>::new(
+                "SELECT sku_id, name, price_cents, total, available, reserved, sold, version, epoch FROM inventory \
+                 WHERE sku_id IN ",
+            );
+            push_list(&mut select, chunk.iter().copied());
             for row in select.build().fetch_all(&mut *tx).await? {
-                inserted.insert(row.try_get::<i64, _>("id")?);
+                let sku_id = SkuId::new(row.try_get("sku_id")?);
+                let state = SkuState {
+                    info: SkuInfo {
+                        sku_id,
+                        name: row.try_get("name")?,
+                        price_cents: Cents::new(row.try_get("price_cents")?),
+                    },
+                    counters: counters_from_row(&row)?,
+                    version: row.try_get("version")?,
+                    epoch: row.try_get("epoch")?,
+                    reservations: Vec::new(),
+                };
+                states.insert(sku_id.get(), state);
             }
-        }
-        let landed: Vec<&Order> = orders.iter().filter(|o| inserted.contains(&o.id.get())).collect();
-
-        let items: Vec<(&Order, usize, &OrderItem)> =
-            landed.iter().flat_map(|o| o.items.iter().enumerate().map(move |(n, i)| (*o, n, i))).collect();
-        for chunk in items.chunks(ROWS_PER_STATEMENT_MAX) {
-            let mut insert = QueryBuilder::<Any>::new(
-                "INSERT INTO trade_order_item (order_id, line_no, sku_id, name, price_cents, quantity, pay_cents) ",
+            let mut leases = QueryBuilder::<Any>::new(
+                "SELECT sku_id, order_id, quantity, expires_at FROM inventory_reservation WHERE status = ",
             );
-            insert.push_values(chunk, |mut row, (order, line_no, item)| {
-                row.push_bind(order.id.get())
-                    .push_bind(*line_no as i64)
-                    .push_bind(item.sku_id.get())
-                    .push_bind(item.name.clone())
-                    .push_bind(item.price_cents.get())
-                    .push_bind(item.quantity)
-                    .push_bind(item.pay_cents.get());
-            });
-            insert.build().execute(&mut *tx).await?;
-        }
-        for chunk in landed.chunks(ROWS_PER_STATEMENT_MAX) {
-            let mut insert = QueryBuilder::<Any>::new(
-                "INSERT INTO order_status_log (order_id, from_status, to_status, version, created_at) ",
-            );
-            insert.push_values(chunk, |mut row, order| {
-                row.push_bind(order.id.get())
-                    .push_bind(None::<String>)
-                    .push_bind(order.status.as_str())
-                    .push_bind(order.version)
-                    .push_bind(order.created_at_ms);
-            });
-            insert.build().execute(&mut *tx).await?;
+            leases.push_bind(ReservationStatus::Reserved.as_str()).push(" AND sku_id IN ");
+            push_list(&mut leases, chunk.iter().copied());
+            for row in leases.build().fetch_all(&mut *tx).await? {
+                let sku_id: i64 = row.try_get("sku_id")?;
+                let reservation =
+                    Reservation { quantity: row.try_get("quantity")?, expires_at_ms: row.try_get("expires_at")? };
+                if let Some(state) = states.get_mut(&sku_id) {
+                    state.reservations.push((OrderId::new(row.try_get("order_id")?), reservation));
+                }
+            }
         }
         tx.commit().await?;
-        Ok(orders
-            .iter()
-            .map(|o| if inserted.contains(&o.id.get()) { OrderInsert::Inserted } else { OrderInsert::DuplicateKey })
-            .collect())
+        Ok(ids.iter().map(|id| states.remove(id)).collect())
+    }
+
+    async fn recent_keys(&self, user_ids: &[UserId], per_user_max: usize) -> Result<Vec<Vec<RecentKey>>, StoreError> {
+        let mut keys: HashMap<i64, Vec<RecentKey>> = HashMap::new();
+        for chunk in user_ids.chunks(ROWS_PER_STATEMENT_MAX) {
+            let mut select = QueryBuilder::<Any>::new(
+                "SELECT user_id, idempotency_key, id, request_hash FROM (SELECT user_id, idempotency_key, id, \
+                 request_hash, ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY id DESC) AS newest \
+                 FROM trade_order WHERE user_id IN ",
+            );
+            push_list(&mut select, chunk.iter().map(|id| id.get()));
+            select.push(") recent WHERE newest <= ").push_bind(per_user_max as i64);
+            select.push(" ORDER BY user_id, id DESC");
+            for row in select.build().fetch_all(&self.pool).await? {
+                keys.entry(row.try_get("user_id")?).or_default().push(RecentKey {
+                    idempotency_key: row.try_get("idempotency_key")?,
+                    order_id: OrderId::new(row.try_get("id")?),
+                    request_hash: row.try_get("request_hash")?,
+                });
+            }
+        }
+        Ok(user_ids.iter().map(|id| keys.remove(&id.get()).unwrap_or_default()).collect())
+    }
+
+    async fn commit(&self, changes: &[Change], now_ms: i64) -> Result<CommitReport, StoreError> {
+        if changes.is_empty() {
+            return Ok(CommitReport::default());
+        }
+        let mut tx = self.pool.begin_with(self.dialect.begin_write()).await?;
+        let facts = self.read_facts(&mut tx, &Wanted::of(changes)).await?;
+        let plan = decide(changes, facts, now_ms);
+        write_plan(&mut tx, changes, &plan, now_ms).await?;
+        tx.commit().await?;
+        Ok(CommitReport { versions: plan.versions(), outcomes: plan.outcomes })
     }
 
     async fn find_order(&self, order_id: OrderId) -> Result<Option<Order>, StoreError> {
@@ -354,97 +293,14 @@ impl Store for SqlStore {
         self.order_with_items(row).await
     }
 
-    async fn transition_orders(
-        &self,
-        transitions: &[OrderTransition],
-    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-        if transitions.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut tx = self.pool.begin().await?;
-        let mut outcomes = Vec::with_capacity(transitions.len());
-        for transition in transitions {
-            assert!(transition.from.can_become(transition.to), "{transition:?}");
-            let updated = sqlx::query(
-                "UPDATE trade_order SET status = ?, version = ?, updated_at = ? WHERE id = ? AND version = ? AND status = ?",
-            )
-            .bind(transition.to.as_str())
-            .bind(transition.expected_version + 1)
-            .bind(transition.at_ms)
-            .bind(transition.order_id.get())
-            .bind(transition.expected_version)
-            .bind(transition.from.as_str())
-            .execute(&mut *tx)
-            .await?;
-            outcomes.push(if updated.rows_affected() == 1 {
-                Ok(())
-            } else {
-                Err(StoreError::Stale(transition.order_id))
-            });
-        }
-        let landed: Vec<&OrderTransition> =
-            transitions.iter().zip(&outcomes).filter(|(_, outcome)| outcome.is_ok()).map(|(t, _)| t).collect();
-        for chunk in landed.chunks(ROWS_PER_STATEMENT_MAX) {
-            let mut insert = QueryBuilder::<Any>::new(
-                "INSERT INTO order_status_log (order_id, from_status, to_status, version, created_at) ",
-            );
-            insert.push_values(chunk, |mut row, t| {
-                row.push_bind(t.order_id.get())
-                    .push_bind(t.from.as_str())
-                    .push_bind(t.to.as_str())
-                    .push_bind(t.expected_version + 1)
-                    .push_bind(t.at_ms);
-            });
-            insert.build().execute(&mut *tx).await?;
-        }
-        let payments: Vec<(&Payment, i64)> =
-            landed.iter().filter_map(|t| t.insert_payment.as_ref().map(|p| (p, t.at_ms))).collect();
-        for chunk in payments.chunks(ROWS_PER_STATEMENT_MAX) {
-            let mut insert = QueryBuilder::<Any>::new(
-                "INSERT INTO payment (out_trade_no, order_id, amount_cents, channel, status, created_at, updated_at) ",
-            );
-            insert.push_values(chunk, |mut row, (payment, at_ms)| {
-                row.push_bind(payment.out_trade_no.clone())
-                    .push_bind(payment.order_id.get())
-                    .push_bind(payment.amount_cents.get())
-                    .push_bind(payment.channel.clone())
-                    .push_bind(payment.status.as_str())
-                    .push_bind(*at_ms)
-                    .push_bind(*at_ms);
-            });
-            insert.build().execute(&mut *tx).await?;
-        }
-        let refunded: Vec<&OrderTransition> = landed.iter().copied().filter(|t| t.refund_payment).collect();
-        for chunk in refunded.chunks(ROWS_PER_STATEMENT_MAX) {
-            let mut update = QueryBuilder::<Any>::new("UPDATE payment SET status = ");
-            update.push_bind(PaymentStatus::Refunded.as_str());
-            update.push(", updated_at = ").push_bind(chunk[0].at_ms);
-            update.push(" WHERE status = ").push_bind(PaymentStatus::Paid.as_str());
-            update.push(" AND order_id IN (");
-            let mut ids = update.separated(", ");
-            for t in chunk {
-                ids.push_bind(t.order_id.get());
-            }
-            update.push(")");
-            update.build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(outcomes)
-    }
-
-    async fn record_payment(&self, payment: &Payment, at_ms: i64) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        if self.find_payment_in(&mut tx, &payment.out_trade_no).await?.is_some() {
-            return Ok(false);
-        }
-        insert_payment(&mut tx, payment, at_ms).await?;
-        tx.commit().await?;
-        Ok(true)
-    }
-
     async fn find_payment(&self, out_trade_no: &str) -> Result<Option<Payment>, StoreError> {
-        let mut connection = self.pool.acquire().await?;
-        self.find_payment_in(&mut connection, out_trade_no).await
+        let row = sqlx::query(
+            "SELECT out_trade_no, order_id, amount_cents, channel, status FROM payment WHERE out_trade_no = ?",
+        )
+        .bind(out_trade_no.to_owned())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(payment_from_row).transpose()
     }
 
     async fn list_orders(
@@ -475,26 +331,33 @@ impl Store for SqlStore {
         rows.iter().map(|row| Ok((OrderId::new(row.try_get("id")?), row.try_get("pay_deadline")?))).collect()
     }
 
-    async fn unsettled_reservations(&self) -> Result<Vec<UnsettledReservation>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT r.sku_id, r.order_id, r.quantity, r.status, o.status AS order_status, \
+    async fn unsettled_leases(&self) -> Result<Vec<UnsettledLease>, StoreError> {
+        // The WHERE clause is `domain::lease::settled_lease_statuses` negated: a lease with no
+        // order that is still open, or a lease whose status is not one its order's allows.
+        let mut select = QueryBuilder::<Any>::new(
+            "SELECT r.sku_id, r.order_id, r.quantity, r.expires_at, r.status, o.status AS order_status, \
                (SELECT COUNT(*) FROM order_status_log l WHERE l.order_id = r.order_id \
                   AND l.from_status = 'paid' AND l.to_status = 'refunded') AS refunded_from_paid \
              FROM inventory_reservation r LEFT JOIN trade_order o ON o.id = r.order_id \
-             WHERE (r.status = 'reserved' AND (o.id IS NULL OR o.status <> 'pending_payment')) \
-                OR (r.status = 'confirmed' AND o.status = 'refunded')",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+             WHERE (o.id IS NULL AND r.status = ",
+        );
+        select.push_bind(ReservationStatus::Reserved.as_str()).push(")");
+        for status in OrderStatus::ALL {
+            select.push(" OR (o.status = ").push_bind(status.as_str()).push(" AND r.status NOT IN ");
+            push_list(&mut select, settled_lease_statuses(status).iter().map(|s| s.as_str()));
+            select.push(")");
+        }
+        let rows = select.build().fetch_all(&self.pool).await?;
         rows.iter()
             .map(|row| {
                 let status: String = row.try_get("status")?;
                 let order_status: Option<String> = row.try_get("order_status")?;
                 let refunded_from_paid: i64 = row.try_get("refunded_from_paid")?;
-                Ok(UnsettledReservation {
+                Ok(UnsettledLease {
                     sku_id: SkuId::new(row.try_get("sku_id")?),
                     order_id: OrderId::new(row.try_get("order_id")?),
                     quantity: row.try_get("quantity")?,
+                    expires_at_ms: row.try_get("expires_at")?,
                     status: ReservationStatus::parse(&status)
                         .ok_or_else(|| StoreError::Corrupt(format!("reservation status {status}")))?,
                     order_status: order_status.as_deref().and_then(OrderStatus::parse),
@@ -505,35 +368,282 @@ impl Store for SqlStore {
     }
 }
 
+fn counters_from_row(row: &AnyRow) -> Result<Counters, sqlx::Error> {
+    Ok(Counters {
+        total: row.try_get("total")?,
+        available: row.try_get("available")?,
+        reserved: row.try_get("reserved")?,
+        sold: row.try_get("sold")?,
+    })
+}
+
 impl SqlStore {
-    async fn find_payment_in(
-        &self,
-        connection: &mut sqlx::AnyConnection,
-        out_trade_no: &str,
-    ) -> Result<Option<Payment>, StoreError> {
-        let row = sqlx::query(
-            "SELECT out_trade_no, order_id, amount_cents, channel, status FROM payment WHERE out_trade_no = ?",
-        )
-        .bind(out_trade_no.to_owned())
-        .fetch_optional(&mut *connection)
-        .await?;
-        row.as_ref().map(payment_from_row).transpose()
+    /// Locks and reads everything `wanted` names, inside the batch's transaction.
+    async fn read_facts(&self, tx: &mut AnyConnection, wanted: &Wanted) -> Result<Facts, StoreError> {
+        let mut facts = Facts::default();
+        let lock = self.dialect.lock_rows();
+        for chunk in wanted.skus.chunks(ROWS_PER_STATEMENT_MAX) {
+            let mut select = QueryBuilder::<Any>::new(
+                "SELECT sku_id, epoch, version, total, available, reserved, sold FROM inventory WHERE sku_id IN ",
+            );
+            push_list(&mut select, chunk.iter().map(|id| id.get()));
+            select.push(lock);
+            for row in select.build().fetch_all(&mut *tx).await? {
+                let row_facts = SkuRow {
+                    epoch: row.try_get("epoch")?,
+                    version: row.try_get("version")?,
+                    counters: counters_from_row(&row)?,
+                };
+                facts.skus.insert(SkuId::new(row.try_get("sku_id")?), row_facts);
+            }
+        }
+        for chunk in wanted.orders.chunks(ROWS_PER_STATEMENT_MAX) {
+            let mut select = QueryBuilder::<Any>::new("SELECT id, status, version FROM trade_order WHERE id IN ");
+            push_list(&mut select, chunk.iter().map(|id| id.get()));
+            select.push(lock);
+            for row in select.build().fetch_all(&mut *tx).await? {
+                let status: String = row.try_get("status")?;
+                let status =
+                    OrderStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("order status {status}")))?;
+                facts.orders.insert(OrderId::new(row.try_get("id")?), (status, row.try_get("version")?));
+            }
+        }
+        for chunk in wanted.keys.chunks(ROWS_PER_STATEMENT_MAX) {
+            // A superset (every pair of the users and keys named), narrowed to the exact pairs.
+            let mut select =
+                QueryBuilder::<Any>::new("SELECT user_id, idempotency_key FROM trade_order WHERE user_id IN ");
+            push_list(&mut select, chunk.iter().map(|(user, _)| user.get()));
+            select.push(" AND idempotency_key IN ");
+            push_list(&mut select, chunk.iter().map(|(_, key)| key.clone()));
+            select.push(lock);
+            for row in select.build().fetch_all(&mut *tx).await? {
+                let pair = (UserId::new(row.try_get("user_id")?), row.try_get::<String, _>("idempotency_key")?);
+                if chunk.contains(&pair) {
+                    facts.keys.insert(pair);
+                }
+            }
+        }
+        for chunk in wanted.payments.chunks(ROWS_PER_STATEMENT_MAX) {
+            let mut select = QueryBuilder::<Any>::new("SELECT out_trade_no FROM payment WHERE out_trade_no IN ");
+            push_list(&mut select, chunk.iter().cloned());
+            select.push(lock);
+            for row in select.build().fetch_all(&mut *tx).await? {
+                facts.payments.insert(row.try_get("out_trade_no")?);
+            }
+        }
+        Ok(facts)
     }
 }
 
-async fn insert_payment(connection: &mut sqlx::AnyConnection, payment: &Payment, at_ms: i64) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO payment (out_trade_no, order_id, amount_cents, channel, status, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(payment.out_trade_no.clone())
-    .bind(payment.order_id.get())
-    .bind(payment.amount_cents.get())
-    .bind(payment.channel.clone())
-    .bind(payment.status.as_str())
-    .bind(at_ms)
-    .bind(at_ms)
-    .execute(&mut *connection)
+/// Writes the accepted changes of `plan`: a fixed number of statements per table.
+async fn write_plan(tx: &mut AnyConnection, changes: &[Change], plan: &Plan, now_ms: i64) -> Result<(), StoreError> {
+    let accepted: Vec<&Change> = plan.accepted(changes).collect();
+    let orders: Vec<&Order> = accepted.iter().filter_map(|c| c.order.as_ref()).collect();
+    insert_rows(tx, &format!("INSERT INTO trade_order ({ORDER_COLUMNS}, updated_at)"), &orders, |row, order| {
+        order.assert_amounts();
+        row.push_bind(order.id.get())
+            .push_bind(order.user_id.get())
+            .push_bind(order.status.as_str())
+            .push_bind(order.total_cents.get())
+            .push_bind(order.discount_cents.get())
+            .push_bind(order.pay_cents.get())
+            .push_bind(order.coupon_id)
+            .push_bind(order.idempotency_key.clone())
+            .push_bind(order.request_hash.clone())
+            .push_bind(order.pay_deadline_ms)
+            .push_bind(order.version)
+            .push_bind(order.created_at_ms)
+            .push_bind(order.created_at_ms);
+    })
     .await?;
+    let items: Vec<(OrderId, usize, &OrderItem)> =
+        orders.iter().flat_map(|o| o.items.iter().enumerate().map(move |(n, item)| (o.id, n, item))).collect();
+    insert_rows(
+        tx,
+        "INSERT INTO trade_order_item (order_id, line_no, sku_id, name, price_cents, quantity, pay_cents)",
+        &items,
+        |row, (order_id, line_no, item)| {
+            row.push_bind(order_id.get())
+                .push_bind(*line_no as i64)
+                .push_bind(item.sku_id.get())
+                .push_bind(item.name.clone())
+                .push_bind(item.price_cents.get())
+                .push_bind(item.quantity)
+                .push_bind(item.pay_cents.get());
+        },
+    )
+    .await?;
+
+    let transitions: Vec<_> = accepted.iter().filter_map(|c| c.transition.as_ref()).collect();
+    for chunk in transitions.chunks(ROWS_PER_STATEMENT_MAX) {
+        let mut update = QueryBuilder::<Any>::new("UPDATE trade_order SET status = CASE id");
+        for t in chunk {
+            assert!(t.from.can_become(t.to), "{t:?}");
+            update.push(" WHEN ").push_bind(t.order_id.get()).push(" THEN ").push_bind(t.to.as_str());
+        }
+        update.push(" END, version = version + 1, updated_at = ").push_bind(now_ms);
+        update.push(" WHERE id IN ");
+        push_list(&mut update, chunk.iter().map(|t| t.order_id.get()));
+        let result = update.build().execute(&mut *tx).await?;
+        expect_rows(result.rows_affected(), chunk.len(), "order transitions")?;
+    }
+    // The status log: the first entry of each new order, then every step.
+    let log: Vec<LogEntry> = orders
+        .iter()
+        .map(|o| LogEntry { order_id: o.id, from: None, to: o.status, version: o.version, at_ms: o.created_at_ms })
+        .chain(transitions.iter().map(|t| LogEntry {
+            order_id: t.order_id,
+            from: Some(t.from),
+            to: t.to,
+            version: t.expected_version + 1,
+            at_ms: t.at_ms,
+        }))
+        .collect();
+    insert_rows(
+        tx,
+        "INSERT INTO order_status_log (order_id, from_status, to_status, version, created_at)",
+        &log,
+        |row, entry| {
+            row.push_bind(entry.order_id.get())
+                .push_bind(entry.from.map(|status| status.as_str()))
+                .push_bind(entry.to.as_str())
+                .push_bind(entry.version)
+                .push_bind(entry.at_ms);
+        },
+    )
+    .await?;
+
+    let payments: Vec<&Payment> = accepted.iter().filter_map(|c| c.payment.as_ref()).collect();
+    insert_rows(
+        tx,
+        "INSERT INTO payment (out_trade_no, order_id, amount_cents, channel, status, created_at, updated_at)",
+        &payments,
+        |row, payment| {
+            row.push_bind(payment.out_trade_no.clone())
+                .push_bind(payment.order_id.get())
+                .push_bind(payment.amount_cents.get())
+                .push_bind(payment.channel.clone())
+                .push_bind(payment.status.as_str())
+                .push_bind(now_ms)
+                .push_bind(now_ms);
+        },
+    )
+    .await?;
+    let refunded: Vec<i64> = transitions.iter().filter(|t| t.refund_payment).map(|t| t.order_id.get()).collect();
+    for chunk in refunded.chunks(ROWS_PER_STATEMENT_MAX) {
+        let mut update = QueryBuilder::<Any>::new("UPDATE payment SET status = ");
+        update.push_bind(PaymentStatus::Refunded.as_str());
+        update.push(", updated_at = ").push_bind(now_ms);
+        update.push(" WHERE status = ").push_bind(PaymentStatus::Paid.as_str());
+        update.push(" AND order_id IN ");
+        push_list(&mut update, chunk.iter().copied());
+        update.build().execute(&mut *tx).await?;
+    }
+
+    write_leases(tx, &accepted, now_ms).await?;
+    write_counters(tx, plan, now_ms).await
+}
+
+/// One counter of a SKU, picked by column.
+type CounterOf = fn(&Counters) -> i64;
+
+/// One row of `order_status_log`.
+struct LogEntry {
+    order_id: OrderId,
+    /// `None` for an order's first entry.
+    from: Option<OrderStatus>,
+    to: OrderStatus,
+    version: i64,
+    at_ms: i64,
+}
+
+/// New reservation rows in one insert; moves grouped by (from, to), each checked to find
+/// every row it names in the status it expects (the actors and the database must agree).
+async fn write_leases(tx: &mut AnyConnection, accepted: &[&Change], now_ms: i64) -> Result<(), StoreError> {
+    let leases: Vec<(SkuId, &LeaseWrite)> =
+        accepted.iter().flat_map(|c| c.skus.iter().filter_map(|e| e.lease.as_ref().map(|l| (e.sku_id, l)))).collect();
+    let new_rows: Vec<&(SkuId, &LeaseWrite)> = leases.iter().filter(|(_, lease)| lease.from.is_none()).collect();
+    insert_rows(
+        tx,
+        "INSERT INTO inventory_reservation (sku_id, order_id, quantity, status, expires_at, created_at, updated_at)",
+        &new_rows,
+        |row, (sku_id, lease)| {
+            row.push_bind(sku_id.get())
+                .push_bind(lease.order_id.get())
+                .push_bind(lease.quantity)
+                .push_bind(lease.to.as_str())
+                .push_bind(lease.expires_at_ms)
+                .push_bind(now_ms)
+                .push_bind(now_ms);
+        },
+    )
+    .await?;
+    let mut moves: BTreeMap<(ReservationStatus, ReservationStatus), Vec<(i64, i64)>> = BTreeMap::new();
+    for (sku_id, lease) in &leases {
+        if let Some(from) = lease.from {
+            assert_ne!(from, lease.to, "a lease move changes the status");
+            moves.entry((from, lease.to)).or_default().push((sku_id.get(), lease.order_id.get()));
+        }
+    }
+    for ((from, to), rows) in moves {
+        for chunk in rows.chunks(ROWS_PER_STATEMENT_MAX) {
+            let mut update = QueryBuilder::<Any>::new("UPDATE inventory_reservation SET status = ");
+            update.push_bind(to.as_str());
+            update.push(", updated_at = ").push_bind(now_ms);
+            update.push(" WHERE status = ").push_bind(from.as_str());
+            // The order id narrows by index; the pairs name the exact rows.
+            update.push(" AND order_id IN ");
+            push_list(&mut update, chunk.iter().map(|(_, order_id)| *order_id));
+            update.push(" AND (");
+            for (n, (sku_id, order_id)) in chunk.iter().enumerate() {
+                if n > 0 {
+                    update.push(" OR ");
+                }
+                update.push("(sku_id = ").push_bind(*sku_id).push(" AND order_id = ").push_bind(*order_id).push(")");
+            }
+            update.push(")");
+            let result = update.build().execute(&mut *tx).await?;
+            let what = format!("reservations to move {} -> {}", from.as_str(), to.as_str());
+            expect_rows(result.rows_affected(), chunk.len(), &what)?;
+        }
+    }
     Ok(())
+}
+
+/// Every touched SKU's counters as the plan left them, its version bumped; one statement per
+/// `ROWS_PER_STATEMENT_MAX` SKUs. The rows were read under lock, so the values are exact.
+async fn write_counters(tx: &mut AnyConnection, plan: &Plan, now_ms: i64) -> Result<(), StoreError> {
+    let skus: Vec<(SkuId, Counters)> = plan.skus.iter().map(|(sku_id, (_, after))| (*sku_id, *after)).collect();
+    for chunk in skus.chunks(ROWS_PER_STATEMENT_MAX / 4) {
+        let mut update = QueryBuilder::<Any>::new("UPDATE inventory SET ");
+        let columns: [(&str, CounterOf); 4] = [
+            ("total", |c| c.total),
+            ("available", |c| c.available),
+            ("reserved", |c| c.reserved),
+            ("sold", |c| c.sold),
+        ];
+        for (column, value) in columns {
+            update.push(column).push(" = CASE sku_id");
+            for (sku_id, after) in chunk {
+                assert!(after.is_balanced());
+                update.push(" WHEN ").push_bind(sku_id.get()).push(" THEN ").push_bind(value(after));
+            }
+            update.push(" END, ");
+        }
+        update.push("version = version + 1, updated_at = ").push_bind(now_ms);
+        update.push(" WHERE sku_id IN ");
+        push_list(&mut update, chunk.iter().map(|(sku_id, _)| sku_id.get()));
+        let result = update.build().execute(&mut *tx).await?;
+        expect_rows(result.rows_affected(), chunk.len(), "sku counters")?;
+    }
+    Ok(())
+}
+
+/// The database and the plan must agree on how many rows a statement touched.
+fn expect_rows(affected: u64, expected: usize, what: &str) -> Result<(), StoreError> {
+    if affected == expected as u64 {
+        Ok(())
+    } else {
+        Err(StoreError::Corrupt(format!("{what}: {affected} of {expected} rows were as expected")))
+    }
 }

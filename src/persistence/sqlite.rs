@@ -7,21 +7,21 @@ use sqlx::Executor;
 use std::time::Duration;
 
 pub const POOL_CONNECTIONS_MAX: u32 = 8;
-pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
-pub async fn connect(url: &str, migrate: bool) -> anyhow::Result<SqlStore> {
+pub async fn connect(url: &str, migrate: bool, timeout: Duration) -> anyhow::Result<SqlStore> {
     sqlx::any::install_default_drivers();
     let pool = AnyPoolOptions::new()
         .max_connections(POOL_CONNECTIONS_MAX)
-        .acquire_timeout(ACQUIRE_TIMEOUT)
-        .after_connect(|connection, _| {
+        .acquire_timeout(timeout)
+        .after_connect(move |connection, _| {
             Box::pin(async move {
-                // Writers queue on the database lock for up to 10 s instead of failing at once.
-                connection
-                    .execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000;")
-                    .await?;
+                // Writers queue on the database lock for up to the timeout, not forever.
+                let busy_ms = timeout.as_millis().max(1);
+                let pragmas =
+                    format!("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = {busy_ms};");
+                connection.execute(pragmas.as_str()).await?;
                 Ok(())
             })
         })

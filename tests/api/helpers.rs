@@ -2,10 +2,15 @@
 //! MariaDB schema, or its own SQLite file) and returns a handle to talk HTTP to it. MariaDB
 //! and Redis are required where a test asks for them: an unreachable server fails the test,
 //! it is never skipped. Databases and Redis keys a test made are removed when it ends.
+//!
+//! For database faults: `spawn_behind_proxy` puts a `Proxy` between the app and MariaDB,
+//! `TestApp::lock_rows` holds row locks from a connection of the test's own, and
+//! `answer_within` bounds how long a test waits for a reply.
 
+use crate::proxy::{self, Proxy};
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::MigrateDatabase;
-use sqlx::{Any, AnyPool, Row};
+use sqlx::{Any, AnyPool, Connection, Row};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -365,5 +370,140 @@ where
             return false;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An app whose database connections pass through a `Proxy` the test switches; the test's own
+/// pool (`app.db`) still reaches MariaDB directly, so it sees the truth during a fault.
+pub struct ProxiedApp {
+    /// First, so it drops first: its connections close, and MariaDB rolls back whatever a
+    /// stalled connection held, before the database is dropped.
+    pub proxy: Proxy,
+    pub app: TestApp,
+}
+
+/// Like `spawn_with`, with `TIANJI_DATABASE_URL` pointing at a proxy for the same database.
+pub async fn spawn_behind_proxy(mut options: AppOptions) -> ProxiedApp {
+    assert_eq!(options.backend, Backend::MySql, "the proxy stands in front of MariaDB");
+    let database = Arc::new(TestDatabase::create(options.backend).await);
+    let proxy = Proxy::start(proxy::upstream_of(&database.url));
+    options.extra.push(("TIANJI_DATABASE_URL", proxy::through(&database.url, proxy.port())));
+    let app = start(database, options.redis_url, options.extra).await;
+    ProxiedApp { proxy, app }
+}
+
+/// Row locks held by a transaction on a connection of the test's own, as another writer (a
+/// report, a batch job, an operator's console) would hold them.
+pub struct RowLock {
+    holder: tokio::task::JoinHandle<()>,
+}
+
+impl RowLock {
+    /// Waits until the locks are released.
+    pub async fn released(self) {
+        self.holder.await.expect("the lock holder panicked");
+    }
+}
+
+impl TestApp {
+    /// Runs `select` (`... FOR UPDATE` with one `?`, bound to `id`) in a transaction on a new
+    /// connection; returns once the locks are held, and rolls back `hold` later.
+    pub async fn lock_rows(&self, select: &'static str, id: i64, hold: Duration) -> RowLock {
+        assert_eq!(self.database.backend, Backend::MySql, "row locks are taken on MariaDB");
+        let mut connection = sqlx::MySqlConnection::connect(&self.database.url).await.expect("lock connection");
+        let (held, is_held) = tokio::sync::oneshot::channel();
+        let holder = actix_web::rt::spawn(async move {
+            let mut transaction = connection.begin().await.expect("BEGIN");
+            let locked = sqlx::query(select).bind(id).fetch_all(&mut *transaction).await.expect("the rows are locked");
+            assert!(!locked.is_empty(), "{select} locked no row");
+            let _ = held.send(());
+            tokio::time::sleep(hold).await;
+            transaction.rollback().await.expect("ROLLBACK");
+            connection.close().await.expect("close the lock connection");
+        });
+        is_held.await.expect("the lock holder took its locks");
+        RowLock { holder }
+    }
+
+    /// `order_id -> status` of the orders that hold an item of `sku_id`.
+    pub async fn order_statuses(&self, sku_id: i64) -> HashMap<i64, String> {
+        sqlx::query(
+            "SELECT o.id, o.status FROM trade_order o JOIN trade_order_item i ON i.order_id = o.id \
+             WHERE i.sku_id = ?",
+        )
+        .bind(sku_id)
+        .fetch_all(&self.db)
+        .await
+        .expect("orders of the sku")
+        .iter()
+        .map(|r| (r.get::<i64, _>("id"), r.get::<String, _>("status")))
+        .collect()
+    }
+
+    /// The auditor's view of one SKU: its counters balance, `sold` is exactly the units of its
+    /// paid and finished orders and `reserved` exactly those of its pending ones.
+    pub async fn assert_sku_conserved(&self, sku_id: i64) {
+        let counters = self.db_counters(sku_id).await;
+        assert_eq!(counters.available + counters.reserved + counters.sold, counters.total, "unbalanced: {counters:?}");
+        assert!(counters.available >= 0 && counters.reserved >= 0 && counters.sold >= 0, "{counters:?}");
+        let (statuses, units) = (self.order_statuses(sku_id).await, self.orders_of_sku(sku_id).await);
+        let units_in = |wanted: &[&str]| -> i64 {
+            statuses.iter().filter(|(_, status)| wanted.contains(&status.as_str())).map(|(id, _)| units[id]).sum()
+        };
+        assert_eq!(counters.sold, units_in(&["paid", "finished"]), "sold != units of paid orders: {counters:?}");
+        assert_eq!(counters.reserved, units_in(&["pending_payment"]), "reserved != units of pending orders");
+    }
+}
+
+/// A reply, with what the fault tests look at and how long it took to come.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    /// The JSON body, or the text as a JSON string when it is not JSON.
+    pub body: serde_json::Value,
+    pub elapsed: Duration,
+}
+
+impl Answer {
+    pub fn code(&self) -> Option<&str> {
+        self.body["code"].as_str()
+    }
+
+    /// Status, code (or order status), `Retry-After` and time taken, for the test's output.
+    pub fn summary(&self) -> String {
+        let what = self.code().or(self.body["status"].as_str()).unwrap_or("-");
+        format!("{} {what} (Retry-After {:?}) in {:?}", self.status, self.retry_after, self.elapsed)
+    }
+
+    /// The answer the contract gives while the database cannot: 503, `Retry-After`, and a
+    /// code that says why.
+    pub fn is_unavailable(&self) -> bool {
+        self.status == 503 && self.retry_after.is_some() && matches!(self.code(), Some("unavailable" | "overloaded"))
+    }
+}
+
+/// Sends `request` and waits at most `bound` for the whole reply; `None` if none came.
+pub async fn answer_within(
+    bound: Duration,
+    request: impl std::future::Future<Output = reqwest::Response>,
+) -> Option<Answer> {
+    let started = Instant::now();
+    let reply = async {
+        let response = request.await;
+        let status = response.status().as_u16();
+        let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let text = response.text().await.unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        (status, retry_after, body)
+    };
+    let (status, retry_after, body) = tokio::time::timeout(bound, reply).await.ok()?;
+    Some(Answer { status, retry_after, body, elapsed: started.elapsed() })
+}
+
+impl TestApp {
+    /// `GET /readyz`.
+    pub async fn readyz(&self) -> reqwest::Response {
+        self.client.get(self.url("/readyz")).send().await.expect("request")
     }
 }

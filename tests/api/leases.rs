@@ -1,82 +1,130 @@
-//! Reservations are leases: unconfirmed units come back by themselves when the lease ends.
-//! Driven on the in-memory store, straight through the actors.
+//! The actors and the write pipeline on the in-memory store, straight through `Core`, on a
+//! manual clock: an order and its reservations commit together, refusals write nothing, a
+//! payment is decided by the deadline on the clock, and a burst at activation meets the
+//! configured mailbox.
 
-use crate::helpers::eventually;
 use std::sync::Arc;
 use std::time::Duration;
+use tianji::actors::order::LifecycleError;
+use tianji::actors::user::{PlaceError, Placed};
 use tianji::actors::{ActorLimits, Core};
-use tianji::domain::ids::wall_clock_ms;
-use tianji::domain::inventory::{InventoryError, Quantity};
-use tianji::domain::{Cents, OrderId, SkuId};
+use tianji::domain::clock::ManualClock;
+use tianji::domain::order::Order;
+use tianji::domain::{Cents, IdempotencyKey, OrderEvent, PlaceOrder, SkuId, UserId};
 use tianji::persistence::memory::MemoryStore;
 use tianji::persistence::redis::Snapshots;
-use tianji::persistence::{NewSku, ReservationStatus, Store};
+use tianji::persistence::{NewSku, PaymentStatus, ReservationStatus, Store};
 
-async fn core_with_sku(stock: i64) -> (Arc<Core>, Arc<MemoryStore>, SkuId) {
+const START_MS: i64 = 1_800_000_000_000;
+const PAY_TIMEOUT: Duration = Duration::from_secs(60);
+
+struct Fixture {
+    core: Arc<Core>,
+    store: Arc<MemoryStore>,
+    clock: Arc<ManualClock>,
+    sku_id: SkuId,
+}
+
+async fn fixture(stock: i64) -> Fixture {
     let store = Arc::new(MemoryStore::default());
     let sku_id = SkuId::new(77);
-    let sku = NewSku { sku_id, name: "Lease".into(), price_cents: Cents::new(10), total: stock, created_at_ms: 0 };
+    let sku = NewSku { sku_id, name: "Seat".into(), price_cents: Cents::new(10), total: stock, created_at_ms: 0 };
     store.create_sku(&sku).await.unwrap();
-    let limits = ActorLimits { lease_tick: Duration::from_millis(10), ..ActorLimits::default() };
-    let core = Core::start(store.clone(), Arc::new(Snapshots::in_process()), limits, 1, Duration::from_secs(60), 1);
-    (core, store, sku_id)
+    let clock = ManualClock::starting_at(START_MS);
+    let snapshots = Arc::new(Snapshots::in_process());
+    let core =
+        Core::start_with_clock(store.clone(), snapshots, ActorLimits::default(), 1, PAY_TIMEOUT, 1, clock.clone());
+    Fixture { core, store, clock, sku_id }
+}
+
+impl Fixture {
+    async fn place(&self, user: i64, key: &str, quantity: i64) -> Result<Placed, PlaceError> {
+        let request = PlaceOrder::parse(&[(self.sku_id.get(), quantity)]).unwrap();
+        self.core.place_order(UserId::new(user), IdempotencyKey::parse(key).unwrap(), request).await
+    }
+
+    async fn placed(&self, user: i64, key: &str, quantity: i64) -> Order {
+        match self.place(user, key, quantity).await {
+            Ok(Placed::Created(order)) => order,
+            other => panic!("expected a new order, got {other:?}"),
+        }
+    }
+
+    fn stored(&self) -> (i64, i64, i64, i64) {
+        let c = self.store.counters(self.sku_id).unwrap().0;
+        (c.total, c.available, c.reserved, c.sold)
+    }
 }
 
 #[actix_web::test]
-async fn an_expired_lease_returns_its_units() {
-    let (core, store, sku_id) = core_with_sku(5).await;
-    let now = wall_clock_ms() as i64;
-    let lapsed = OrderId::new(1);
-    let live = OrderId::new(2);
-    let two = Quantity::parse(2, 10).unwrap();
-    core.reserve(sku_id, lapsed, two, now - 1).await.unwrap();
-    core.reserve(sku_id, live, two, now + 3_600_000).await.unwrap();
-
-    let returned = eventually(Duration::from_secs(5), || async {
-        core.sku_snapshot(sku_id).await.unwrap().counters.reserved == 2
-    })
-    .await;
-    assert!(returned, "the lapsed lease was not released");
-    let (counters, _) = store.counters(sku_id).unwrap();
-    assert_eq!((counters.available, counters.reserved), (3, 2));
-    assert_eq!(store.reservation_status(sku_id, lapsed), Some(ReservationStatus::Expired));
-    assert_eq!(store.reservation_status(sku_id, live), Some(ReservationStatus::Reserved));
-    // An expired lease cannot be paid for any more.
-    let confirm = core.confirm(sku_id, lapsed).await;
-    assert!(matches!(
-        confirm,
-        Err(tianji::actors::inventory::SkuError::Inventory(InventoryError::UnknownReservation(_)))
-    ));
-    assert_eq!(core.confirm(sku_id, live).await, Ok(2));
-    assert_eq!(store.counters(sku_id).unwrap().0.sold, 2);
+async fn an_order_and_its_reservation_commit_together() {
+    let f = fixture(5).await;
+    let order = f.placed(1, "a", 2).await;
+    assert_eq!(f.stored(), (5, 3, 2, 0));
+    assert_eq!(f.store.reservation_status(f.sku_id, order.id), Some(ReservationStatus::Reserved));
+    assert_eq!(f.store.find_order(order.id).await.unwrap().unwrap().status, order.status);
+    // A retry under the same key is answered from the user actor, with the same order.
+    assert_eq!(f.place(1, "a", 2).await, Ok(Placed::Replayed(order.clone())));
+    assert_eq!(f.place(1, "a", 3).await, Err(PlaceError::KeyReused));
+    assert_eq!(f.stored(), (5, 3, 2, 0));
 }
 
 #[actix_web::test]
 async fn sold_out_is_refused_without_a_write() {
-    let (core, store, sku_id) = core_with_sku(1).await;
-    let one = Quantity::parse(1, 10).unwrap();
-    let far = wall_clock_ms() as i64 + 3_600_000;
-    core.reserve(sku_id, OrderId::new(1), one, far).await.unwrap();
-    let version = store.counters(sku_id).unwrap().1;
-    for order in 2..100 {
-        let refused = core.reserve(sku_id, OrderId::new(order), one, far).await;
-        assert!(matches!(
-            refused,
-            Err(tianji::actors::inventory::SkuError::Inventory(InventoryError::InsufficientStock { .. }))
-        ));
+    let f = fixture(1).await;
+    f.placed(1, "first", 1).await;
+    let version = f.store.counters(f.sku_id).unwrap().1;
+    for user in 2..100 {
+        let refused = f.place(user, "late", 1).await;
+        assert!(matches!(refused, Err(PlaceError::InsufficientStock { available: 0, requested: 1, .. })));
     }
-    assert_eq!(store.counters(sku_id).unwrap().1, version, "refusals wrote nothing");
+    assert_eq!(f.store.counters(f.sku_id).unwrap().1, version, "refusals wrote nothing");
+    assert_eq!(f.stored(), (1, 0, 1, 0));
+}
+
+#[actix_web::test]
+async fn payment_before_the_deadline_sells_and_after_it_closes_and_keeps_for_refund() {
+    let f = fixture(2).await;
+    let on_time = f.placed(1, "on-time", 1).await;
+    let late = f.placed(2, "late", 1).await;
+    f.clock.advance_ms(PAY_TIMEOUT.as_millis() as i64);
+    let paid = f.core.pay_order(on_time.id, "t-1".into(), on_time.pay_cents, "test".into()).await.unwrap();
+    assert_eq!(paid.status.as_str(), "paid");
+    assert_eq!(f.store.reservation_status(f.sku_id, on_time.id), Some(ReservationStatus::Confirmed));
+
+    f.clock.advance_ms(1);
+    let refused = f.core.pay_order(late.id, "t-2".into(), late.pay_cents, "test".into()).await;
+    assert_eq!(refused, Err(LifecycleError::OrderClosed));
+    assert_eq!(f.store.reservation_status(f.sku_id, late.id), Some(ReservationStatus::Released));
+    assert_eq!(f.store.find_payment("t-2").await.unwrap().unwrap().status, PaymentStatus::RefundRequired);
+    // Units: one sold, the late order's back on the shelf; a repeat gets the same answer.
+    assert_eq!(f.stored(), (2, 1, 0, 1));
+    let repeat = f.core.pay_order(late.id, "t-2".into(), late.pay_cents, "test".into()).await;
+    assert_eq!(repeat, Err(LifecycleError::OrderClosed));
+    assert_eq!(f.stored(), (2, 1, 0, 1));
+}
+
+#[actix_web::test]
+async fn a_timeout_before_the_deadline_on_the_clock_changes_nothing() {
+    let f = fixture(1).await;
+    let order = f.placed(1, "k", 1).await;
+    let early = f.core.time_out_order(order.id).await.unwrap();
+    assert_eq!(early.status.as_str(), "pending_payment");
+    f.clock.advance_ms(PAY_TIMEOUT.as_millis() as i64 + 1);
+    let closed = f.core.time_out_order(order.id).await.unwrap();
+    assert_eq!(closed.status.as_str(), "closed");
+    assert_eq!(f.stored(), (1, 1, 0, 0));
+    let cancel = f.core.act_on_order(order.id, OrderEvent::Cancel, Some(UserId::new(1))).await;
+    assert!(matches!(cancel, Err(LifecycleError::InvalidTransition(_))));
 }
 
 #[actix_web::test]
 async fn a_burst_at_activation_meets_the_configured_mailbox() {
     // The SKU's actor is not active: the burst activates it and must not meet a small mailbox.
-    let (core, store, sku_id) = core_with_sku(1_000).await;
-    let far = wall_clock_ms() as i64 + 3_600_000;
-    let one = Quantity::parse(1, 10).unwrap();
-    let burst = (1..=500).map(|order| core.reserve(sku_id, OrderId::new(order), one, far));
+    let f = fixture(1_000).await;
+    let burst = (1..=500).map(|user| f.place(user, "burst", 1));
     let results = futures::future::join_all(burst).await;
     let refused: Vec<_> = results.iter().filter(|r| r.is_err()).collect();
     assert!(refused.is_empty(), "{} of 500 refused, first: {:?}", refused.len(), refused.first());
-    assert_eq!(store.counters(sku_id).unwrap().0.reserved, 500);
+    assert_eq!(f.stored(), (1_000, 500, 500, 0));
 }

@@ -1,11 +1,14 @@
 //! Integration tests: the real server over HTTP, on MariaDB (with Redis) and on SQLite.
 
+mod faults;
 mod flash_sale;
 mod helpers;
 mod idempotency;
 mod leases;
 mod lifecycle;
+mod proxy;
 mod recovery;
+mod redis_resync;
 mod restart;
 mod snapshots;
 mod validation;

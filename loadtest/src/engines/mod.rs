@@ -1,8 +1,10 @@
-//! `engines`: the same closed-loop driver against each reservation engine, one after the
-//! other, each from the same fresh state, each checked against what it stored.
+//! `engines`: the same driver (closed or open loop) against each reservation engine, one after
+//! the other, each from the same fresh state, each checked against what it stored.
 //!
 //! An engine is set up (SKUs created where it keeps stock), driven, read back, checked and
 //! cleaned up (Redis keys deleted); the one MariaDB database of the run is dropped at the end.
+//! While it is driven, the CPU time of this process (driver and engine), of MariaDB and of
+//! Redis is measured, for machine time per operation.
 //! One file per engine: `tianji.rs` (actors, durable or in memory), `redis_lua.rs` (the
 //! classic script, with or without the durable order insert), `row_lock.rs` (one conditional
 //! UPDATE per attempt).
@@ -13,8 +15,10 @@ pub mod tianji;
 
 use crate::check::{check, CheckResult, SkuObserved};
 use crate::cli::{EngineName, EnginesArgs};
+use crate::cpu::{CpuMeter, Probe, Source};
 use crate::database::{with_fresh_database, FreshDatabase};
 use crate::driver::{drive, Attempt, Outcome};
+use crate::process::{self, url_port, MYSQLD_NAMES, REDIS_NAMES};
 use crate::report::{ratios, Report, Summary};
 use crate::target::require_loopback;
 use crate::workload::Workload;
@@ -65,17 +69,27 @@ pub async fn run(args: &EnginesArgs) -> anyhow::Result<Report> {
     let run_id = hex::encode(rand::random::<[u8; 6]>());
     let started_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     eprintln!("engines: {}", workload.describe());
+    let mut notes = Vec::new();
+    let probes = cpu_probes(args, &mut notes);
+    notes.iter().for_each(|note| eprintln!("{note}"));
     let server = args.mysql_url.replacen("mariadb://", "mysql://", 1);
     let results = with_fresh_database(&server, |database| {
         let (workload, redis_url, run_id) = (&workload, args.redis_url.as_str(), run_id.as_str());
+        let probes = &probes;
         async move {
             let mut rows = Vec::new();
             for name in names {
                 let setup = Setup { workload, database: &database, redis_url, run_id };
-                let row = measure_engine(name, &setup).await?;
+                let row = measure_engine(name, &setup, probes).await?;
                 eprintln!(
-                    "{:<18} {:>10.0} /s  ok {}  rejected {}  errors {}  check {}",
-                    row.name, row.throughput_per_s, row.ok, row.rejected, row.errors, row.check
+                    "{:<18} {:>10.0} /s  cpu {} us/op  ok {}  rejected {}  errors {}  check {}",
+                    row.name,
+                    row.throughput_per_s,
+                    crate::report::optional(row.cpu_us_per_op, 1),
+                    row.ok,
+                    row.rejected,
+                    row.errors,
+                    row.check
                 );
                 rows.push(row);
             }
@@ -89,7 +103,22 @@ pub async fn run(args: &EnginesArgs) -> anyhow::Result<Report> {
         ratios: ratios(&results, BASELINE_ENGINE),
         results,
         started_at,
+        notes,
     })
+}
+
+/// This process, MariaDB, Redis and the machine; a server that cannot be found is left out
+/// with a note.
+fn cpu_probes(args: &EnginesArgs, notes: &mut Vec<String>) -> Vec<Probe> {
+    let mut probes = vec![Probe::new("tianji-loadtest", Source::ThisProcess)];
+    let mysqld = args.load.mysqld_pid.map(|pid| (pid, "--mysqld-pid"));
+    let found = process::find(mysqld, url_port(&args.mysql_url), MYSQLD_NAMES);
+    probes.extend(process::probe("mariadbd", "--mysqld-pid", found, notes));
+    let redis = args.redis_pid.map(|pid| (pid, "--redis-pid"));
+    let found = process::find(redis, url_port(&args.redis_url), REDIS_NAMES);
+    probes.extend(process::probe("redis-server", "--redis-pid", found, notes));
+    probes.push(Probe::new("machine", Source::Machine));
+    probes
 }
 
 async fn start_engine(name: EngineName, setup: &Setup<'_>) -> anyhow::Result<Arc<dyn Engine>> {
@@ -103,7 +132,7 @@ async fn start_engine(name: EngineName, setup: &Setup<'_>) -> anyhow::Result<Arc
 }
 
 /// Sets one engine up, drives it, reads it back and checks it; cleans up in every case.
-async fn measure_engine(name: EngineName, setup: &Setup<'_>) -> anyhow::Result<Summary> {
+async fn measure_engine(name: EngineName, setup: &Setup<'_>, probes: &[Probe]) -> anyhow::Result<Summary> {
     let started = std::time::Instant::now();
     let engine = start_engine(name, setup).await?;
     eprintln!(
@@ -112,20 +141,22 @@ async fn measure_engine(name: EngineName, setup: &Setup<'_>) -> anyhow::Result<S
         setup.workload.sku_count,
         started.elapsed().as_secs_f64()
     );
-    let measured = drive_and_check(&engine, setup.workload).await;
+    let measured = drive_and_check(&engine, setup.workload, probes).await;
     let cleaned = engine.cleanup().await;
     let summary = measured?;
     cleaned?;
     Ok(summary)
 }
 
-async fn drive_and_check(engine: &Arc<dyn Engine>, workload: &Workload) -> anyhow::Result<Summary> {
+async fn drive_and_check(engine: &Arc<dyn Engine>, workload: &Workload, probes: &[Probe]) -> anyhow::Result<Summary> {
     let driven = Arc::clone(engine);
+    let meter = CpuMeter::start(probes.to_vec());
     let measurement = drive(engine.name(), workload, move |attempt| {
         let engine = Arc::clone(&driven);
         async move { engine.attempt(attempt).await }
     })
     .await?;
+    let cpu = meter.stop();
     let started = std::time::Instant::now();
     let read_back = engine.read_back().await?;
     eprintln!("{}: read back in {:.1} s", engine.name(), started.elapsed().as_secs_f64());
@@ -134,5 +165,5 @@ async fn drive_and_check(engine: &Arc<dyn Engine>, workload: &Workload) -> anyho
     for problem in read_back.problems {
         result.problem(problem);
     }
-    Ok(Summary::new(&measurement, &result, read_back.notes))
+    Ok(Summary::new(&measurement, &result, read_back.notes).with_cpu(&cpu))
 }

@@ -1,9 +1,10 @@
-//! tianji's own engine, in process: one SKU actor per SKU, each reservation acknowledged after
-//! its group commit. `tianji-actor` commits to MariaDB (tianji's migrations create its tables
-//! in the run's database); `tianji-memory` runs the same actors on the in-memory store, the
-//! ceiling of the design.
+//! tianji's own engine, in process: every attempt is a placement through the real actors (a
+//! user actor, the SKU actor, the node's write pipeline), acknowledged after the commit that
+//! holds the order and its reservation. `tianji-actor` commits to MariaDB (tianji's migrations
+//! create its tables in the run's database); `tianji-memory` runs the same actors on the
+//! in-memory store, the ceiling of the design.
 //!
-//! An overloaded actor (`SkuError::Overloaded`, mailbox full) is counted as an error and not
+//! An overloaded actor or pipeline (`PlaceError::Overloaded`) is counted as an error and not
 //! retried: that is what an HTTP client would see as a 503.
 
 use super::{Engine, ReadBack, Setup};
@@ -15,15 +16,16 @@ use futures::{StreamExt, TryStreamExt};
 use sqlx::mysql::MySqlPool;
 use sqlx::Row;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tianji::actors::inventory::SkuError;
+use tianji::actors::user::PlaceError;
 use tianji::actors::{ActorLimits, Core};
 use tianji::domain::ids::wall_clock_ms;
-use tianji::domain::inventory::{InventoryError, Quantity, ORDER_LINE_QUANTITY_MAX};
-use tianji::domain::{Cents, OrderId, SkuId};
+use tianji::domain::inventory::{Quantity, ORDER_LINE_QUANTITY_MAX};
+use tianji::domain::{Cents, IdempotencyKey, PlaceOrder, SkuId, UserId};
 use tianji::persistence::redis::Snapshots;
-use tianji::persistence::NewSku;
+use tianji::persistence::{DynStore, NewSku};
 
 /// Actor threads: this machine has 2 cores, one drives the load, one runs the actors.
 pub const ARBITER_COUNT: usize = 1;
@@ -31,29 +33,31 @@ pub const ARBITER_COUNT: usize = 1;
 pub const WORKER_ID: u16 = 1;
 /// SKUs created at once during setup (the store's pool holds 16 connections).
 pub const SKU_CREATE_CONCURRENCY: usize = 16;
-/// Leases outlive the run by far, so none expires (and changes the counters) while it runs.
-pub const LEASE_MS: i64 = 3_600_000;
-/// Payment deadline given to the core; reservations here never reach an order session.
-pub const PAY_TIMEOUT: Duration = Duration::from_secs(900);
+/// Payment deadline of the orders placed: far past the run, so none closes while it runs.
+pub const PAY_TIMEOUT: Duration = Duration::from_secs(3_600);
+/// Buyers the attempts are spread over (each has its user actor).
+pub const USERS: u64 = 2_000;
 
 pub struct TianjiEngine {
     name: &'static str,
     core: Arc<Core>,
+    store: DynStore,
     skus: Vec<SkuId>,
-    expires_at_ms: i64,
+    attempts: AtomicU64,
     /// The run's database, for reading back what the durable engine committed.
     database: Option<MySqlPool>,
 }
 
 impl TianjiEngine {
     pub async fn durable(setup: &Setup<'_>) -> anyhow::Result<Self> {
-        let store = tianji::persistence::connect(&setup.database.url, true).await?;
+        let timeout = ActorLimits::default().database_timeout;
+        let store = tianji::persistence::connect(&setup.database.url, true, timeout).await?;
         let database = setup.database.pool(2).await?;
         Self::start("tianji-actor", store, Some(database), setup.workload).await
     }
 
     pub async fn in_memory(setup: &Setup<'_>) -> anyhow::Result<Self> {
-        let store = tianji::persistence::connect("memory:", false).await?;
+        let store = tianji::persistence::connect("memory:", false, Duration::from_secs(1)).await?;
         Self::start("tianji-memory", store, None, setup.workload).await
     }
 
@@ -64,20 +68,20 @@ impl TianjiEngine {
         workload: &Workload,
     ) -> anyhow::Result<Self> {
         let core = Core::start(
-            store,
+            Arc::clone(&store),
             Arc::new(Snapshots::in_process()),
             ActorLimits::default(),
             WORKER_ID,
             PAY_TIMEOUT,
             ARBITER_COUNT,
         );
-        let skus: Vec<SkuId> = (0..workload.sku_count).map(|_| SkuId::new(core.ids.next_id())).collect();
-        create_skus(&core, &skus, workload.stock_per_sku).await?;
-        Ok(TianjiEngine { name, core, skus, expires_at_ms: wall_clock_ms() as i64 + LEASE_MS, database })
+        let skus: Vec<SkuId> = (0..workload.sku_count).map(|_| SkuId::new(core.next_id())).collect();
+        create_skus(&store, &skus, workload.stock_per_sku).await?;
+        Ok(TianjiEngine { name, core, store, skus, attempts: AtomicU64::new(0), database })
     }
 }
 
-async fn create_skus(core: &Core, skus: &[SkuId], stock: i64) -> anyhow::Result<()> {
+async fn create_skus(store: &DynStore, skus: &[SkuId], stock: i64) -> anyhow::Result<()> {
     futures::stream::iter(skus.iter().enumerate())
         .map(|(index, &sku_id)| {
             let sku = NewSku {
@@ -87,7 +91,7 @@ async fn create_skus(core: &Core, skus: &[SkuId], stock: i64) -> anyhow::Result<
                 total: stock,
                 created_at_ms: wall_clock_ms() as i64,
             };
-            async move { core.store.create_sku(&sku).await }
+            async move { store.create_sku(&sku).await }
         })
         .buffer_unordered(SKU_CREATE_CONCURRENCY)
         .try_collect::<()>()
@@ -106,12 +110,14 @@ impl Engine for TianjiEngine {
             Ok(quantity) => quantity,
             Err(error) => return Outcome::Error(error.to_string()),
         };
-        let order_id = OrderId::new(self.core.ids.next_id());
-        let sku_id = self.skus[attempt.sku_index];
-        match self.core.reserve(sku_id, order_id, quantity, self.expires_at_ms).await {
+        let n = self.attempts.fetch_add(1, Ordering::Relaxed);
+        let user_id = UserId::new(1 + (n % USERS) as i64);
+        let key = IdempotencyKey::parse(&format!("load-{n}")).expect("a short printable key");
+        let request = PlaceOrder { lines: vec![(self.skus[attempt.sku_index], quantity)] };
+        match self.core.place_order(user_id, key, request).await {
             Ok(_) => Outcome::Ok { units: attempt.quantity },
-            Err(SkuError::Inventory(InventoryError::InsufficientStock { .. })) => Outcome::Rejected,
-            Err(SkuError::Overloaded) => Outcome::Error("overloaded (mailbox full)".into()),
+            Err(PlaceError::InsufficientStock { .. }) => Outcome::Rejected,
+            Err(PlaceError::Overloaded) => Outcome::Error("overloaded (mailbox or pipeline full)".into()),
             Err(other) => Outcome::Error(other.to_string()),
         }
     }
@@ -119,12 +125,12 @@ impl Engine for TianjiEngine {
     async fn read_back(&self) -> anyhow::Result<ReadBack> {
         match &self.database {
             Some(database) => read_back_sql(database, &self.skus).await,
-            None => read_back_store(&self.core, &self.skus).await,
+            None => read_back_store(&self.store, &self.skus).await,
         }
     }
 
     async fn cleanup(&self) -> anyhow::Result<()> {
-        self.core.arbiters.stop();
+        self.core.stop();
         if let Some(database) = &self.database {
             database.close().await;
         }
@@ -132,16 +138,13 @@ impl Engine for TianjiEngine {
     }
 }
 
-/// Counters and one open reservation per success, from the store's own `load_sku`.
-async fn read_back_store(core: &Core, skus: &[SkuId]) -> anyhow::Result<ReadBack> {
+/// Counters and one open reservation per success, from the store itself.
+async fn read_back_store(store: &DynStore, skus: &[SkuId]) -> anyhow::Result<ReadBack> {
     let mut read = ReadBack::default();
     let mut commits = 0;
-    for (index, &sku_id) in skus.iter().enumerate() {
-        let state = core
-            .store
-            .load_sku(sku_id)
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("sku {sku_id} vanished from the store"))?;
+    let states = store.activate_skus(skus).await?;
+    for (index, (&sku_id, state)) in skus.iter().zip(states).enumerate() {
+        let state = state.ok_or_else(|| anyhow::anyhow!("sku {sku_id} vanished from the store"))?;
         let c = state.counters;
         balance_problems(&mut read, index, c.total, c.available, c.reserved, c.sold);
         commits += state.version;
@@ -212,5 +215,5 @@ fn balance_problems(read: &mut ReadBack, index: usize, total: i64, available: i6
 fn commits_note(commits: i64, observed: &[SkuObserved]) -> String {
     let rows: u64 = observed.iter().map(|o| o.order_rows).sum();
     let per_commit = if commits > 0 { rows as f64 / commits as f64 } else { 0.0 };
-    format!("{commits} group commits (SKU versions), {per_commit:.1} reservations per commit")
+    format!("{commits} SKU versions (batches that touched each SKU), {per_commit:.1} reservations per SKU per batch")
 }

@@ -4,7 +4,8 @@
 //! of HTTP + JSON on this machine; the report gives tianji / bare.
 //!
 //! It runs on 127.0.0.1:0 in its own thread with its own actix System, and is stopped by the
-//! run that started it.
+//! run that started it. Its threads carry names starting with `THREAD_NAME_PREFIXES`, so their
+//! CPU time can be told apart from the client's in the same process.
 
 use actix_web::{web, App, HttpResponse, HttpServer};
 use serde::Deserialize;
@@ -15,6 +16,12 @@ use std::thread::JoinHandle;
 
 /// Same body limit as tianji's API.
 pub const BODY_SIZE_MAX_BYTES: usize = 64 * 1024;
+/// The thread running the server's System.
+const THREAD_NAME: &str = "bare-server";
+/// Names of every thread of the server: its System's, actix-server's acceptor ("actix-server
+/// acceptor") and its workers, which run as actix arbiters ("actix-rt|system:N|arbiter:M").
+/// Linux keeps the first 15 bytes of a name. The client runs on plain Tokio threads.
+pub const THREAD_NAME_PREFIXES: &[&str] = &[THREAD_NAME, "actix-server", "actix-rt"];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,7 +59,7 @@ impl BareServer {
     /// Starts the server with `workers` worker threads on a free loopback port.
     pub fn start(workers: usize) -> anyhow::Result<Self> {
         let (ready, started) = mpsc::channel();
-        let thread = std::thread::spawn(move || {
+        let thread = std::thread::Builder::new().name(THREAD_NAME.to_owned()).spawn(move || {
             actix_web::rt::System::new().block_on(async move {
                 let next_id = web::Data::new(AtomicI64::new(1));
                 let server = HttpServer::new(move || {
@@ -75,7 +82,7 @@ impl BareServer {
                 let _ = ready.send(Ok((address, running.handle())));
                 running.await
             })
-        });
+        })?;
         let (addresses, handle) = started
             .recv()
             .map_err(|_| anyhow::anyhow!("the bare server thread ended before it started"))?

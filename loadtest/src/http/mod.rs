@@ -1,7 +1,12 @@
 //! `http`: end to end against a running `tianji serve` on a loopback address. Creates the
-//! run's SKUs through the admin API, drives the scenario with keep-alive connections, checks
-//! the end state through the API (and the database when given), then drives a bare actix-web
-//! handler that the tool starts itself with the same load, and reports tianji / bare.
+//! run's SKUs through the admin API, drives the scenario (closed or open loop) with keep-alive
+//! connections, checks the end state through the API (and the database, SQLite or MariaDB, when
+//! given), then drives a bare actix-web handler that the tool starts itself with the same load,
+//! and reports tianji / bare: requests/s and CPU time per request side by side.
+//!
+//! CPU time is measured over each driven phase: for tianji, of the server process, of MariaDB
+//! and of this process (the client); for bare, of its server threads and of the rest of this
+//! process; for both, of the whole machine (client and server share its cores).
 
 pub mod api;
 pub mod bare;
@@ -10,7 +15,9 @@ pub mod verify;
 
 use crate::check::{check, CheckResult};
 use crate::cli::{HttpArgs, Mode, Scenario};
+use crate::cpu::{CpuMeter, Probe, Source};
 use crate::driver::{drive, Measurement, Outcome};
+use crate::process::{self, url_port, MYSQLD_NAMES};
 use crate::report::{ratios, Report, Summary};
 use crate::target::require_loopback;
 use crate::workload::Workload;
@@ -57,7 +64,12 @@ fn check_database_url(url: &str) -> anyhow::Result<()> {
     if url.starts_with("sqlite:") {
         return Ok(());
     }
-    require_loopback("--database-url", url, &["mysql", "mariadb"])?;
+    let parsed = require_loopback("--database-url", url, &["mysql", "mariadb"])?;
+    if parsed.path().trim_matches('/').is_empty() {
+        anyhow::bail!(
+            "--database-url {url:?} names no database: give the server's, e.g. mysql://root@127.0.0.1:3306/tianji"
+        );
+    }
     Ok(())
 }
 
@@ -110,22 +122,27 @@ async fn run(args: &HttpArgs) -> anyhow::Result<Report> {
         payment_secret: payment_secret.filter(|_| scenario == Scenario::Mixed),
         ledger: Ledger::default(),
     });
+    let mut run_notes = Vec::new();
+    let meter = CpuMeter::start(server_probes(args, &target, &mut run_notes));
+    run_notes.iter().for_each(|note| eprintln!("{note}"));
     let driven = Arc::clone(&context);
     let measurement = drive(&name, &workload, move |attempt| {
         let context = Arc::clone(&driven);
         async move { context.attempt(attempt).await }
     })
     .await?;
+    let cpu = meter.stop();
     let result = verify_run(&context, &workload, &measurement, args.database_url.as_deref()).await?;
     let notes = vec![format!(
         "{} idempotency replays sent; SKUs {}",
         context.ledger.replays.load(Ordering::Relaxed),
         describe_skus(&context.sku_ids)
     )];
-    let mut results = vec![Summary::new(&measurement, &result, notes)];
-    eprintln!("{name}: {:.0} /s, check {}", results[0].throughput_per_s, results[0].check);
+    let mut results = vec![Summary::new(&measurement, &result, notes).with_cpu(&cpu)];
+    report_row(&results[0]);
     if !args.no_bare {
         results.push(run_bare(args, &workload).await?);
+        report_row(&results[1]);
     }
     Ok(Report {
         command: format!("http {}", scenario_name(scenario)),
@@ -133,7 +150,33 @@ async fn run(args: &HttpArgs) -> anyhow::Result<Report> {
         ratios: ratios(&results, BARE_NAME),
         results,
         started_at,
+        notes: run_notes,
     })
+}
+
+fn report_row(row: &Summary) {
+    eprintln!(
+        "{}: {:.0} /s, cpu {} us/op, check {}",
+        row.name,
+        row.throughput_per_s,
+        crate::report::optional(row.cpu_us_per_op, 1),
+        row.check
+    );
+}
+
+/// This process (the client), the server (by --server-pid or the port it listens on), MariaDB
+/// and the machine.
+fn server_probes(args: &HttpArgs, target: &reqwest::Url, notes: &mut Vec<String>) -> Vec<Probe> {
+    let mut probes = vec![Probe::new("tianji-loadtest", Source::ThisProcess)];
+    let server = args.server_pid.map(|pid| (pid, "--server-pid"));
+    let found = process::find(server, target.port_or_known_default(), &[]);
+    probes.extend(process::probe("server", "--server-pid", found, notes));
+    let mysqld = args.load.mysqld_pid.map(|pid| (pid, "--mysqld-pid"));
+    let database_port = args.database_url.as_deref().filter(|url| !url.starts_with("sqlite:")).and_then(url_port);
+    let found = process::find(mysqld, database_port, MYSQLD_NAMES);
+    probes.extend(process::probe("mariadbd", "--mysqld-pid", found, notes));
+    probes.push(Probe::new("machine", Source::Machine));
+    probes
 }
 
 fn scenario_name(scenario: Scenario) -> &'static str {
@@ -206,9 +249,15 @@ async fn verify_run(
     Ok(result)
 }
 
-/// The same load against the bare reference handler.
+/// The same load against the bare reference handler, which runs in this process: its threads
+/// are measured apart from the client's.
 async fn run_bare(args: &HttpArgs, workload: &Workload) -> anyhow::Result<Summary> {
     let server = bare::BareServer::start(args.bare_workers.clamp(1, 64))?;
+    let meter = CpuMeter::start(vec![
+        Probe::new("bare server threads", Source::Threads(bare::THREAD_NAME_PREFIXES)),
+        Probe::new("tianji-loadtest client", Source::ThisProcessExcept(bare::THREAD_NAME_PREFIXES)),
+        Probe::new("machine", Source::Machine),
+    ]);
     let api = Arc::new(Api {
         client: reqwest::Client::builder()
             .pool_max_idle_per_host(workload.concurrency)
@@ -231,6 +280,8 @@ async fn run_bare(args: &HttpArgs, workload: &Workload) -> anyhow::Result<Summar
         }
     })
     .await;
+    // Read before the stop: the server's threads end with it.
+    let cpu = meter.stop();
     server.stop().await?;
     let measurement = measured?;
     let mut summary = Summary::new(
@@ -240,7 +291,23 @@ async fn run_bare(args: &HttpArgs, workload: &Workload) -> anyhow::Result<Summar
             "reference: a minimal actix-web JSON handler with {} workers, no state to check",
             args.bare_workers
         )],
-    );
+    )
+    .with_cpu(&cpu);
     summary.check = "n/a (reference)".into();
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_urls_must_be_loopback_and_name_a_database() {
+        assert!(check_database_url("sqlite:///tmp/tianji.db?mode=ro").is_ok());
+        assert!(check_database_url("mysql://root@127.0.0.1:3306/tianji").is_ok());
+        assert!(check_database_url("mariadb://root@127.0.0.1/tianji").is_ok());
+        assert!(check_database_url("mysql://root@127.0.0.1:3306").is_err(), "no database");
+        assert!(check_database_url("mysql://root@10.0.0.1:3306/tianji").is_err(), "not loopback");
+        assert!(check_database_url("postgres://127.0.0.1/tianji").is_err());
+    }
 }

@@ -154,6 +154,14 @@ fn compare_counters(
     }
 }
 
+/// `url` as sqlx's drivers name it: MariaDB speaks the MySQL protocol.
+pub fn driver_url(url: &str) -> String {
+    match url.strip_prefix("mariadb://") {
+        Some(rest) => format!("mysql://{rest}"),
+        None => url.to_owned(),
+    }
+}
+
 /// The same checks against the server's database: its inventory rows, the order items of this
 /// run's orders (by Idempotency-Key prefix), and the uniqueness of those keys.
 pub async fn check_database(
@@ -165,7 +173,11 @@ pub async fn check_database(
     expected: &Expectation,
 ) -> anyhow::Result<CheckResult> {
     sqlx::any::install_default_drivers();
-    let pool = AnyPoolOptions::new().max_connections(2).connect(url).await?;
+    let pool = AnyPoolOptions::new()
+        .max_connections(2)
+        .connect(&driver_url(url))
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to --database-url to verify: {e}"))?;
     let outcome = database_checks(&pool, sku_ids, stock, key_prefix, placed_count, expected).await;
     pool.close().await;
     outcome
@@ -319,6 +331,13 @@ mod tests {
         let mut result = CheckResult::default();
         duplicate_orders(&orders, &mut result);
         assert_eq!(result.problems.len(), 1);
+    }
+
+    #[test]
+    fn mariadb_urls_use_the_mysql_driver() {
+        assert_eq!(driver_url("mariadb://root@127.0.0.1:3306/tianji"), "mysql://root@127.0.0.1:3306/tianji");
+        assert_eq!(driver_url("mysql://root@127.0.0.1/tianji"), "mysql://root@127.0.0.1/tianji");
+        assert_eq!(driver_url("sqlite:///tmp/t.db?mode=ro"), "sqlite:///tmp/t.db?mode=ro");
     }
 
     #[test]

@@ -1,0 +1,81 @@
+//! The journal: the node's one write pipeline. Every actor hands its accepted changes here
+//! (an order with its reservations, an order step with its stock effect and payment, a
+//! restock, a repair) and is answered after the batch that holds the change commits.
+//!
+//! A batch closes at `batch_size_max` changes or `batch_delay` and is written by
+//! `Store::commit` in ONE transaction, whatever keys it spans; while it commits the next one
+//! fills (pipelined). The queue is bounded by `mailbox_capacity`: a full queue refuses at once
+//! (503 `overloaded`), nothing half-written. A commit that does not finish within
+//! `database_timeout` counts as failed with an unknown outcome.
+//!
+//! After each batch, before any caller is answered, every SKU actor with effects in it gets one
+//! `Committed` notice (its committed delta, what was refused, or that the batch failed), so a
+//! caller that asks the SKU after its answer sees its change.
+
+use super::inventory::Committed;
+use super::{ActorLimits, Core};
+use crate::domain::clock::DynClock;
+use crate::domain::SkuId;
+use crate::persistence::group_commit::{BatchLimits, Batcher};
+use crate::persistence::{Change, CommitReport, Conflict, DynStore, StoreError};
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+
+pub fn start(
+    core: Weak<Core>,
+    store: DynStore,
+    clock: DynClock,
+    limits: &ActorLimits,
+) -> Batcher<Change, Result<(), Conflict>> {
+    let bounds =
+        BatchLimits { size_max: limits.batch_size_max, delay: limits.batch_delay, queue_max: limits.mailbox_capacity };
+    let timeout = limits.database_timeout;
+    Batcher::spawn("journal", bounds, move |changes: Vec<Change>| {
+        let (core, store, clock) = (core.clone(), Arc::clone(&store), Arc::clone(&clock));
+        async move {
+            let now_ms = clock.now_ms();
+            let result = match tokio::time::timeout(timeout, store.commit(&changes, now_ms)).await {
+                Ok(result) => result,
+                Err(_) => {
+                    Err(StoreError::Unavailable("the commit did not finish in time; its outcome is unknown".into()))
+                }
+            };
+            if let Some(core) = core.upgrade() {
+                notify_skus(&core, &changes, &result);
+            }
+            result.map(|report| report.outcomes)
+        }
+    })
+}
+
+/// Sends each live SKU actor with effects in the batch its one notice.
+fn notify_skus(core: &Core, changes: &[Change], result: &Result<CommitReport, StoreError>) {
+    let mut notices: HashMap<(SkuId, i64), Committed> = HashMap::new();
+    for (index, change) in changes.iter().enumerate() {
+        for effect in &change.skus {
+            // Repairs at start carry no epoch: no actor made them.
+            let Some(epoch) = effect.epoch else { continue };
+            let notice =
+                notices.entry((effect.sku_id, epoch)).or_insert_with(|| Committed { epoch, ..Committed::default() });
+            notice.settled += 1;
+            match result {
+                Err(_) => notice.failed = true,
+                Ok(report) => match report.outcomes[index] {
+                    Ok(()) => {
+                        notice.delta = notice.delta.plus(effect.delta);
+                        notice.version = report.versions.get(&effect.sku_id).copied();
+                    }
+                    Err(conflict) => notice.refused.push((effect.clone(), conflict)),
+                },
+            }
+        }
+    }
+    for ((sku_id, _), notice) in notices {
+        match core.skus.get(sku_id) {
+            // Past the mailbox bound on purpose: a lost notice would leave the actor's memory
+            // wrong. Bounded by the batch size.
+            Some(actor) => actor.addr().do_send(notice),
+            None => tracing::debug!(%sku_id, "sku actor gone before its notice; its reload reads the outcome"),
+        }
+    }
+}

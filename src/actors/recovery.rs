@@ -1,0 +1,128 @@
+//! Recovery at start: settle every lease that disagrees with its order, then arm the deadline
+//! of every order awaiting payment. Runs before the service takes requests and before any SKU
+//! actor exists, so no lease can be touched by anything else meanwhile.
+//!
+//! Leases and orders are committed together now, so disagreements come from data written
+//! before that, or from a bug; whatever their status, `domain::lease::lease_repair` says what
+//! each needs. Repairs go through the write pipeline in batches and are retried with backoff
+//! until they are written (a database that is slow or locked at start delays the start, it does
+//! not leave a repair for "the next start"), up to `RECOVERY_RETRY_FOR`, after which the start
+//! fails loudly. A repair that cannot be made (units of a paid order were sold again since) is
+//! reported as an error, never written unbalanced.
+
+use super::Core;
+use crate::domain::lease::lease_repair;
+use crate::persistence::{Change, Conflict, LeaseWrite, SkuEffect, UnsettledLease};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Repairs submitted together; the pipeline puts them into batches of its own size.
+const REPAIRS_PER_ROUND_MAX: usize = 1_000;
+/// Deadlines handed to the timer in one command.
+const DEADLINES_PER_COMMAND_MAX: usize = 10_000;
+/// How long recovery keeps retrying a database that fails before the start gives up.
+pub const RECOVERY_RETRY_FOR: Duration = Duration::from_secs(300);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// What recovery did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recovered {
+    pub leases_repaired: usize,
+    /// Leases that could not be repaired (logged as errors).
+    pub leases_unrepairable: usize,
+    pub deadlines_armed: usize,
+}
+
+impl Core {
+    /// Settles leases, then arms deadlines (see the module doc).
+    pub async fn recover(self: &Arc<Self>) -> anyhow::Result<Recovered> {
+        let started = Instant::now();
+        let repaired = AtomicUsize::new(0);
+        // A failed round is retried from a fresh scan: what it wrote is settled by then.
+        let unrepairable = self.retrying("settle leases", || self.settle_leases(&repaired)).await?;
+        let repaired_ms = started.elapsed().as_millis() as u64;
+        let deadlines = self.retrying("load deadlines", || self.store.pending_deadlines()).await?;
+        let recovered = Recovered {
+            leases_repaired: repaired.load(Ordering::Relaxed),
+            leases_unrepairable: unrepairable,
+            deadlines_armed: deadlines.len(),
+        };
+        for chunk in deadlines.chunks(DEADLINES_PER_COMMAND_MAX) {
+            self.timer.schedule_many(chunk.to_vec()).await;
+        }
+        tracing::info!(?recovered, repaired_ms, elapsed_ms = started.elapsed().as_millis() as u64, "recovered");
+        Ok(recovered)
+    }
+
+    /// One pass: scan, then repair round by round. Counts repairs into `repaired`; returns
+    /// how many leases cannot be repaired.
+    async fn settle_leases(&self, repaired: &AtomicUsize) -> Result<usize, String> {
+        let unsettled = self.store.unsettled_leases().await.map_err(|error| error.to_string())?;
+        let repairs: Vec<(UnsettledLease, Change)> =
+            unsettled.into_iter().filter_map(|lease| repair_change(&lease).map(|change| (lease, change))).collect();
+        let mut unrepairable = 0;
+        for round in repairs.chunks(REPAIRS_PER_ROUND_MAX.min(self.limits.mailbox_capacity)) {
+            let changes: Vec<Change> = round.iter().map(|(_, change)| change.clone()).collect();
+            let outcomes = self.commit_all(changes).await?;
+            for ((lease, _), outcome) in round.iter().zip(outcomes) {
+                match outcome {
+                    Ok(()) => {
+                        repaired.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(conflict) => {
+                        unrepairable += 1;
+                        tracing::error!(sku_id = %lease.sku_id, order_id = %lease.order_id, lease = lease.status.as_str(), order = ?lease.order_status, %conflict, "lease cannot be repaired: its units are no longer available");
+                    }
+                }
+            }
+        }
+        Ok(unrepairable)
+    }
+
+    /// Submits every change and waits for all of them; `Err` if any batch failed.
+    async fn commit_all(&self, changes: Vec<Change>) -> Result<Vec<Result<(), Conflict>>, String> {
+        let submitted = futures::future::join_all(changes.into_iter().map(|change| self.journal.submit(change))).await;
+        submitted.into_iter().map(|result| result.map_err(|error| error.to_string())).collect()
+    }
+
+    /// Runs `attempt` until it succeeds, with backoff, for at most `RECOVERY_RETRY_FOR`.
+    async fn retrying<T, E, F, Fut>(&self, what: &str, mut attempt: F) -> anyhow::Result<T>
+    where
+        E: std::fmt::Display,
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        let started = Instant::now();
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            match attempt().await {
+                Ok(value) => return Ok(value),
+                Err(error) if started.elapsed() < RECOVERY_RETRY_FOR => {
+                    tracing::warn!(what, %error, retry_in_ms = backoff.as_millis() as u64, "recovery step failed; retrying");
+                    // Pacing retries against a failing database, not ordering events.
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+                Err(error) => anyhow::bail!("recovery could not {what} for {RECOVERY_RETRY_FOR:?}: {error}"),
+            }
+        }
+    }
+}
+
+/// The change that brings `lease` in line with its order, if it needs one.
+fn repair_change(lease: &UnsettledLease) -> Option<Change> {
+    let repair = lease_repair(lease.status, lease.order_status, lease.refunded_from_paid)?;
+    let write = LeaseWrite {
+        order_id: lease.order_id,
+        quantity: lease.quantity,
+        expires_at_ms: lease.expires_at_ms,
+        from: Some(lease.status),
+        to: repair.target(),
+    };
+    let effect =
+        SkuEffect { sku_id: lease.sku_id, epoch: None, delta: repair.delta(lease.quantity), lease: Some(write) };
+    tracing::info!(sku_id = %lease.sku_id, order_id = %lease.order_id, ?repair, "repairing lease");
+    Some(Change { skus: vec![effect], ..Change::default() })
+}

@@ -1,0 +1,281 @@
+//! The decision every store makes for a batch of changes, written once: given what the batch
+//! depends on (prefetched inside the transaction), which changes are written and which fail
+//! with which `Conflict`, and what each touched SKU's counters become.
+//!
+//! Changes are decided one after the other, each seeing the accepted ones before it, exactly as
+//! if they were written one at a time: an idempotency key or `out_trade_no` used twice in one
+//! batch loses the second time, a SKU's counters never go below zero or out of balance at any
+//! point, and a conflicting change fails alone. The SQL stores and the memory store call this
+//! same function, so they cannot disagree on an edge case.
+
+use super::{Change, Conflict, SkuEffect};
+use crate::domain::inventory::Counters;
+use crate::domain::order::OrderStatus;
+use crate::domain::{OrderId, SkuId, UserId};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+/// A SKU's row as the batch found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SkuRow {
+    pub epoch: i64,
+    pub version: i64,
+    pub counters: Counters,
+}
+
+/// What the batch's changes depend on, read inside its transaction.
+#[derive(Debug, Clone, Default)]
+pub struct Facts {
+    pub skus: HashMap<SkuId, SkuRow>,
+    /// Status and version of every order a transition names.
+    pub orders: HashMap<OrderId, (OrderStatus, i64)>,
+    /// `(user, idempotency key)` pairs that have an order already.
+    pub keys: HashSet<(UserId, String)>,
+    /// `out_trade_no`s stored already.
+    pub payments: HashSet<String>,
+}
+
+/// The keys a batch must read before it can be decided.
+#[derive(Debug, Clone, Default)]
+pub struct Wanted {
+    pub skus: Vec<SkuId>,
+    pub orders: Vec<OrderId>,
+    pub keys: Vec<(UserId, String)>,
+    pub payments: Vec<String>,
+}
+
+impl Wanted {
+    pub fn of(changes: &[Change]) -> Wanted {
+        let skus: BTreeSet<SkuId> = changes.iter().flat_map(|c| c.skus.iter().map(|e| e.sku_id)).collect();
+        let orders: BTreeSet<OrderId> =
+            changes.iter().filter_map(|c| c.transition.as_ref()).map(|t| t.order_id).collect();
+        let keys: BTreeSet<(UserId, String)> =
+            changes.iter().filter_map(|c| c.order.as_ref()).map(|o| (o.user_id, o.idempotency_key.clone())).collect();
+        let payments: BTreeSet<String> =
+            changes.iter().filter_map(|c| c.payment.as_ref()).map(|p| p.out_trade_no.clone()).collect();
+        Wanted {
+            skus: skus.into_iter().collect(),
+            orders: orders.into_iter().collect(),
+            keys: keys.into_iter().collect(),
+            payments: payments.into_iter().collect(),
+        }
+    }
+}
+
+/// The decision for a batch.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub outcomes: Vec<Result<(), Conflict>>,
+    /// Every SKU an accepted change touched: its row before the batch and its counters after.
+    pub skus: BTreeMap<SkuId, (SkuRow, Counters)>,
+}
+
+impl Plan {
+    /// The accepted changes, in batch order.
+    pub fn accepted<'a>(&'a self, changes: &'a [Change]) -> impl Iterator<Item = &'a Change> + 'a {
+        changes.iter().zip(&self.outcomes).filter(|(_, outcome)| outcome.is_ok()).map(|(change, _)| change)
+    }
+
+    /// The version each written SKU has after the batch.
+    pub fn versions(&self) -> HashMap<SkuId, i64> {
+        self.skus.iter().map(|(sku_id, (row, _))| (*sku_id, row.version + 1)).collect()
+    }
+}
+
+/// Decides `changes` against `facts` at `now_ms` (see the module doc).
+pub fn decide(changes: &[Change], mut facts: Facts, now_ms: i64) -> Plan {
+    let mut outcomes = Vec::with_capacity(changes.len());
+    let mut counters: BTreeMap<SkuId, (SkuRow, Counters)> = BTreeMap::new();
+    let mut transitioned: HashSet<OrderId> = HashSet::new();
+    for change in changes {
+        let outcome = check(change, &facts, &counters, &transitioned, now_ms);
+        if let Ok(after) = &outcome {
+            // From here on the change is accepted: later changes see its effects.
+            if let Some(order) = &change.order {
+                facts.keys.insert((order.user_id, order.idempotency_key.clone()));
+            }
+            if let Some(payment) = &change.payment {
+                facts.payments.insert(payment.out_trade_no.clone());
+            }
+            if let Some(transition) = &change.transition {
+                facts.orders.insert(transition.order_id, (transition.to, transition.expected_version + 1));
+                transitioned.insert(transition.order_id);
+            }
+            for (sku_id, after) in after {
+                let row = facts.skus[sku_id];
+                counters.insert(*sku_id, (row, *after));
+            }
+        }
+        outcomes.push(outcome.map(drop));
+    }
+    for (row, after) in counters.values() {
+        assert!(after.is_balanced(), "a plan never leaves unbalanced counters: {after:?}");
+        assert!(row.counters.is_balanced(), "stored counters were read unbalanced: {:?}", row.counters);
+    }
+    Plan { outcomes, skus: counters }
+}
+
+/// The checks of one change in precedence order; on success, the counters of its SKUs after it.
+fn check(
+    change: &Change,
+    facts: &Facts,
+    counters: &BTreeMap<SkuId, (SkuRow, Counters)>,
+    transitioned: &HashSet<OrderId>,
+    now_ms: i64,
+) -> Result<Vec<(SkuId, Counters)>, Conflict> {
+    for effect in &change.skus {
+        let row = facts.skus.get(&effect.sku_id).ok_or(Conflict::Fenced(effect.sku_id))?;
+        if effect.epoch.is_some_and(|epoch| epoch != row.epoch) {
+            return Err(Conflict::Fenced(effect.sku_id));
+        }
+    }
+    if let Some(order) = &change.order {
+        if facts.keys.contains(&(order.user_id, order.idempotency_key.clone())) {
+            return Err(Conflict::DuplicateKey);
+        }
+    }
+    if let Some(transition) = &change.transition {
+        let found = facts.orders.get(&transition.order_id);
+        let current = found == Some(&(transition.from, transition.expected_version));
+        // One step per order per batch: its session waits for each step's commit.
+        if !current || transitioned.contains(&transition.order_id) {
+            return Err(Conflict::Stale(transition.order_id));
+        }
+        if transition.pay_by_ms.is_some_and(|deadline_ms| now_ms > deadline_ms) {
+            return Err(Conflict::DeadlinePassed);
+        }
+    }
+    if let Some(payment) = &change.payment {
+        if facts.payments.contains(&payment.out_trade_no) {
+            return Err(Conflict::DuplicatePayment);
+        }
+    }
+    let mut after: Vec<(SkuId, Counters)> = Vec::with_capacity(change.skus.len());
+    for SkuEffect { sku_id, delta, .. } in &change.skus {
+        let before = match after.iter().find(|(id, _)| id == sku_id) {
+            Some((_, counters)) => *counters,
+            None => counters.get(sku_id).map(|(_, c)| *c).unwrap_or(facts.skus[sku_id].counters),
+        };
+        let moved = before.apply(*delta).ok_or(Conflict::Fenced(*sku_id))?;
+        match after.iter_mut().find(|(id, _)| id == sku_id) {
+            Some(slot) => slot.1 = moved,
+            None => after.push((*sku_id, moved)),
+        }
+    }
+    Ok(after)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::lease::CounterDelta;
+    use crate::domain::order::{NewOrderHeader, Order};
+    use crate::domain::{Cents, IdempotencyKey, OrderLine};
+    use crate::persistence::{OrderTransition, Payment, PaymentStatus};
+
+    fn sku(n: i64) -> SkuId {
+        SkuId::new(n)
+    }
+
+    fn facts(available: i64) -> Facts {
+        let counters = Counters { total: available, available, reserved: 0, sold: 0 };
+        let mut facts = Facts::default();
+        facts.skus.insert(sku(1), SkuRow { epoch: 7, version: 3, counters });
+        facts
+    }
+
+    fn reserve(epoch: i64, units: i64) -> SkuEffect {
+        SkuEffect {
+            sku_id: sku(1),
+            epoch: Some(epoch),
+            delta: CounterDelta { total: 0, available: -units, reserved: units, sold: 0 },
+            lease: None,
+        }
+    }
+
+    fn placement(id: i64, key: &str, units: i64) -> Change {
+        let header = NewOrderHeader {
+            id: OrderId::new(id),
+            user_id: UserId::new(5),
+            idempotency_key: IdempotencyKey::parse(key).unwrap(),
+            request_hash: "h".into(),
+            created_at_ms: 0,
+            pay_deadline_ms: 10,
+        };
+        let line = OrderLine {
+            sku_id: sku(1),
+            name: "n".into(),
+            price_cents: Cents::new(1),
+            quantity: crate::domain::Quantity::parse(units, 10).unwrap(),
+        };
+        let order = Order::price(header, vec![line], Cents::ZERO).unwrap();
+        Change { order: Some(order), skus: vec![reserve(7, units)], ..Change::default() }
+    }
+
+    #[test]
+    fn conflicts_fail_alone_and_later_changes_see_earlier_ones() {
+        let changes = vec![
+            placement(1, "a", 2),
+            placement(2, "a", 1), // the same key again in the batch
+            placement(3, "b", 2),
+            placement(4, "c", 1), // only 1 unit left after the first and third: fits
+            placement(5, "d", 1), // none left
+            Change { skus: vec![reserve(6, 0)], ..Change::default() }, // an older owner
+        ];
+        let plan = decide(&changes, facts(5), 0);
+        assert_eq!(
+            plan.outcomes,
+            vec![
+                Ok(()),
+                Err(Conflict::DuplicateKey),
+                Ok(()),
+                Ok(()),
+                Err(Conflict::Fenced(sku(1))),
+                Err(Conflict::Fenced(sku(1)))
+            ]
+        );
+        let (row, after) = plan.skus[&sku(1)];
+        assert_eq!(row.version, 3);
+        assert_eq!(after, Counters { total: 5, available: 0, reserved: 5, sold: 0 });
+        assert_eq!(plan.versions()[&sku(1)], 4);
+        assert_eq!(plan.accepted(&changes).count(), 3);
+    }
+
+    #[test]
+    fn transitions_need_their_version_and_payments_their_deadline() {
+        let mut facts = facts(5);
+        facts.orders.insert(OrderId::new(9), (OrderStatus::PendingPayment, 1));
+        facts.payments.insert("known".into());
+        let pay = |trade_no: &str, version, pay_by_ms| Change {
+            transition: Some(OrderTransition {
+                order_id: OrderId::new(9),
+                from: OrderStatus::PendingPayment,
+                to: OrderStatus::Paid,
+                expected_version: version,
+                at_ms: 0,
+                pay_by_ms: Some(pay_by_ms),
+                refund_payment: false,
+            }),
+            payment: Some(Payment {
+                out_trade_no: trade_no.into(),
+                order_id: OrderId::new(9),
+                amount_cents: Cents::new(1),
+                channel: "c".into(),
+                status: PaymentStatus::Paid,
+            }),
+            ..Change::default()
+        };
+        let changes =
+            vec![pay("t1", 0, 100), pay("t1", 1, 99), pay("known", 1, 100), pay("t2", 1, 100), pay("t3", 1, 100)];
+        let plan = decide(&changes, facts, 100);
+        assert_eq!(
+            plan.outcomes,
+            vec![
+                Err(Conflict::Stale(OrderId::new(9))),
+                Err(Conflict::DeadlinePassed),
+                Err(Conflict::DuplicatePayment),
+                Ok(()),
+                Err(Conflict::Stale(OrderId::new(9))),
+            ]
+        );
+    }
+}

@@ -409,18 +409,18 @@ impl SqlStore {
             }
         }
         for chunk in wanted.keys.chunks(ROWS_PER_STATEMENT_MAX) {
-            // A superset (every pair of the users and keys named), narrowed to the exact pairs.
-            let mut select =
-                QueryBuilder::<Any>::new("SELECT user_id, idempotency_key FROM trade_order WHERE user_id IN ");
-            push_list(&mut select, chunk.iter().map(|(user, _)| user.get()));
-            select.push(" AND idempotency_key IN ");
-            push_list(&mut select, chunk.iter().map(|(_, key)| key.clone()));
-            select.push(lock);
-            for row in select.build().fetch_all(&mut *tx).await? {
-                let pair = (UserId::new(row.try_get("user_id")?), row.try_get::<String, _>("idempotency_key")?);
-                if chunk.contains(&pair) {
-                    facts.keys.insert(pair);
+            // Exact pairs, so the unique index answers each with a point look-up. Not locked:
+            // only this node's pipeline inserts orders, and the unique key settles the rest.
+            let mut select = QueryBuilder::<Any>::new("SELECT user_id, idempotency_key FROM trade_order WHERE ");
+            for (n, (user_id, key)) in chunk.iter().enumerate() {
+                if n > 0 {
+                    select.push(" OR ");
                 }
+                select.push("(user_id = ").push_bind(user_id.get());
+                select.push(" AND idempotency_key = ").push_bind(key.clone()).push(")");
+            }
+            for row in select.build().fetch_all(&mut *tx).await? {
+                facts.keys.insert((UserId::new(row.try_get("user_id")?), row.try_get::<String, _>("idempotency_key")?));
             }
         }
         for chunk in wanted.payments.chunks(ROWS_PER_STATEMENT_MAX) {

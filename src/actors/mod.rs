@@ -299,10 +299,7 @@ impl Core {
         &self,
         read: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.limits.database_timeout, read).await {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::Unavailable("the database did not answer in time".into())),
-        }
+        crate::persistence::within(self.limits.database_timeout, read).await
     }
 
     /// Remembers an id that names no SKU, within bounds.
@@ -331,11 +328,6 @@ where
     let store = Arc::clone(store);
     Batcher::spawn(name, limits, move |items| {
         let read = read(Arc::clone(&store), items);
-        async move {
-            match tokio::time::timeout(timeout, read).await {
-                Ok(result) => result,
-                Err(_) => Err(StoreError::Unavailable("the database did not answer in time".into())),
-            }
-        }
+        crate::persistence::within(timeout, read)
     })
 }

@@ -266,6 +266,18 @@ pub trait Store: Send + Sync + 'static {
 
 pub type DynStore = Arc<dyn Store>;
 
+/// `operation`, or `StoreError::Unavailable` once `timeout` passes (for a write, its outcome
+/// is then unknown).
+pub async fn within<T>(
+    timeout: std::time::Duration,
+    operation: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(timeout, operation).await {
+        Ok(result) => result,
+        Err(_) => Err(StoreError::Unavailable(format!("the database did not answer within {timeout:?}"))),
+    }
+}
+
 /// Opens the store a database URL names, running pending migrations when `migrate` is set.
 /// `timeout` bounds acquiring a connection and, on MariaDB, how long a statement waits for a
 /// row lock.

@@ -34,12 +34,11 @@ pub fn start(
         let (core, store, clock) = (core.clone(), Arc::clone(&store), Arc::clone(&clock));
         async move {
             let now_ms = clock.now_ms();
-            let result = match tokio::time::timeout(timeout, store.commit(&changes, now_ms)).await {
-                Ok(result) => result,
-                Err(_) => {
-                    Err(StoreError::Unavailable("the commit did not finish in time; its outcome is unknown".into()))
-                }
-            };
+            let started = std::time::Instant::now();
+            // Past the timeout the commit's outcome is unknown: its callers are told so.
+            let result = crate::persistence::within(timeout, store.commit(&changes, now_ms)).await;
+            let commit_us = started.elapsed().as_micros() as u64;
+            tracing::debug!(batch_size = changes.len(), commit_us, ok = result.is_ok(), "journal batch");
             if let Some(core) = core.upgrade() {
                 notify_skus(&core, &changes, &result);
             }

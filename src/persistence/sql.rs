@@ -25,7 +25,26 @@ use sqlx::{AnyPool, QueryBuilder, Row};
 use std::collections::{BTreeMap, HashMap};
 
 /// Rows per multi-row statement; keeps every statement under SQLite's 32,766 bound parameters.
-const ROWS_PER_STATEMENT_MAX: usize = 1_000;
+const ROWS_PER_STATEMENT_MAX: usize = 512;
+
+/// Splits `rows` into statements of power-of-two sizes (largest first, at most `size_max`),
+/// so a statement's text repeats across batches and the server's prepared statement is
+/// reused: 177 rows are 128 + 32 + 16 + 1, never a 177-row statement prepared once.
+/// Preparing a statement of a few thousand placeholders per batch cost MariaDB more CPU than
+/// the few extra round trips.
+fn statements<T>(rows: &[T], size_max: usize) -> impl Iterator<Item = &[T]> {
+    assert!(size_max.is_power_of_two());
+    let mut rest = rows;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let size = if rest.len() >= size_max { size_max } else { 1 << rest.len().ilog2() };
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        Some(chunk)
+    })
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -75,7 +94,7 @@ async fn insert_rows<T>(
     rows: &[T],
     mut bind: impl FnMut(&mut Separated<'_, 'static, Any, &'static str>, &T),
 ) -> Result<(), StoreError> {
-    for chunk in rows.chunks(ROWS_PER_STATEMENT_MAX) {
+    for chunk in statements(&rows, ROWS_PER_STATEMENT_MAX) {
         let mut insert = QueryBuilder::<Any>::new(head);
         insert.push(" ");
         insert.push_values(chunk, |mut row, value| bind(&mut row, value));
@@ -168,6 +187,21 @@ fn payment_from_row(row: &AnyRow) -> Result<Payment, StoreError> {
     })
 }
 
+#[cfg(test)]
+mod tests {
+    use super::statements;
+
+    #[test]
+    fn statements_have_power_of_two_sizes_and_cover_every_row() {
+        let rows: Vec<u32> = (0..1_300).collect();
+        let sizes: Vec<usize> = statements(&rows, 512).map(<[u32]>::len).collect();
+        assert_eq!(sizes, vec![512, 512, 256, 16, 4]);
+        assert_eq!(statements(&rows, 512).flatten().copied().collect::<Vec<_>>(), rows);
+        assert_eq!(statements(&rows[..177], 512).map(<[u32]>::len).collect::<Vec<_>>(), vec![128, 32, 16, 1]);
+        assert_eq!(statements(&rows[..0], 512).count(), 0);
+    }
+}
+
 #[async_trait]
 impl Store for SqlStore {
     async fn ping(&self) -> Result<(), StoreError> {
@@ -199,7 +233,7 @@ impl Store for SqlStore {
         let ids: Vec<i64> = sku_ids.iter().map(|id| id.get()).collect();
         let mut tx = self.pool.begin_with(self.dialect.begin_write()).await?;
         let mut states: HashMap<i64, SkuState> = HashMap::with_capacity(ids.len());
-        for chunk in ids.chunks(ROWS_PER_STATEMENT_MAX) {
+        for chunk in statements(&ids, ROWS_PER_STATEMENT_MAX) {
             let mut bump = QueryBuilder::<Any>::new("UPDATE inventory SET epoch = epoch + 1 WHERE sku_id IN ");
             push_list(&mut bump, chunk.iter().copied());
             bump.build().execute(&mut *tx).await?;
@@ -243,7 +277,7 @@ impl Store for SqlStore {
 
     async fn recent_keys(&self, user_ids: &[UserId], per_user_max: usize) -> Result<Vec<Vec<RecentKey>>, StoreError> {
         let mut keys: HashMap<i64, Vec<RecentKey>> = HashMap::new();
-        for chunk in user_ids.chunks(ROWS_PER_STATEMENT_MAX) {
+        for chunk in statements(user_ids, ROWS_PER_STATEMENT_MAX) {
             let mut select = QueryBuilder::<Any>::new(
                 "SELECT user_id, idempotency_key, id, request_hash FROM (SELECT user_id, idempotency_key, id, \
                  request_hash, ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY id DESC) AS newest \
@@ -382,7 +416,7 @@ impl SqlStore {
     async fn read_facts(&self, tx: &mut AnyConnection, wanted: &Wanted) -> Result<Facts, StoreError> {
         let mut facts = Facts::default();
         let lock = self.dialect.lock_rows();
-        for chunk in wanted.skus.chunks(ROWS_PER_STATEMENT_MAX) {
+        for chunk in statements(&wanted.skus, ROWS_PER_STATEMENT_MAX) {
             let mut select = QueryBuilder::<Any>::new(
                 "SELECT sku_id, epoch, version, total, available, reserved, sold FROM inventory WHERE sku_id IN ",
             );
@@ -397,7 +431,7 @@ impl SqlStore {
                 facts.skus.insert(SkuId::new(row.try_get("sku_id")?), row_facts);
             }
         }
-        for chunk in wanted.orders.chunks(ROWS_PER_STATEMENT_MAX) {
+        for chunk in statements(&wanted.orders, ROWS_PER_STATEMENT_MAX) {
             let mut select = QueryBuilder::<Any>::new("SELECT id, status, version FROM trade_order WHERE id IN ");
             push_list(&mut select, chunk.iter().map(|id| id.get()));
             select.push(lock);
@@ -408,7 +442,7 @@ impl SqlStore {
                 facts.orders.insert(OrderId::new(row.try_get("id")?), (status, row.try_get("version")?));
             }
         }
-        for chunk in wanted.keys.chunks(ROWS_PER_STATEMENT_MAX) {
+        for chunk in statements(&wanted.keys, ROWS_PER_STATEMENT_MAX) {
             // Exact pairs, so the unique index answers each with a point look-up. Not locked:
             // only this node's pipeline inserts orders, and the unique key settles the rest.
             let mut select = QueryBuilder::<Any>::new("SELECT user_id, idempotency_key FROM trade_order WHERE ");
@@ -423,7 +457,7 @@ impl SqlStore {
                 facts.keys.insert((UserId::new(row.try_get("user_id")?), row.try_get::<String, _>("idempotency_key")?));
             }
         }
-        for chunk in wanted.payments.chunks(ROWS_PER_STATEMENT_MAX) {
+        for chunk in statements(&wanted.payments, ROWS_PER_STATEMENT_MAX) {
             let mut select = QueryBuilder::<Any>::new("SELECT out_trade_no FROM payment WHERE out_trade_no IN ");
             push_list(&mut select, chunk.iter().cloned());
             select.push(lock);
@@ -475,7 +509,7 @@ async fn write_plan(tx: &mut AnyConnection, changes: &[Change], plan: &Plan, now
     .await?;
 
     let transitions: Vec<_> = accepted.iter().filter_map(|c| c.transition.as_ref()).collect();
-    for chunk in transitions.chunks(ROWS_PER_STATEMENT_MAX) {
+    for chunk in statements(&transitions, ROWS_PER_STATEMENT_MAX) {
         let mut update = QueryBuilder::<Any>::new("UPDATE trade_order SET status = CASE id");
         for t in chunk {
             assert!(t.from.can_become(t.to), "{t:?}");
@@ -530,7 +564,7 @@ async fn write_plan(tx: &mut AnyConnection, changes: &[Change], plan: &Plan, now
     )
     .await?;
     let refunded: Vec<i64> = transitions.iter().filter(|t| t.refund_payment).map(|t| t.order_id.get()).collect();
-    for chunk in refunded.chunks(ROWS_PER_STATEMENT_MAX) {
+    for chunk in statements(&refunded, ROWS_PER_STATEMENT_MAX) {
         let mut update = QueryBuilder::<Any>::new("UPDATE payment SET status = ");
         update.push_bind(PaymentStatus::Refunded.as_str());
         update.push(", updated_at = ").push_bind(now_ms);
@@ -586,7 +620,7 @@ async fn write_leases(tx: &mut AnyConnection, accepted: &[&Change], now_ms: i64)
         }
     }
     for ((from, to), rows) in moves {
-        for chunk in rows.chunks(ROWS_PER_STATEMENT_MAX) {
+        for chunk in statements(&rows, ROWS_PER_STATEMENT_MAX) {
             let mut update = QueryBuilder::<Any>::new("UPDATE inventory_reservation SET status = ");
             update.push_bind(to.as_str());
             update.push(", updated_at = ").push_bind(now_ms);
@@ -614,7 +648,7 @@ async fn write_leases(tx: &mut AnyConnection, accepted: &[&Change], now_ms: i64)
 /// `ROWS_PER_STATEMENT_MAX` SKUs. The rows were read under lock, so the values are exact.
 async fn write_counters(tx: &mut AnyConnection, plan: &Plan, now_ms: i64) -> Result<(), StoreError> {
     let skus: Vec<(SkuId, Counters)> = plan.skus.iter().map(|(sku_id, (_, after))| (*sku_id, *after)).collect();
-    for chunk in skus.chunks(ROWS_PER_STATEMENT_MAX / 4) {
+    for chunk in statements(&skus, ROWS_PER_STATEMENT_MAX / 4) {
         let mut update = QueryBuilder::<Any>::new("UPDATE inventory SET ");
         let columns: [(&str, CounterOf); 4] = [
             ("total", |c| c.total),

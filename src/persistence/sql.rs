@@ -94,7 +94,7 @@ async fn insert_rows<T>(
     rows: &[T],
     mut bind: impl FnMut(&mut Separated<'_, 'static, Any, &'static str>, &T),
 ) -> Result<(), StoreError> {
-    for chunk in statements(&rows, ROWS_PER_STATEMENT_MAX) {
+    for chunk in statements(rows, ROWS_PER_STATEMENT_MAX) {
         let mut insert = QueryBuilder::<Any>::new(head);
         insert.push(" ");
         insert.push_values(chunk, |mut row, value| bind(&mut row, value));
@@ -185,21 +185,6 @@ fn payment_from_row(row: &AnyRow) -> Result<Payment, StoreError> {
         channel: row.try_get("channel")?,
         status: PaymentStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("payment status {status}")))?,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::statements;
-
-    #[test]
-    fn statements_have_power_of_two_sizes_and_cover_every_row() {
-        let rows: Vec<u32> = (0..1_300).collect();
-        let sizes: Vec<usize> = statements(&rows, 512).map(<[u32]>::len).collect();
-        assert_eq!(sizes, vec![512, 512, 256, 16, 4]);
-        assert_eq!(statements(&rows, 512).flatten().copied().collect::<Vec<_>>(), rows);
-        assert_eq!(statements(&rows[..177], 512).map(<[u32]>::len).collect::<Vec<_>>(), vec![128, 32, 16, 1]);
-        assert_eq!(statements(&rows[..0], 512).count(), 0);
-    }
 }
 
 #[async_trait]
@@ -679,5 +664,20 @@ fn expect_rows(affected: u64, expected: usize, what: &str) -> Result<(), StoreEr
         Ok(())
     } else {
         Err(StoreError::Corrupt(format!("{what}: {affected} of {expected} rows were as expected")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::statements;
+
+    #[test]
+    fn statements_have_power_of_two_sizes_and_cover_every_row() {
+        let rows: Vec<u32> = (0..1_300).collect();
+        let sizes: Vec<usize> = statements(&rows, 512).map(<[u32]>::len).collect();
+        assert_eq!(sizes, vec![512, 512, 256, 16, 4]);
+        assert_eq!(statements(&rows, 512).flatten().copied().collect::<Vec<_>>(), rows);
+        assert_eq!(statements(&rows[..177], 512).map(<[u32]>::len).collect::<Vec<_>>(), vec![128, 32, 16, 1]);
+        assert_eq!(statements(&rows[..0], 512).count(), 0);
     }
 }

@@ -190,6 +190,15 @@ impl InventoryActor {
         undone.is_ok()
     }
 
+    /// Takes back a handed-out effect that will never be submitted (abandoned, or its caller
+    /// went away before the answer).
+    fn take_back(&mut self, effect: &SkuEffect, ctx: &mut Context<Self>) {
+        self.outstanding = self.outstanding.checked_sub(1).expect("only handed-out effects are taken back");
+        if !self.undo(effect) {
+            self.fail("a taken-back effect could not be undone", ctx);
+        }
+    }
+
     /// Stops for good: memory may be ahead of the database.
     fn fail(&mut self, reason: &str, ctx: &mut Context<Self>) {
         tracing::warn!(sku_id = %self.info.sku_id, epoch = self.epoch, reason, "sku actor stops; the next request reloads it");
@@ -225,7 +234,7 @@ impl Actor for InventoryActor {
 impl Handler<Reserve> for InventoryActor {
     type Result = ();
 
-    fn handle(&mut self, msg: Reserve, _ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: Reserve, ctx: &mut Self::Context) {
         self.last_active = Instant::now();
         let Reserve { order_id, quantity, expires_at_ms, reply } = msg;
         let lease = LeaseWrite {
@@ -236,7 +245,9 @@ impl Handler<Reserve> for InventoryActor {
             to: ReservationStatus::Reserved,
         };
         let result = self.change(Some(lease), |ledger| ledger.reserve(order_id, quantity, expires_at_ms));
-        let _ = reply.send(result.map(|effect| Grant { info: self.info.clone(), effect }));
+        if let Err(Ok(unclaimed)) = reply.send(result.map(|effect| Grant { info: self.info.clone(), effect })) {
+            self.take_back(&unclaimed.effect, ctx);
+        }
     }
 }
 
@@ -247,17 +258,14 @@ impl Handler<Abandon> for InventoryActor {
         if msg.effect.epoch != Some(self.epoch) || self.failed {
             return; // Made by an earlier activation, whose memory is gone.
         }
-        self.outstanding = self.outstanding.checked_sub(1).expect("only handed-out effects are abandoned");
-        if !self.undo(&msg.effect) {
-            self.fail("an abandoned effect could not be undone", ctx);
-        }
+        self.take_back(&msg.effect, ctx);
     }
 }
 
 impl Handler<Settle> for InventoryActor {
     type Result = ();
 
-    fn handle(&mut self, msg: Settle, _ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: Settle, ctx: &mut Self::Context) {
         self.last_active = Instant::now();
         let Settle { order_id, settlement, reply } = msg;
         let lease = self.ledger.reservation(order_id);
@@ -282,7 +290,9 @@ impl Handler<Settle> for InventoryActor {
                 self.change(Some(write), |ledger| ledger.release(order_id).map(drop))
             }
         };
-        let _ = reply.send(result);
+        if let Err(Ok(unclaimed)) = reply.send(result) {
+            self.take_back(&unclaimed, ctx);
+        }
     }
 }
 
@@ -299,9 +309,12 @@ fn settled_lease(order_id: OrderId, lease: Reservation, to: ReservationStatus) -
 impl Handler<Restock> for InventoryActor {
     type Result = ();
 
-    fn handle(&mut self, msg: Restock, _ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: Restock, ctx: &mut Self::Context) {
         self.last_active = Instant::now();
-        let _ = msg.reply.send(self.change(None, |ledger| ledger.restock(msg.quantity)));
+        let result = self.change(None, |ledger| ledger.restock(msg.quantity));
+        if let Err(Ok(unclaimed)) = msg.reply.send(result) {
+            self.take_back(&unclaimed, ctx);
+        }
     }
 }
 

@@ -258,8 +258,11 @@ impl Core {
         self.ids.next_id()
     }
 
-    /// Whether the database answers within the database timeout.
+    /// Whether the write pipeline runs and the database answers within the database timeout.
     pub async fn ready(&self) -> Result<(), StoreError> {
+        if !self.journal.is_running() {
+            return Err(StoreError::Unavailable("the write pipeline stopped".into()));
+        }
         self.bounded(self.store.ping()).await
     }
 
@@ -295,7 +298,7 @@ impl Core {
     }
 
     /// `read`, or `Unavailable` once the database timeout passes.
-    async fn bounded<T>(
+    pub(crate) async fn bounded<T>(
         &self,
         read: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {

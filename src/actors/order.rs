@@ -280,7 +280,7 @@ async fn stock_effects(core: &Arc<Core>, order: &Order, event: OrderEvent) -> Re
 
 /// A payment for `order`, idempotent on `out_trade_no` (see `domain::payment`).
 async fn pay(core: &Arc<Core>, order: Order, payment: Payment) -> Ending {
-    let known = match core.store.find_payment(&payment.out_trade_no).await {
+    let known = match core.bounded(core.store.find_payment(&payment.out_trade_no)).await {
         Ok(known) => known,
         Err(error) => return (Err(error.into()), Some(order)),
     };
@@ -347,7 +347,7 @@ impl Core {
     async fn session(self: &Arc<Self>, order_id: OrderId) -> Result<ActorRef<OrderSession>, LifecycleError> {
         self.orders
             .get_or_activate(order_id, || async {
-                let order = self.store.find_order(order_id).await?.ok_or(LifecycleError::NotFound)?;
+                let order = self.bounded(self.store.find_order(order_id)).await?.ok_or(LifecycleError::NotFound)?;
                 Ok(self.start_session(order))
             })
             .await

@@ -11,7 +11,7 @@
 //! reported as an error, never written unbalanced.
 
 use super::Core;
-use crate::domain::lease::lease_repair;
+use crate::domain::lease::{lease_agrees, lease_repair};
 use crate::persistence::{Change, Conflict, LeaseWrite, SkuEffect, UnsettledLease};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -60,9 +60,18 @@ impl Core {
     /// how many leases cannot be repaired.
     async fn settle_leases(&self, repaired: &AtomicUsize) -> Result<usize, String> {
         let unsettled = self.store.unsettled_leases().await.map_err(|error| error.to_string())?;
-        let repairs: Vec<(UnsettledLease, Change)> =
-            unsettled.into_iter().filter_map(|lease| repair_change(&lease).map(|change| (lease, change))).collect();
         let mut unrepairable = 0;
+        let mut repairs: Vec<(UnsettledLease, Change)> = Vec::new();
+        for lease in unsettled {
+            match repair_change(&lease) {
+                Some(change) => repairs.push((lease, change)),
+                None if !lease_agrees(lease.status, lease.order_status, lease.refunded_from_paid) => {
+                    unrepairable += 1;
+                    tracing::error!(sku_id = %lease.sku_id, order_id = %lease.order_id, lease = lease.status.as_str(), order = ?lease.order_status, "lease disagrees with its order and no repair applies");
+                }
+                None => {}
+            }
+        }
         for round in repairs.chunks(REPAIRS_PER_ROUND_MAX.min(self.limits.mailbox_capacity)) {
             let changes: Vec<Change> = round.iter().map(|(_, change)| change.clone()).collect();
             let outcomes = self.commit_all(changes).await?;

@@ -64,9 +64,11 @@ impl DeadlineTimer {
         }
     }
 
-    /// The order left PendingPayment: its deadline no longer matters.
+    /// The order left PendingPayment: its deadline no longer matters. Never waits: when the
+    /// queue is full the deadline stays armed and fires as a no-op (the order is not pending).
+    /// A caller may hold a timeout permit, so waiting here could stall the timer.
     pub async fn forget(&self, order_id: OrderId) {
-        let _ = self.commands.send(Command::Forget(order_id)).await;
+        let _ = self.commands.try_send(Command::Forget(order_id));
     }
 }
 
@@ -117,7 +119,11 @@ impl TimerTask {
                     let failed = failures.remove(&order_id).unwrap_or(0);
                     let retries = self.retries.clone();
                     tokio::spawn(async move {
-                        match core.time_out_order(order_id).await {
+                        let outcome = core.time_out_order(order_id).await;
+                        // Released before the retry is queued: the timer loop may be waiting
+                        // for a permit, and the queue it drains may be full.
+                        drop(permit);
+                        match outcome {
                             // Closed now, or it left PendingPayment some other way: done.
                             Ok(_) | Err(LifecycleError::NotFound | LifecycleError::InvalidTransition(_)) => {}
                             Err(error) => {
@@ -125,7 +131,6 @@ impl TimerTask {
                                 let _ = retries.send(Command::Retry(order_id, failed + 1)).await;
                             }
                         }
-                        drop(permit);
                     });
                 }
             }

@@ -115,6 +115,9 @@ pub fn replay(order: Order, request_hash: &str) -> Result<Placed, PlaceError> {
     }
 }
 
+/// Retries of one key that wait for its placement in flight; past it they get 503.
+pub const WAITERS_PER_KEY_MAX: usize = 64;
+
 /// Place an order under an Idempotency-Key.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -196,7 +199,7 @@ impl UserActor {
         let saga_key = key.clone();
         let saga = async move {
             if look_up_first {
-                match core.store.find_order_by_key(user_id, saga_key.as_str()).await {
+                match core.bounded(core.store.find_order_by_key(user_id, saga_key.as_str())).await {
                     Ok(Some(existing)) => return replay(existing, &request_hash),
                     Ok(None) => {}
                     Err(error) => return Err(PlaceError::Uncertain(error.to_string())),
@@ -282,7 +285,7 @@ impl Handler<Place> for UserActor {
             Some(KeyState::Placed { order_id, order: None, .. }) => {
                 // Placed before this activation: the order is read once, then kept.
                 let (core, order_id) = (Arc::clone(&self.core), *order_id);
-                let read = async move { core.store.find_order(order_id).await };
+                let read = async move { core.bounded(core.store.find_order(order_id)).await };
                 ctx.spawn(read.into_actor(self).map(move |found, actor, _ctx| {
                     let answer = match found {
                         Ok(Some(order)) => {
@@ -298,10 +301,12 @@ impl Handler<Place> for UserActor {
                 }));
             }
             Some(KeyState::InFlight { request_hash: running, waiters }) => {
-                if *running == request_hash {
-                    waiters.push(reply);
-                } else {
+                if *running != request_hash {
                     let _ = reply.send(Err(PlaceError::KeyReused));
+                } else if waiters.len() >= WAITERS_PER_KEY_MAX {
+                    let _ = reply.send(Err(PlaceError::Overloaded));
+                } else {
+                    waiters.push(reply);
                 }
             }
             Some(KeyState::Uncertain) => self.begin(key, request, true, reply, ctx),
@@ -401,7 +406,8 @@ impl Core {
             Ok(Err(Conflict::DuplicateKey)) => {
                 // An order under this key is older than the keys this actor holds: answer
                 // with it. (The pipeline has undone this placement's reservations.)
-                let existing = self.store.find_order_by_key(order.user_id, &order.idempotency_key).await?;
+                let existing =
+                    self.bounded(self.store.find_order_by_key(order.user_id, &order.idempotency_key)).await?;
                 let existing =
                     existing.ok_or_else(|| PlaceError::Unavailable("order under this key vanished".into()))?;
                 replay(existing, &order.request_hash)

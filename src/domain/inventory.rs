@@ -7,7 +7,7 @@
 
 use super::ids::OrderId;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
 /// The most units one line of an order may ask for.
 pub const ORDER_LINE_QUANTITY_MAX: u32 = 10_000;
@@ -56,11 +56,12 @@ impl Counters {
     }
 }
 
-/// Units held for an order until it is paid, released, or its lease runs out.
+/// Units held for an order until it is paid or closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reservation {
     pub quantity: i64,
-    /// Milliseconds since the Unix epoch after which the ledger releases the units itself.
+    /// Milliseconds since the Unix epoch recorded on the lease row (its order's deadline plus
+    /// grace), for readers; the lease ends only with its order.
     pub expires_at_ms: i64,
 }
 
@@ -87,8 +88,6 @@ pub enum InventoryError {
 pub struct Ledger {
     counters: Counters,
     reservations: HashMap<OrderId, Reservation>,
-    /// The same reservations ordered by expiry, so expiring is O(expired), not O(open).
-    expiry: BTreeSet<(i64, OrderId)>,
 }
 
 /// Upper bound of `total`: far below `i64::MAX`, so no counter sum can overflow.
@@ -101,7 +100,6 @@ impl Ledger {
         let ledger = Ledger {
             counters: Counters { total, available: total, reserved: 0, sold: 0 },
             reservations: HashMap::new(),
-            expiry: BTreeSet::new(),
         };
         ledger.assert_balanced();
         ledger
@@ -116,13 +114,12 @@ impl Ledger {
         if !counters.is_balanced() || counters.total > TOTAL_MAX {
             return Err(InventoryError::Corrupt(format!("{counters:?}")));
         }
-        let mut ledger = Ledger { counters, reservations: HashMap::new(), expiry: BTreeSet::new() };
+        let mut ledger = Ledger { counters, reservations: HashMap::new() };
         let mut reserved = 0i64;
         for (order_id, reservation) in reservations {
             if reservation.quantity <= 0 || ledger.reservations.insert(order_id, reservation).is_some() {
                 return Err(InventoryError::Corrupt(format!("reservation of order {order_id}")));
             }
-            ledger.expiry.insert((reservation.expires_at_ms, order_id));
             reserved += reservation.quantity;
         }
         if reserved != counters.reserved {
@@ -162,7 +159,6 @@ impl Ledger {
         self.counters.available -= requested;
         self.counters.reserved += requested;
         self.reservations.insert(order_id, Reservation { quantity: requested, expires_at_ms });
-        self.expiry.insert((expires_at_ms, order_id));
         assert_eq!(self.counters.available + requested, before.available);
         self.assert_balanced();
         Ok(())
@@ -184,19 +180,6 @@ impl Ledger {
         self.counters.available += reservation.quantity;
         self.assert_balanced();
         Ok(reservation.quantity)
-    }
-
-    /// Releases every lease whose expiry is at or before `now_ms`; returns what it released.
-    pub fn expire_due(&mut self, now_ms: i64) -> Vec<(OrderId, i64)> {
-        let mut expired = Vec::new();
-        while let Some(&(expires_at_ms, order_id)) = self.expiry.first() {
-            if expires_at_ms > now_ms {
-                break;
-            }
-            let quantity = self.release(order_id).expect("the expiry index only holds open reservations");
-            expired.push((order_id, quantity));
-        }
-        expired
     }
 
     /// Puts `units` sold units back on the shelf (an order refunded before its goods went out).
@@ -235,7 +218,6 @@ impl Ledger {
         self.counters.sold -= reservation.quantity;
         self.counters.reserved += reservation.quantity;
         self.reservations.insert(order_id, reservation);
-        self.expiry.insert((reservation.expires_at_ms, order_id));
         self.assert_balanced();
         Ok(())
     }
@@ -265,17 +247,13 @@ impl Ledger {
     }
 
     fn take(&mut self, order_id: OrderId) -> Result<Reservation, InventoryError> {
-        let reservation = self.reservations.remove(&order_id).ok_or(InventoryError::UnknownReservation(order_id))?;
-        let indexed = self.expiry.remove(&(reservation.expires_at_ms, order_id));
-        assert!(indexed, "every open reservation is in the expiry index");
-        Ok(reservation)
+        self.reservations.remove(&order_id).ok_or(InventoryError::UnknownReservation(order_id))
     }
 
     /// The conservation rule, checked after every change. Cheap: the reservation sum is only
     /// recomputed in debug builds.
     pub fn assert_balanced(&self) {
         assert!(self.counters.is_balanced(), "inventory unbalanced: {:?}", self.counters);
-        assert_eq!(self.reservations.len(), self.expiry.len());
         debug_assert_eq!(self.reservations.values().map(|r| r.quantity).sum::<i64>(), self.counters.reserved);
     }
 }
@@ -327,19 +305,6 @@ mod tests {
         ledger.release(order(1)).unwrap();
         assert_eq!(ledger.confirm(order(1)), Err(InventoryError::UnknownReservation(order(1))), "released is final");
         assert_eq!(ledger.counters(), Counters { total: 2, available: 2, reserved: 0, sold: 0 });
-    }
-
-    #[test]
-    fn leases_expire_in_deadline_order() {
-        let mut ledger = Ledger::new(10);
-        ledger.reserve(order(1), qty(1), 300).unwrap();
-        ledger.reserve(order(2), qty(2), 100).unwrap();
-        ledger.reserve(order(3), qty(3), 200).unwrap();
-        assert!(ledger.expire_due(99).is_empty());
-        assert_eq!(ledger.expire_due(200), vec![(order(2), 2), (order(3), 3)]);
-        assert_eq!(ledger.counters().available, 9);
-        assert_eq!(ledger.confirm(order(1)), Ok(1));
-        assert!(ledger.expire_due(1_000).is_empty(), "a confirmed order does not expire");
     }
 
     #[test]
@@ -397,7 +362,7 @@ mod tests {
         Reserve { order: i64, quantity: i64, expires_at_ms: i64 },
         Confirm(i64),
         Release(i64),
-        Expire(i64),
+        Return(i64),
         Restock(i64),
     }
 
@@ -406,7 +371,7 @@ mod tests {
             4 => (1i64..30, 1i64..8, 0i64..100).prop_map(|(order, quantity, expires_at_ms)| Op::Reserve { order, quantity, expires_at_ms }),
             2 => (1i64..30).prop_map(Op::Confirm),
             2 => (1i64..30).prop_map(Op::Release),
-            1 => (0i64..100).prop_map(Op::Expire),
+            1 => (1i64..10).prop_map(Op::Return),
             1 => (1i64..10).prop_map(Op::Restock),
         ]
     }
@@ -457,12 +422,12 @@ mod tests {
                     Op::Release(o) => {
                         prop_assert_eq!(ledger.release(order(o)).ok(), model.remove(o));
                     }
-                    Op::Expire(now) => {
-                        let mut due: Vec<(i64, i64, i64)> = model.leases.iter().copied().filter(|l| l.2 <= now).collect();
-                        due.sort_by_key(|l| (l.2, l.0));
-                        model.leases.retain(|l| l.2 > now);
-                        let expected: Vec<(OrderId, i64)> = due.iter().map(|l| (order(l.0), l.1)).collect();
-                        prop_assert_eq!(ledger.expire_due(now), expected);
+                    Op::Return(n) => {
+                        let model_ok = n <= model.sold;
+                        prop_assert_eq!(ledger.return_sold(n).is_ok(), model_ok);
+                        if model_ok {
+                            model.sold -= n;
+                        }
                     }
                     Op::Restock(n) => {
                         ledger.restock(Quantity::parse(n, STOCK_QUANTITY_MAX).unwrap()).unwrap();

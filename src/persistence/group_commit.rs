@@ -73,6 +73,11 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
         Batcher { queue }
     }
 
+    /// Whether the writer task still takes items (it stops only if it panicked).
+    pub fn is_running(&self) -> bool {
+        !self.queue.is_closed()
+    }
+
     /// Adds `item` to the next batch and waits until that batch is committed.
     pub async fn submit(&self, item: T) -> Result<R, SubmitError> {
         let (reply, answer) = oneshot::channel();

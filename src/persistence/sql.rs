@@ -112,10 +112,6 @@ impl SqlStore {
     pub fn new(pool: AnyPool, dialect: Dialect) -> Self {
         SqlStore { pool, dialect }
     }
-
-    pub fn pool(&self) -> &AnyPool {
-        &self.pool
-    }
 }
 
 const ORDER_COLUMNS: &str = "id, user_id, status, total_cents, discount_cents, pay_cents, coupon_id, \

@@ -58,3 +58,17 @@ async fn a_retry_on_a_sold_out_sku_still_returns_the_order() {
     let retry = app.place_order(5, "only", json!([{"sku_id": sku_id, "quantity": 1}])).await;
     assert_eq!(retry.status(), 201, "a retry is answered with its order even though the SKU is sold out");
 }
+
+#[actix_web::test]
+async fn keys_that_differ_only_in_case_are_two_keys_on_mariadb() {
+    let app = spawn_app(Backend::MySql).await;
+    let sku_id = app.create_sku("Case", 100, 10).await;
+    let items = json!([{"sku_id": sku_id, "quantity": 1}]);
+    let upper = app.place_order(5, "Checkout-1", items.clone()).await;
+    let lower = app.place_order(5, "checkout-1", items).await;
+    assert_eq!((upper.status().as_u16(), lower.status().as_u16()), (201, 201));
+    let upper: serde_json::Value = upper.json().await.unwrap();
+    let lower: serde_json::Value = lower.json().await.unwrap();
+    assert_ne!(upper["order_id"], lower["order_id"]);
+    assert_eq!(app.db_counters(sku_id).await.reserved, 2);
+}

@@ -26,14 +26,17 @@ struct Fixture {
 }
 
 async fn fixture(stock: i64) -> Fixture {
+    fixture_with(stock, ActorLimits::default()).await
+}
+
+async fn fixture_with(stock: i64, limits: ActorLimits) -> Fixture {
     let store = Arc::new(MemoryStore::default());
     let sku_id = SkuId::new(77);
     let sku = NewSku { sku_id, name: "Seat".into(), price_cents: Cents::new(10), total: stock, created_at_ms: 0 };
     store.create_sku(&sku).await.unwrap();
     let clock = ManualClock::starting_at(START_MS);
     let snapshots = Arc::new(Snapshots::in_process());
-    let core =
-        Core::start_with_clock(store.clone(), snapshots, ActorLimits::default(), 1, PAY_TIMEOUT, 1, clock.clone());
+    let core = Core::start_with_clock(store.clone(), snapshots, limits, 1, PAY_TIMEOUT, 1, clock.clone());
     Fixture { core, store, clock, sku_id }
 }
 
@@ -127,4 +130,18 @@ async fn a_burst_at_activation_meets_the_configured_mailbox() {
     let refused: Vec<_> = results.iter().filter(|r| r.is_err()).collect();
     assert!(refused.is_empty(), "{} of 500 refused, first: {:?}", refused.len(), refused.first());
     assert_eq!(f.stored(), (1_000, 500, 500, 0));
+}
+
+#[actix_web::test]
+async fn a_key_older_than_the_window_is_answered_by_the_database_and_its_units_come_back() {
+    // The user actor holds one key: the retry of the first meets the unique key in the store.
+    let f = fixture_with(3, ActorLimits { user_keys_max: 1, ..ActorLimits::default() }).await;
+    let first = f.placed(1, "a", 1).await;
+    f.placed(1, "b", 1).await;
+    assert_eq!(f.place(1, "a", 1).await, Ok(Placed::Replayed(first)));
+    assert_eq!(f.stored(), (3, 1, 2, 0));
+    // The refused retry's reservation was undone in the SKU actor: exactly one unit is left.
+    f.placed(2, "c", 1).await;
+    assert!(matches!(f.place(3, "d", 1).await, Err(PlaceError::InsufficientStock { available: 0, .. })));
+    assert_eq!(f.stored(), (3, 0, 3, 0));
 }

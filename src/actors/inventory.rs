@@ -347,8 +347,14 @@ impl Handler<Committed> for InventoryActor {
             self.core.snapshots.publish(self.committed.clone());
         }
         for (effect, conflict) in &notice.refused {
-            if *conflict == Conflict::Fenced(self.info.sku_id) {
-                return self.fail("fenced: another activation owns the sku", ctx);
+            match conflict {
+                Conflict::Fenced(sku_id) if *sku_id == self.info.sku_id => {
+                    return self.fail("fenced: another activation owns the sku", ctx);
+                }
+                Conflict::LeaseMismatch(sku_id, _) if *sku_id == self.info.sku_id => {
+                    return self.fail("a lease in the database is not as this actor holds it", ctx);
+                }
+                _ => {}
             }
             if !self.undo(effect) {
                 return self.fail("a refused effect could not be undone", ctx);

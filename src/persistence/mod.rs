@@ -149,6 +149,10 @@ pub enum Conflict {
     /// The order is not at the status and version the step was made from.
     #[error("order {0} changed since it was read")]
     Stale(OrderId),
+    /// A reservation row is not in the status the change moves it from (or exists already):
+    /// the actor's view of it is stale.
+    #[error("the reservation of order {1} on sku {0} is not as the change expects")]
+    LeaseMismatch(SkuId, OrderId),
     /// A payment reached the commit after its order's deadline.
     #[error("the payment deadline passed before the commit")]
     DeadlinePassed,

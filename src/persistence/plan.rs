@@ -8,7 +8,7 @@
 //! point, and a conflicting change fails alone. The SQL stores and the memory store call this
 //! same function, so they cannot disagree on an edge case.
 
-use super::{Change, Conflict, SkuEffect};
+use super::{Change, Conflict, ReservationStatus, SkuEffect};
 use crate::domain::inventory::Counters;
 use crate::domain::order::OrderStatus;
 use crate::domain::{OrderId, SkuId, UserId};
@@ -32,6 +32,8 @@ pub struct Facts {
     pub keys: HashSet<(UserId, String)>,
     /// `out_trade_no`s stored already.
     pub payments: HashSet<String>,
+    /// The status of every reservation row a change names that exists.
+    pub leases: HashMap<(SkuId, OrderId), ReservationStatus>,
 }
 
 /// The keys a batch must read before it can be decided.
@@ -41,6 +43,7 @@ pub struct Wanted {
     pub orders: Vec<OrderId>,
     pub keys: Vec<(UserId, String)>,
     pub payments: Vec<String>,
+    pub leases: Vec<(SkuId, OrderId)>,
 }
 
 impl Wanted {
@@ -52,7 +55,12 @@ impl Wanted {
             changes.iter().filter_map(|c| c.order.as_ref()).map(|o| (o.user_id, o.idempotency_key.clone())).collect();
         let payments: BTreeSet<String> =
             changes.iter().filter_map(|c| c.payment.as_ref()).map(|p| p.out_trade_no.clone()).collect();
+        let leases: BTreeSet<(SkuId, OrderId)> = changes
+            .iter()
+            .flat_map(|c| c.skus.iter().filter_map(|e| e.lease.as_ref().map(|l| (e.sku_id, l.order_id))))
+            .collect();
         Wanted {
+            leases: leases.into_iter().collect(),
             skus: skus.into_iter().collect(),
             orders: orders.into_iter().collect(),
             keys: keys.into_iter().collect(),
@@ -99,6 +107,11 @@ pub fn decide(changes: &[Change], mut facts: Facts, now_ms: i64) -> Plan {
             if let Some(transition) = &change.transition {
                 facts.orders.insert(transition.order_id, (transition.to, transition.expected_version + 1));
                 transitioned.insert(transition.order_id);
+            }
+            for effect in &change.skus {
+                if let Some(lease) = &effect.lease {
+                    facts.leases.insert((effect.sku_id, lease.order_id), lease.to);
+                }
             }
             for (sku_id, after) in after {
                 let row = facts.skus[sku_id];
@@ -147,6 +160,13 @@ fn check(
     if let Some(payment) = &change.payment {
         if facts.payments.contains(&payment.out_trade_no) {
             return Err(Conflict::DuplicatePayment);
+        }
+    }
+    for effect in &change.skus {
+        if let Some(lease) = &effect.lease {
+            if facts.leases.get(&(effect.sku_id, lease.order_id)).copied() != lease.from {
+                return Err(Conflict::LeaseMismatch(effect.sku_id, lease.order_id));
+            }
         }
     }
     let mut after: Vec<(SkuId, Counters)> = Vec::with_capacity(change.skus.len());
@@ -238,6 +258,33 @@ mod tests {
         assert_eq!(after, Counters { total: 5, available: 0, reserved: 5, sold: 0 });
         assert_eq!(plan.versions()[&sku(1)], 4);
         assert_eq!(plan.accepted(&changes).count(), 3);
+    }
+
+    #[test]
+    fn a_lease_must_be_where_the_change_moves_it_from() {
+        let lease = |from, to| SkuEffect {
+            lease: Some(crate::persistence::LeaseWrite {
+                order_id: OrderId::new(3),
+                quantity: 1,
+                expires_at_ms: 0,
+                from,
+                to,
+            }),
+            delta: CounterDelta::default(),
+            ..reserve(7, 0)
+        };
+        let mut facts = facts(5);
+        facts.leases.insert((sku(1), OrderId::new(3)), ReservationStatus::Released);
+        let change = |effect| Change { skus: vec![effect], ..Change::default() };
+        let changes = vec![
+            change(lease(None, ReservationStatus::Reserved)), // the row exists already
+            change(lease(Some(ReservationStatus::Reserved), ReservationStatus::Confirmed)), // it is released
+            change(lease(Some(ReservationStatus::Released), ReservationStatus::Reserved)),
+            change(lease(Some(ReservationStatus::Reserved), ReservationStatus::Confirmed)), // sees the one before
+        ];
+        let plan = decide(&changes, facts, 0);
+        let mismatch = Err(Conflict::LeaseMismatch(sku(1), OrderId::new(3)));
+        assert_eq!(plan.outcomes, vec![mismatch, mismatch, Ok(()), Ok(())]);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use sqlx::any::{Any, AnyRow};
 use sqlx::query_builder::Separated;
 use sqlx::AnyConnection;
 use sqlx::{AnyPool, QueryBuilder, Row};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Rows per multi-row statement; keeps every statement under SQLite's 32,766 bound parameters.
 const ROWS_PER_STATEMENT_MAX: usize = 512;
@@ -444,6 +444,22 @@ impl SqlStore {
             select.push(lock);
             for row in select.build().fetch_all(&mut *tx).await? {
                 facts.payments.insert(row.try_get("out_trade_no")?);
+            }
+        }
+        let lease_orders: Vec<i64> =
+            wanted.leases.iter().map(|(_, order_id)| order_id.get()).collect::<BTreeSet<_>>().into_iter().collect();
+        for chunk in statements(&lease_orders, ROWS_PER_STATEMENT_MAX) {
+            let mut select = QueryBuilder::<Any>::new(
+                "SELECT sku_id, order_id, status FROM inventory_reservation WHERE order_id IN ",
+            );
+            push_list(&mut select, chunk.iter().copied());
+            select.push(lock);
+            for row in select.build().fetch_all(&mut *tx).await? {
+                let status: String = row.try_get("status")?;
+                let status = ReservationStatus::parse(&status)
+                    .ok_or_else(|| StoreError::Corrupt(format!("reservation status {status}")))?;
+                let key = (SkuId::new(row.try_get("sku_id")?), OrderId::new(row.try_get("order_id")?));
+                facts.leases.insert(key, status);
             }
         }
         Ok(facts)

@@ -15,6 +15,8 @@ pub async fn connect(url: &str, migrate: bool, timeout: Duration) -> anyhow::Res
     let pool = AnyPoolOptions::new()
         .max_connections(POOL_CONNECTIONS_MAX)
         .acquire_timeout(timeout)
+        // An embedded file does not drop connections: no ping before each use.
+        .test_before_acquire(false)
         .after_connect(move |connection, _| {
             Box::pin(async move {
                 // Writers queue on the database lock for up to the timeout, not forever.

@@ -140,6 +140,9 @@ pub enum Conflict {
     /// its stored counters unbalanced: the actor's view is stale.
     #[error("sku {0} is owned elsewhere or its stored stock disagrees")]
     Fenced(SkuId),
+    /// An order with this id exists already (ids are unique snowflakes: a bug or a replay).
+    #[error("order {0} exists already")]
+    DuplicateOrder(OrderId),
     /// The user already has an order under this idempotency key.
     #[error("an order exists under this idempotency key")]
     DuplicateKey,

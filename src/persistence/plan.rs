@@ -26,7 +26,7 @@ pub struct SkuRow {
 #[derive(Debug, Clone, Default)]
 pub struct Facts {
     pub skus: HashMap<SkuId, SkuRow>,
-    /// Status and version of every order a transition names.
+    /// Status and version of every order a transition or a placement names that exists.
     pub orders: HashMap<OrderId, (OrderStatus, i64)>,
     /// `(user, idempotency key)` pairs that have an order already.
     pub keys: HashSet<(UserId, String)>,
@@ -49,8 +49,10 @@ pub struct Wanted {
 impl Wanted {
     pub fn of(changes: &[Change]) -> Wanted {
         let skus: BTreeSet<SkuId> = changes.iter().flat_map(|c| c.skus.iter().map(|e| e.sku_id)).collect();
-        let orders: BTreeSet<OrderId> =
-            changes.iter().filter_map(|c| c.transition.as_ref()).map(|t| t.order_id).collect();
+        let orders: BTreeSet<OrderId> = changes
+            .iter()
+            .flat_map(|c| c.transition.as_ref().map(|t| t.order_id).into_iter().chain(c.order.as_ref().map(|o| o.id)))
+            .collect();
         let keys: BTreeSet<(UserId, String)> =
             changes.iter().filter_map(|c| c.order.as_ref()).map(|o| (o.user_id, o.idempotency_key.clone())).collect();
         let payments: BTreeSet<String> =
@@ -100,6 +102,7 @@ pub fn decide(changes: &[Change], mut facts: Facts, now_ms: i64) -> Plan {
             // From here on the change is accepted: later changes see its effects.
             if let Some(order) = &change.order {
                 facts.keys.insert((order.user_id, order.idempotency_key.clone()));
+                facts.orders.insert(order.id, (order.status, order.version));
             }
             if let Some(payment) = &change.payment {
                 facts.payments.insert(payment.out_trade_no.clone());
@@ -142,6 +145,9 @@ fn check(
         }
     }
     if let Some(order) = &change.order {
+        if facts.orders.contains_key(&order.id) {
+            return Err(Conflict::DuplicateOrder(order.id));
+        }
         if facts.keys.contains(&(order.user_id, order.idempotency_key.clone())) {
             return Err(Conflict::DuplicateKey);
         }

@@ -11,4 +11,5 @@ mod recovery;
 mod redis_resync;
 mod restart;
 mod snapshots;
+mod stores;
 mod validation;

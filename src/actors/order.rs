@@ -15,7 +15,7 @@ use super::inventory::{Settlement, SkuError};
 use super::registry::ActorRef;
 use super::{ask, Core, Refusal, Reply};
 use crate::domain::inventory::InventoryError;
-use crate::domain::order::{InvalidTransition, Order};
+use crate::domain::order::{deadline_passed, InvalidTransition, Order, StockStep};
 use crate::domain::payment::{decide, KnownPayment, PaymentDecision, Refusal as PaymentRefusal};
 use crate::domain::{Cents, OrderEvent, OrderId, OrderStatus, UserId};
 use crate::persistence::group_commit::SubmitError;
@@ -167,7 +167,7 @@ impl Handler<Act> for OrderSession {
             if owner.is_some_and(|owner| owner != order.user_id) {
                 return (Err(LifecycleError::NotFound), Some(order));
             }
-            if event == OrderEvent::Timeout && core.clock.now_ms() <= order.pay_deadline_ms {
+            if event == OrderEvent::Timeout && !deadline_passed(order.pay_deadline_ms, core.clock.now_ms()) {
                 // A deadline that moved or fired early: not due yet, nothing to do.
                 return (Ok(order.clone()), Some(order));
             }
@@ -237,12 +237,10 @@ fn conflict_error(conflict: Conflict) -> LifecycleError {
 /// The stock side of `event` on every SKU of `order`, made in memory by the SKU actors and
 /// returned to be committed with the transition. If one SKU refuses, the others are taken back.
 async fn stock_effects(core: &Arc<Core>, order: &Order, event: OrderEvent) -> Result<Vec<SkuEffect>, LifecycleError> {
-    let from_paid = order.status == OrderStatus::Paid;
-    let settlement = |quantity| match event {
-        OrderEvent::Pay => Some(Settlement::Confirm),
-        OrderEvent::Cancel | OrderEvent::Timeout => Some(Settlement::Release),
-        OrderEvent::Refund if from_paid => Some(Settlement::Return { quantity }),
-        OrderEvent::Refund | OrderEvent::Finish => None,
+    let settlement = |quantity| match event.stock_step(order.status)? {
+        StockStep::Confirm => Some(Settlement::Confirm),
+        StockStep::Release => Some(Settlement::Release),
+        StockStep::Return => Some(Settlement::Return { quantity }),
     };
     let asks = order.items.iter().filter_map(|item| {
         settlement(item.quantity).map(|s| async move { (item.sku_id, core.settle(item.sku_id, order.id, s).await) })

@@ -115,6 +115,35 @@ impl OrderStatus {
     }
 }
 
+/// What an order step does to the units of each of its lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StockStep {
+    /// Paid: the held units are sold.
+    Confirm,
+    /// Closed: the held units go back on the shelf.
+    Release,
+    /// Refunded before delivery: the sold units go back on the shelf.
+    Return,
+}
+
+impl OrderEvent {
+    /// The stock side of this event for an order in status `from`; `None` when the units
+    /// stay as they are (finished, or refunded after delivery).
+    pub const fn stock_step(self, from: OrderStatus) -> Option<StockStep> {
+        match (self, from) {
+            (OrderEvent::Pay, _) => Some(StockStep::Confirm),
+            (OrderEvent::Cancel | OrderEvent::Timeout, _) => Some(StockStep::Release),
+            (OrderEvent::Refund, OrderStatus::Paid) => Some(StockStep::Return),
+            (OrderEvent::Refund | OrderEvent::Finish, _) => None,
+        }
+    }
+}
+
+/// Whether a payment deadline has passed at `now_ms`; its own millisecond is still in time.
+pub const fn deadline_passed(deadline_ms: i64, now_ms: i64) -> bool {
+    now_ms > deadline_ms
+}
+
 impl fmt::Display for OrderStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -365,6 +394,27 @@ mod tests {
         for (from, to, allowed) in table {
             assert_eq!(from.can_become(to), allowed, "{from} -> {to}");
         }
+    }
+
+    #[test]
+    fn each_step_moves_stock_as_the_table_says() {
+        use OrderEvent::*;
+        use OrderStatus::*;
+        // (event, from) -> stock step, for every transition the state machine allows.
+        let cases = [
+            (Pay, PendingPayment, Some(StockStep::Confirm)),
+            (Cancel, PendingPayment, Some(StockStep::Release)),
+            (Timeout, PendingPayment, Some(StockStep::Release)),
+            (Finish, Paid, None),
+            (Refund, Paid, Some(StockStep::Return)),
+            (Refund, Finished, None),
+        ];
+        for (event, from, step) in cases {
+            assert!(from.apply(event).is_ok(), "{event:?} from {from:?}");
+            assert_eq!(event.stock_step(from), step, "{event:?} from {from:?}");
+        }
+        assert!(!deadline_passed(1_000, 1_000));
+        assert!(deadline_passed(1_000, 1_001));
     }
 
     #[test]

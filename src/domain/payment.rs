@@ -7,7 +7,7 @@
 //! commit time (`OrderTransition::pay_by_ms`): the later check is the one that decides.
 
 use super::money::Cents;
-use super::order::{Order, OrderStatus};
+use super::order::{deadline_passed, Order, OrderStatus};
 
 /// A payment already stored under the same `out_trade_no`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +66,9 @@ pub fn decide(order: &Order, known: Option<KnownPayment>, amount_cents: Cents, n
         return PaymentDecision::Refuse(Refusal::AmountMismatch { expected: order.pay_cents, received: amount_cents });
     }
     match order.status {
-        OrderStatus::PendingPayment if now_ms > order.pay_deadline_ms => PaymentDecision::CloseAndKeepForRefund,
+        OrderStatus::PendingPayment if deadline_passed(order.pay_deadline_ms, now_ms) => {
+            PaymentDecision::CloseAndKeepForRefund
+        }
         OrderStatus::PendingPayment => PaymentDecision::Pay,
         status => PaymentDecision::KeepForRefund(closed_or_paid(status)),
     }

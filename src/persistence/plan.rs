@@ -10,7 +10,7 @@
 
 use super::{Change, Conflict, ReservationStatus, SkuEffect};
 use crate::domain::inventory::Counters;
-use crate::domain::order::OrderStatus;
+use crate::domain::order::{deadline_passed, OrderStatus};
 use crate::domain::{OrderId, SkuId, UserId};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -159,7 +159,7 @@ fn check(
         if !current || transitioned.contains(&transition.order_id) {
             return Err(Conflict::Stale(transition.order_id));
         }
-        if transition.pay_by_ms.is_some_and(|deadline_ms| now_ms > deadline_ms) {
+        if transition.pay_by_ms.is_some_and(|deadline_ms| deadline_passed(deadline_ms, now_ms)) {
             return Err(Conflict::DeadlinePassed);
         }
     }

@@ -139,7 +139,7 @@ enum KeyState {
 pub struct UserActor {
     user_id: UserId,
     keys: HashMap<String, KeyState>,
-    /// Keys oldest first, for eviction; may name keys evicted already.
+    /// The keys of `keys`, oldest first, for eviction.
     recency: VecDeque<String>,
     last_active: Instant,
     core: Arc<Core>,
@@ -167,18 +167,19 @@ impl UserActor {
         while self.keys.len() > limits.user_keys_max
             || (self.core.user_keys_held.load(Ordering::Relaxed) > limits.user_keys_total_max && self.keys.len() > 1)
         {
-            let Some(oldest) = self.recency.pop_front() else { break };
-            if matches!(self.keys.get(&oldest), Some(KeyState::InFlight { .. })) {
-                self.recency.push_back(oldest);
-                break;
-            }
+            // The oldest settled key goes; keys in flight stay (bounded by the mailbox).
+            let settled = self.recency.iter().find(|k| !matches!(self.keys.get(*k), Some(KeyState::InFlight { .. })));
+            let Some(oldest) = settled.cloned() else { break };
             self.forget(&oldest);
         }
+        debug_assert_eq!(self.keys.len(), self.recency.len());
     }
 
+    /// Drops a key from memory (the database still has its order, if any).
     fn forget(&mut self, key: &str) {
         if self.keys.remove(key).is_some() {
             self.core.user_keys_held.fetch_sub(1, Ordering::Relaxed);
+            self.recency.retain(|held| held != key);
         }
     }
 
@@ -230,8 +231,8 @@ impl UserActor {
         let waiters = match settled {
             Some(state) => std::mem::replace(slot, state),
             None => {
-                let state = self.keys.remove(key.as_str()).expect("just found");
-                self.core.user_keys_held.fetch_sub(1, Ordering::Relaxed);
+                let state = std::mem::replace(slot, KeyState::Uncertain);
+                self.forget(key.as_str());
                 state
             }
         };

@@ -94,6 +94,7 @@ async fn run(args: Args, url: &str) -> anyhow::Result<()> {
             name: "seat".into(),
             price_cents: Cents::new(990),
             total: per_sku,
+            sale: Default::default(),
             created_at_ms: 0,
         };
         store.create_sku(&sku).await?;

@@ -19,9 +19,12 @@ use super::registry::ActorRef;
 use super::{ask, ActorLimits, Core, Refusal, Reply};
 use crate::domain::inventory::{InventoryError, Ledger, Quantity, Reservation};
 use crate::domain::lease::CounterDelta;
-use crate::domain::{OrderId, SkuId};
+use crate::domain::sale::{Sale, SaleError, SalePatch, SaleRuleError};
+use crate::domain::{Cents, OrderId, SkuId};
 use crate::persistence::redis::SkuSnapshot;
-use crate::persistence::{Conflict, LeaseWrite, ReservationStatus, SkuEffect, SkuInfo, SkuState, StoreError};
+use crate::persistence::{
+    Change, Conflict, LeaseWrite, ReservationStatus, SaleWrite, SkuEffect, SkuInfo, SkuState, StoreError,
+};
 use actix::prelude::*;
 use std::sync::Arc;
 use std::time::Instant;
@@ -32,6 +35,11 @@ pub enum SkuError {
     NotFound(SkuId),
     #[error(transparent)]
     Inventory(#[from] InventoryError),
+    /// Outside the SKU's sale window.
+    #[error(transparent)]
+    Sale(#[from] SaleError),
+    #[error(transparent)]
+    InvalidSale(#[from] SaleRuleError),
     #[error("sku is overloaded; retry shortly")]
     Overloaded,
     #[error("sku is unavailable: {0}")]
@@ -59,6 +67,8 @@ impl From<StoreError> for SkuError {
 #[derive(Debug, Clone)]
 pub struct Grant {
     pub info: SkuInfo,
+    /// The unit price at the moment of the reservation (the sale's, inside its window).
+    pub unit_price_cents: Cents,
     pub effect: SkuEffect,
 }
 
@@ -98,6 +108,16 @@ pub struct Settle {
     pub order_id: OrderId,
     pub settlement: Settlement,
     pub reply: Reply<SkuEffect, SkuError>,
+}
+
+/// Changes the SKU's sale; answers with the committed state once it is written. The actor
+/// serves nothing else meanwhile, so no reservation is granted under a sale that has been
+/// replaced.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct UpdateSale {
+    pub patch: SalePatch,
+    pub reply: Reply<SkuSnapshot, SkuError>,
 }
 
 /// Adds units; answers with the effect to commit.
@@ -244,8 +264,12 @@ impl Handler<Reserve> for InventoryActor {
             from: None,
             to: ReservationStatus::Reserved,
         };
-        let result = self.change(Some(lease), |ledger| ledger.reserve(order_id, quantity, expires_at_ms));
-        if let Err(Ok(unclaimed)) = reply.send(result.map(|effect| Grant { info: self.info.clone(), effect })) {
+        let price = self.info.sale.price_at(self.info.price_cents, self.core.clock.now_ms());
+        let result = price.map_err(SkuError::from).and_then(|unit_price_cents| {
+            let effect = self.change(Some(lease), |ledger| ledger.reserve(order_id, quantity, expires_at_ms))?;
+            Ok(Grant { info: self.info.clone(), unit_price_cents, effect })
+        });
+        if let Err(Ok(unclaimed)) = reply.send(result) {
             self.take_back(&unclaimed.effect, ctx);
         }
     }
@@ -318,6 +342,54 @@ impl Handler<Restock> for InventoryActor {
     }
 }
 
+impl Handler<UpdateSale> for InventoryActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: UpdateSale, ctx: &mut Self::Context) {
+        self.last_active = Instant::now();
+        let UpdateSale { patch, reply } = msg;
+        let sale = match self.info.sale.patch(&patch) {
+            Ok(sale) => sale,
+            Err(error) => return drop(reply.send(Err(error.into()))),
+        };
+        if self.failed {
+            return drop(reply.send(Err(SkuError::Unavailable("sku actor is stopping".into()))));
+        }
+        let write = SaleWrite { sku_id: self.info.sku_id, epoch: self.epoch, sale };
+        let core = Arc::clone(&self.core);
+        let submitted = async move { core.journal.submit(Change { sale: Some(write), ..Change::default() }).await };
+        ctx.wait(submitted.into_actor(self).map(move |outcome, actor, ctx| {
+            let answer = match outcome {
+                Ok(Ok(())) => {
+                    actor.set_sale(sale);
+                    Ok(actor.committed.clone())
+                }
+                Ok(Err(conflict)) => {
+                    actor.fail("fenced while changing the sale", ctx);
+                    Err(SkuError::Unavailable(conflict.to_string()))
+                }
+                Err(error) => {
+                    // Perhaps written: the next activation reads whichever sale is stored.
+                    if !error.never_queued() {
+                        actor.fail("a sale change's outcome is unknown", ctx);
+                    }
+                    Err(SkuError::Unavailable(error.to_string()))
+                }
+            };
+            let _ = reply.send(answer);
+        }));
+    }
+}
+
+impl InventoryActor {
+    /// Serves `sale` from now on (it is committed).
+    fn set_sale(&mut self, sale: Sale) {
+        self.info.sale = sale;
+        self.committed.sale = sale;
+        self.core.snapshots.publish(self.committed.clone());
+    }
+}
+
 impl Handler<GetSnapshot> for InventoryActor {
     type Result = ();
 
@@ -376,6 +448,7 @@ fn start(core: &Arc<Core>, state: SkuState) -> Result<Addr<InventoryActor>, SkuE
         price_cents: state.info.price_cents,
         counters: state.counters,
         version: state.version,
+        sale: state.info.sale,
     };
     let actor = InventoryActor {
         info: state.info,
@@ -491,6 +564,11 @@ impl Core {
         // Asked after the commit: the actor has its notice by then (the pipeline sends notices
         // before it answers the batch's callers).
         self.ask_sku(sku_id, |reply| GetSnapshot { reply }).await
+    }
+
+    /// Changes a SKU's sale (see `UpdateSale`) and answers with its committed state.
+    pub async fn update_sale(self: &Arc<Self>, sku_id: SkuId, patch: SalePatch) -> Result<SkuSnapshot, SkuError> {
+        self.ask_sku(sku_id, |reply| UpdateSale { patch, reply }).await
     }
 
     /// The committed state of a SKU: from the snapshot cache, else from its actor (activated

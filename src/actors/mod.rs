@@ -6,6 +6,7 @@
 //! `Core` is the facade the HTTP layer talks to (commands and queries) and what the actors
 //! share. Actors run on dedicated arbiters (threads), apart from the HTTP workers, by key.
 
+pub mod coupon;
 pub mod inventory;
 pub mod journal;
 pub mod order;
@@ -15,12 +16,16 @@ pub mod timer;
 pub mod user;
 
 use crate::domain::clock::{DynClock, SystemClock};
+use crate::domain::coupon::{Coupon, CouponStatus, CouponView, TemplateDraft};
 use crate::domain::order::Order;
 use crate::domain::sku::SkuDraft;
+use crate::domain::TemplateId;
 use crate::domain::{OrderId, OrderStatus, SkuId, Snowflake, UserId};
 use crate::persistence::group_commit::{BatchLimits, Batcher};
 use crate::persistence::redis::{SkuSnapshot, Snapshots};
-use crate::persistence::{Change, Conflict, DynStore, NewSku, RecentKey, SkuState, StoreError};
+use crate::persistence::{
+    Change, Conflict, DynStore, NewSku, NewTemplate, SkuState, StoreError, TemplateState, UserState,
+};
 use actix::dev::ToEnvelope;
 use actix::prelude::*;
 use dashmap::DashSet;
@@ -156,12 +161,15 @@ pub struct Core {
     skus: Registry<SkuId, inventory::InventoryActor>,
     users: Registry<UserId, user::UserActor>,
     orders: Registry<OrderId, order::OrderSession>,
+    templates: Registry<TemplateId, coupon::TemplateActor>,
     /// The node's one write pipeline.
     journal: Batcher<Change, Result<(), Conflict>>,
     /// SKU activations of the same moment share one read.
     sku_loader: Batcher<SkuId, Option<SkuState>>,
     /// User activations of the same moment share one read.
-    user_loader: Batcher<UserId, Vec<RecentKey>>,
+    user_loader: Batcher<UserId, UserState>,
+    /// Template activations of the same moment share one read.
+    template_loader: Batcher<TemplateId, Option<TemplateState>>,
     /// SKU ids that do not exist, so a flood of them does not reach the database.
     unknown_skus: DashSet<SkuId>,
     /// Idempotency-Keys held by all user actors.
@@ -175,6 +183,9 @@ pub struct Core {
     /// Payment deadlines of pending orders.
     timer: timer::DeadlineTimer,
 }
+
+/// The most coupons of one user a listing reads.
+pub const COUPONS_READ_MAX: u32 = 1_000;
 
 /// Unknown SKU ids remembered at most; past it the set starts over.
 pub const UNKNOWN_SKUS_MAX: usize = 100_000;
@@ -219,13 +230,21 @@ impl Core {
                 &store,
                 loads,
                 limits.database_timeout,
-                move |store, ids: Vec<UserId>| async move { store.recent_keys(&ids, limits.user_keys_max).await },
+                move |store, ids: Vec<UserId>| async move { store.load_users(&ids, limits.user_keys_max).await },
+            ),
+            template_loader: loader(
+                "template_activations",
+                &store,
+                loads,
+                limits.database_timeout,
+                |store, ids: Vec<TemplateId>| async move { store.load_templates(&ids).await },
             ),
             store,
             snapshots,
             skus: Registry::default(),
             users: Registry::default(),
             orders: Registry::default(),
+            templates: Registry::default(),
             unknown_skus: DashSet::new(),
             user_keys_held: AtomicUsize::new(0),
             arbiters: ArbiterPool::start(arbiter_count),
@@ -273,12 +292,46 @@ impl Core {
             name: draft.name,
             price_cents: draft.price_cents,
             total: draft.stock,
+            sale: draft.sale,
             created_at_ms: self.clock.now_ms(),
         };
         self.bounded(self.store.create_sku(&sku)).await?;
         self.unknown_skus.remove(&sku.sku_id);
         tracing::info!(sku_id = %sku.sku_id, stock = sku.total, "sku created");
         self.sku_snapshot(sku.sku_id).await
+    }
+
+    /// Creates a coupon template and answers with it as stored.
+    pub async fn create_template(self: &Arc<Self>, draft: TemplateDraft) -> Result<TemplateState, StoreError> {
+        let template = NewTemplate { id: TemplateId::new(self.next_id()), draft, created_at_ms: self.clock.now_ms() };
+        self.bounded(self.store.create_template(&template)).await?;
+        tracing::info!(template_id = %template.id, total = template.draft.total, "coupon template created");
+        Ok(TemplateState { id: template.id, draft: template.draft, issued: 0 })
+    }
+
+    /// A user's coupons as the user sees them (`view`: only those), newest first, at most
+    /// `limit`. Expired is an unused coupon past its validity, decided at `now`.
+    pub async fn list_coupons(
+        &self,
+        user_id: UserId,
+        view: Option<CouponView>,
+        limit: u32,
+    ) -> Result<Vec<(Coupon, CouponView)>, StoreError> {
+        let stored = view.map(|view| match view {
+            CouponView::Unused | CouponView::Expired => CouponStatus::Unused,
+            CouponView::Locked => CouponStatus::Locked,
+            CouponView::Used => CouponStatus::Used,
+        });
+        // Unused and expired share a stored status and are told apart here, by the domain's
+        // rule, so the read is wider than the page.
+        let coupons = self.bounded(self.store.list_coupons(user_id, stored, COUPONS_READ_MAX)).await?;
+        let now_ms = self.clock.now_ms();
+        Ok(coupons
+            .into_iter()
+            .map(|coupon| (coupon, CouponView::of(coupon.status, coupon.valid_until_ms, now_ms)))
+            .filter(|(_, seen)| view.is_none_or(|wanted| *seen == wanted))
+            .take(limit as usize)
+            .collect())
     }
 
     /// An order as stored.

@@ -19,7 +19,9 @@ use crate::domain::order::{deadline_passed, InvalidTransition, Order, StockStep}
 use crate::domain::payment::{decide, KnownPayment, PaymentDecision, Refusal as PaymentRefusal};
 use crate::domain::{Cents, OrderEvent, OrderId, OrderStatus, UserId};
 use crate::persistence::group_commit::SubmitError;
-use crate::persistence::{Change, Conflict, OrderTransition, Payment, PaymentStatus, SkuEffect, StoreError};
+use crate::persistence::{
+    Change, Conflict, CouponMove, OrderTransition, Payment, PaymentStatus, PurchaseWrite, SkuEffect, StoreError,
+};
 use actix::prelude::*;
 use std::sync::Arc;
 use std::time::Instant;
@@ -196,12 +198,21 @@ async fn step(core: &Arc<Core>, order: Order, event: OrderEvent, payment: Option
         pay_by_ms: (event == OrderEvent::Pay).then_some(order.pay_deadline_ms),
         refund_payment: event == OrderEvent::Refund,
     };
-    let change = Change { transition: Some(transition), payment, skus: effects.clone(), ..Change::default() };
+    let (purchases, coupon) = promotion_effects(&order, event);
+    let change = Change {
+        transition: Some(transition),
+        payment,
+        skus: effects.clone(),
+        purchases: purchases.clone(),
+        coupon,
+        ..Change::default()
+    };
     match core.journal.submit(change).await {
         Ok(Ok(())) => {
             if order.status == OrderStatus::PendingPayment {
                 core.timer.forget(order.id).await;
             }
+            core.order_settled(order.user_id, &purchases, coupon);
             tracing::info!(order_id = %order.id, from = %order.status, to = %to, "order transition");
             let next = Order { status: to, version: order.version + 1, ..order };
             (Ok(next.clone()), Some(next))
@@ -222,6 +233,29 @@ async fn step(core: &Arc<Core>, order: Order, event: OrderEvent, payment: Option
             (Err(LifecycleError::Unavailable(error.to_string())), None)
         }
     }
+}
+
+/// What `event` does to the buyer's promotions, committed with the step: the units of limited
+/// SKUs go back to the allowance when the order's units go back on the shelf, and the coupon
+/// takes the event's step.
+fn promotion_effects(order: &Order, event: OrderEvent) -> (Vec<PurchaseWrite>, Option<CouponMove>) {
+    let purchases = if event.returns_allowance(order.status) {
+        let counted = order.items.iter().filter(|item| item.limit_counted);
+        counted
+            .map(|item| PurchaseWrite {
+                user_id: order.user_id,
+                sku_id: item.sku_id,
+                units: -item.quantity,
+                limit: None,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let coupon = order.coupon_id.and_then(|coupon_id| {
+        event.coupon_step(order.id).map(|step| CouponMove { coupon_id, user_id: order.user_id, step })
+    });
+    (purchases, coupon)
 }
 
 /// Conflicts a step reports to the caller as they are (`DeadlinePassed` and `DuplicatePayment`

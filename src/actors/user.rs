@@ -1,6 +1,17 @@
-//! The user actor: one per user, the serializer of what belongs to one user. Today that is the
-//! user's recent Idempotency-Keys and the placements in flight under them; per-user purchase
-//! limits, the coupon wallet and learning progress join it here.
+//! The user actor: one per user, the serializer of what belongs to one user: the user's recent
+//! Idempotency-Keys and the placements in flight under them, the units bought of SKUs with a
+//! per-user limit, and the coupon wallet (claims, and coupons locked to orders). Learning
+//! progress joins it here.
+//!
+//! Limits and coupons are held in memory before anything is written: a placement holds its
+//! limited units (`HoldUnits`, after the SKU actors granted the stock, so it knows the limits)
+//! and its coupon (locked at once, before the saga starts), and a claim holds the user's next
+//! coupon number of the template; one claim per template runs at a time, the others queue.
+//! What a commit refuses is given back; what a commit may or may not have written marks the
+//! actor stale, and a stale actor stops as soon as nothing is in flight, so the next request
+//! reloads the truth. The commit checks the same limits against the database (the
+//! `(user_id, sku_id)` purchase row, the coupon row, the unique `(user, template, seq)` key):
+//! a stale actor can refuse too much, never allow too much.
 //!
 //! A placement with a key the actor knows is answered from memory: the same order again for a
 //! retry of a placed key (`Placed::Replayed`), the leader's outcome for concurrent retries of a
@@ -13,13 +24,17 @@
 //! all users together at most `user_keys_total_max`; an older key is still answered correctly,
 //! by the database's unique key `(user_id, idempotency_key)`, the last line of defence.
 
+use super::coupon::{ClaimFailure, IssueSettled};
 use super::inventory::{Grant, SkuError};
+use super::registry::ActorRef;
 use super::{ask, Core, Refusal, Reply};
+use crate::domain::coupon::{ClaimError, Coupon, CouponRules, CouponStep, DiscountError};
 use crate::domain::inventory::InventoryError;
 use crate::domain::order::{NewOrderHeader, Order, OrderError, PlaceOrder};
-use crate::domain::{Cents, IdempotencyKey, OrderId, OrderLine, SkuId, UserId};
+use crate::domain::sale::{check_allowance, SaleError};
+use crate::domain::{Cents, CouponId, IdempotencyKey, OrderId, OrderLine, SkuId, TemplateId, UserId};
 use crate::persistence::group_commit::SubmitError;
-use crate::persistence::{Change, Conflict, RecentKey, StoreError};
+use crate::persistence::{Change, Conflict, CouponMove, PurchaseWrite, StoreError, UserState};
 use actix::prelude::*;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -32,6 +47,16 @@ pub enum PlaceError {
     SkuNotFound(SkuId),
     #[error("sku {sku_id}: only {available} units available, {requested} requested")]
     InsufficientStock { sku_id: SkuId, available: i64, requested: i64 },
+    #[error("the sale of sku {0} has not started")]
+    SaleNotStarted(SkuId),
+    #[error("the sale of sku {0} has ended")]
+    SaleEnded(SkuId),
+    #[error("sku {sku_id} is limited to {limit} units per buyer")]
+    PurchaseLimitReached { sku_id: SkuId, limit: i64 },
+    #[error("the coupon is not available")]
+    CouponUnavailable,
+    #[error(transparent)]
+    CouponMinSpendNotMet(#[from] DiscountError),
     #[error("the same Idempotency-Key was used for a different order")]
     KeyReused,
     #[error(transparent)]
@@ -52,11 +77,14 @@ impl PlaceError {
         match self {
             PlaceError::Invalid(_) => 0,
             PlaceError::SkuNotFound(_) => 1,
-            PlaceError::InsufficientStock { .. } => 2,
-            PlaceError::KeyReused => 3,
-            PlaceError::Overloaded => 4,
-            PlaceError::Unavailable(_) => 5,
-            PlaceError::Uncertain(_) => 6,
+            PlaceError::SaleNotStarted(_) | PlaceError::SaleEnded(_) => 2,
+            PlaceError::InsufficientStock { .. } => 3,
+            PlaceError::PurchaseLimitReached { .. } => 4,
+            PlaceError::CouponUnavailable | PlaceError::CouponMinSpendNotMet(_) => 5,
+            PlaceError::KeyReused => 6,
+            PlaceError::Overloaded => 7,
+            PlaceError::Unavailable(_) => 8,
+            PlaceError::Uncertain(_) => 9,
         }
     }
 
@@ -67,6 +95,9 @@ impl PlaceError {
                 PlaceError::InsufficientStock { sku_id, available, requested }
             }
             SkuError::Inventory(other) => PlaceError::Unavailable(other.to_string()),
+            SkuError::Sale(SaleError::NotStarted { .. }) => PlaceError::SaleNotStarted(sku_id),
+            SkuError::Sale(SaleError::Ended { .. }) => PlaceError::SaleEnded(sku_id),
+            SkuError::InvalidSale(other) => PlaceError::Unavailable(other.to_string()),
             SkuError::Overloaded => PlaceError::Overloaded,
             SkuError::Unavailable(reason) => PlaceError::Unavailable(reason),
         }
@@ -115,7 +146,8 @@ pub fn replay(order: Order, request_hash: &str) -> Result<Placed, PlaceError> {
     }
 }
 
-/// Retries of one key that wait for its placement in flight; past it they get 503.
+/// Retries of one key that wait for its placement in flight, and claims of one template that
+/// wait for the claim in flight; past it they get 503.
 pub const WAITERS_PER_KEY_MAX: usize = 64;
 
 /// Place an order under an Idempotency-Key.
@@ -127,6 +159,31 @@ pub struct Place {
     pub reply: Reply<Placed, PlaceError>,
 }
 
+/// Hold units of limited SKUs for a placement in flight: `(sku, units, limit)` per line. All or
+/// nothing: if one line would pass its limit, none is held.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct HoldUnits {
+    pub lines: Vec<(SkuId, i64, i64)>,
+    pub reply: Reply<(), PlaceError>,
+}
+
+/// Claim a coupon of a template.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Claim {
+    pub template_id: TemplateId,
+    pub reply: Reply<Coupon, ClaimFailure>,
+}
+
+/// An order step of this user committed: units back to the allowance, a coupon step.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct OrderSettled {
+    pub returned: Vec<(SkuId, i64)>,
+    pub coupon: Option<(CouponId, CouponStep)>,
+}
+
 enum KeyState {
     /// A placement under this key is running; concurrent retries wait for its outcome.
     InFlight { request_hash: String, waiters: Vec<Reply<Placed, PlaceError>> },
@@ -136,21 +193,49 @@ enum KeyState {
     Uncertain,
 }
 
+/// How a placement saga ended, with what it held that its end must settle.
+pub(crate) struct PlaceOutcome {
+    pub result: Result<Placed, PlaceError>,
+    /// Units held by `HoldUnits`.
+    pub held: Vec<(SkuId, i64)>,
+}
+
 pub struct UserActor {
     user_id: UserId,
     keys: HashMap<String, KeyState>,
     /// The keys of `keys`, oldest first, for eviction.
     recency: VecDeque<String>,
+    /// Units held of each limited SKU: committed, plus held by placements in flight.
+    purchases: HashMap<SkuId, i64>,
+    /// The user's coupons as committed, or locked by a placement in flight.
+    wallet: HashMap<CouponId, Coupon>,
+    /// The user's coupon count per template (the highest `seq`), claims in flight included.
+    claims: HashMap<TemplateId, i64>,
+    /// Per template with a claim in flight: the claims waiting for it.
+    claim_queue: HashMap<TemplateId, VecDeque<Reply<Coupon, ClaimFailure>>>,
+    /// An outcome was unknown: memory may be behind the database. Stops when nothing is in
+    /// flight.
+    stale: bool,
     last_active: Instant,
     core: Arc<Core>,
 }
 
 impl UserActor {
-    fn new(core: Arc<Core>, user_id: UserId, recent: Vec<RecentKey>) -> Self {
-        let mut actor =
-            UserActor { user_id, keys: HashMap::new(), recency: VecDeque::new(), last_active: Instant::now(), core };
+    fn new(core: Arc<Core>, user_id: UserId, state: UserState) -> Self {
+        let mut actor = UserActor {
+            user_id,
+            keys: HashMap::new(),
+            recency: VecDeque::new(),
+            purchases: state.purchases.into_iter().collect(),
+            wallet: state.coupons.into_iter().map(|coupon| (coupon.id, coupon)).collect(),
+            claims: state.claims.into_iter().collect(),
+            claim_queue: HashMap::new(),
+            stale: false,
+            last_active: Instant::now(),
+            core,
+        };
         // Newest first from the store: remember oldest first.
-        for key in recent.into_iter().rev() {
+        for key in state.recent.into_iter().rev() {
             let state = KeyState::Placed { order_id: key.order_id, request_hash: key.request_hash, order: None };
             actor.remember(key.idempotency_key, state);
         }
@@ -183,7 +268,8 @@ impl UserActor {
         }
     }
 
-    /// Starts the placement saga for a key with no known outcome.
+    /// Starts the placement saga for a key with no known outcome. The coupon, if any, is
+    /// locked in memory first: two placements with one coupon never both run.
     fn begin(
         &mut self,
         key: IdempotencyKey,
@@ -192,23 +278,82 @@ impl UserActor {
         reply: Reply<Placed, PlaceError>,
         ctx: &mut Context<Self>,
     ) {
+        let order_id = OrderId::new(self.core.next_id());
+        let coupon = match request.coupon_id {
+            None => None,
+            Some(coupon_id) => match self.lock_coupon(coupon_id, order_id) {
+                Some(coupon) => Some(coupon),
+                None => return drop(reply.send(Err(PlaceError::CouponUnavailable))),
+            },
+        };
         let request_hash = request.fingerprint();
         let in_flight = KeyState::InFlight { request_hash: request_hash.clone(), waiters: Vec::new() };
         self.remember(key.as_str().to_owned(), in_flight);
         let core = Arc::clone(&self.core);
-        let user_id = self.user_id;
+        let (user_id, me) = (self.user_id, ctx.address());
         let saga_key = key.clone();
         let saga = async move {
             if look_up_first {
-                match core.bounded(core.store.find_order_by_key(user_id, saga_key.as_str())).await {
-                    Ok(Some(existing)) => return replay(existing, &request_hash),
-                    Ok(None) => {}
-                    Err(error) => return Err(PlaceError::Uncertain(error.to_string())),
+                let found = core.bounded(core.store.find_order_by_key(user_id, saga_key.as_str())).await;
+                let result = match found {
+                    Ok(Some(existing)) => Some(replay(existing, &request_hash)),
+                    Ok(None) => None,
+                    Err(error) => Some(Err(PlaceError::Uncertain(error.to_string()))),
+                };
+                if let Some(result) = result {
+                    return PlaceOutcome { result, held: Vec::new() };
                 }
             }
-            core.place_new(user_id, saga_key, request).await
+            core.place_new(me, user_id, order_id, saga_key, request, coupon).await
         };
-        ctx.spawn(saga.into_actor(self).map(move |result, actor, _ctx| actor.finish(key, result, reply)));
+        ctx.spawn(saga.into_actor(self).map(move |outcome, actor, _ctx| {
+            actor.settle_holds(&outcome, order_id, coupon.map(|c| c.id));
+            actor.finish(key, outcome.result, reply)
+        }));
+    }
+
+    /// Locks a coupon of the wallet to `order_id` in memory; `None` when it is not the user's
+    /// or cannot be locked (used, locked, expired).
+    fn lock_coupon(&mut self, coupon_id: CouponId, order_id: OrderId) -> Option<Coupon> {
+        let held = self.wallet.get(&coupon_id)?;
+        let locked = held.apply(CouponStep::Lock(order_id), self.user_id, self.core.clock.now_ms()).ok()??;
+        self.wallet.insert(coupon_id, locked);
+        Some(locked)
+    }
+
+    /// Settles what a placement held: kept when its order committed, kept (and the actor
+    /// marked stale) when that is unknown, given back otherwise.
+    fn settle_holds(&mut self, outcome: &PlaceOutcome, order_id: OrderId, coupon_id: Option<CouponId>) {
+        let placed_here = matches!(&outcome.result, Ok(Placed::Created(order)) if order.id == order_id);
+        if placed_here {
+            return;
+        }
+        if matches!(outcome.result, Err(PlaceError::Uncertain(_))) {
+            self.stale = true;
+            return;
+        }
+        for (sku_id, units) in &outcome.held {
+            self.give_back_units(*sku_id, *units);
+        }
+        let Some(coupon_id) = coupon_id else { return };
+        if matches!(outcome.result, Err(PlaceError::CouponUnavailable)) {
+            // The database refused the lock: this wallet's view of the coupon is wrong.
+            self.wallet.remove(&coupon_id);
+            return;
+        }
+        if let Some(coupon) = self.wallet.get(&coupon_id) {
+            let released = coupon.apply(CouponStep::Release(order_id), self.user_id, self.core.clock.now_ms());
+            match released {
+                Ok(Some(released)) => drop(self.wallet.insert(coupon_id, released)),
+                _ => unreachable!("only this placement locked the coupon to its order"),
+            }
+        }
+    }
+
+    fn give_back_units(&mut self, sku_id: SkuId, units: i64) {
+        let held = self.purchases.entry(sku_id).or_insert(0);
+        // Memory may be behind the database (stale): never below zero.
+        *held = (*held - units).max(0);
     }
 
     /// Records a placement's outcome and answers its leader and everyone who waited on it.
@@ -243,12 +388,44 @@ impl UserActor {
         let _ = reply.send(result);
     }
 
-    /// Stops the actor when it has had nothing to do for the idle timeout and nothing is in
-    /// flight.
+    /// Starts a claim on `template_id` as the user's next coupon of it.
+    fn start_claim(&mut self, template_id: TemplateId, reply: Reply<Coupon, ClaimFailure>, ctx: &mut Context<Self>) {
+        let seq = self.claims.get(&template_id).copied().unwrap_or(0) + 1;
+        self.claim_queue.entry(template_id).or_default();
+        let core = Arc::clone(&self.core);
+        let user_id = self.user_id;
+        let claim = async move { core.claim(user_id, template_id, seq).await };
+        ctx.spawn(claim.into_actor(self).map(move |result, actor, ctx| {
+            actor.last_active = Instant::now();
+            match &result {
+                Ok(coupon) => {
+                    actor.claims.insert(template_id, seq);
+                    actor.wallet.insert(coupon.id, *coupon);
+                }
+                // The database disagrees with this actor's count, or may have written it.
+                Err(ClaimFailure::Refused(ClaimError::LimitReached)) | Err(ClaimFailure::Uncertain(_)) => {
+                    actor.stale = true;
+                }
+                Err(_) => {}
+            }
+            let _ = reply.send(result);
+            let next = actor.claim_queue.get_mut(&template_id).and_then(VecDeque::pop_front);
+            match next {
+                Some(waiter) => actor.start_claim(template_id, waiter, ctx),
+                None => drop(actor.claim_queue.remove(&template_id)),
+            }
+        }));
+    }
+
+    fn busy(&self) -> bool {
+        !self.claim_queue.is_empty() || self.keys.values().any(|state| matches!(state, KeyState::InFlight { .. }))
+    }
+
+    /// Stops the actor when it has had nothing to do for the idle timeout, or is stale, and
+    /// nothing is in flight.
     fn tick(&mut self, ctx: &mut Context<Self>) {
         let idle = self.last_active.elapsed() >= self.core.limits.idle_timeout;
-        let busy = self.keys.values().any(|state| matches!(state, KeyState::InFlight { .. }));
-        if idle && !busy {
+        if (idle || self.stale) && !self.busy() {
             ctx.stop();
         }
     }
@@ -316,8 +493,79 @@ impl Handler<Place> for UserActor {
     }
 }
 
-/// The placement side of `Core`.
+impl Handler<HoldUnits> for UserActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: HoldUnits, _ctx: &mut Self::Context) {
+        let HoldUnits { lines, reply } = msg;
+        for &(sku_id, units, limit) in &lines {
+            let bought = self.purchases.get(&sku_id).copied().unwrap_or(0);
+            if check_allowance(Some(limit), bought, units).is_err() {
+                return drop(reply.send(Err(PlaceError::PurchaseLimitReached { sku_id, limit })));
+            }
+        }
+        // From here on every line is held.
+        for &(sku_id, units, _) in &lines {
+            *self.purchases.entry(sku_id).or_insert(0) += units;
+        }
+        if let Err(Ok(())) = reply.send(Ok(())) {
+            // The saga went away before the answer: nothing will settle these units.
+            for (sku_id, units, _) in lines {
+                self.give_back_units(sku_id, units);
+            }
+        }
+    }
+}
+
+impl Handler<Claim> for UserActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Claim, ctx: &mut Self::Context) {
+        self.last_active = Instant::now();
+        let Claim { template_id, reply } = msg;
+        match self.claim_queue.get_mut(&template_id) {
+            Some(waiting) if waiting.len() >= WAITERS_PER_KEY_MAX => drop(reply.send(Err(ClaimFailure::Overloaded))),
+            Some(waiting) => waiting.push_back(reply),
+            None => self.start_claim(template_id, reply, ctx),
+        }
+    }
+}
+
+impl Handler<OrderSettled> for UserActor {
+    type Result = ();
+
+    fn handle(&mut self, notice: OrderSettled, _ctx: &mut Self::Context) {
+        for (sku_id, units) in notice.returned {
+            self.give_back_units(sku_id, units);
+        }
+        let Some((coupon_id, step)) = notice.coupon else { return };
+        let stepped = self.wallet.get(&coupon_id).map(|c| c.apply(step, self.user_id, self.core.clock.now_ms()));
+        match stepped {
+            Some(Ok(Some(after))) => drop(self.wallet.insert(coupon_id, after)),
+            Some(Ok(None)) => {}
+            // Not held as the database has it (loaded before the step, or a used coupon
+            // this activation never held): read the wallet again.
+            Some(Err(_)) | None => self.stale = true,
+        }
+    }
+}
+
+/// The user side of `Core`.
 impl Core {
+    /// The live actor of a user, activated from the store (batched with the other activations
+    /// of the moment) if need be.
+    pub(crate) async fn user(self: &Arc<Self>, user_id: UserId) -> Result<ActorRef<UserActor>, StoreError> {
+        self.users
+            .get_or_activate(user_id, || async {
+                let state =
+                    self.user_loader.submit(user_id).await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                let actor = UserActor::new(Arc::clone(self), user_id, state);
+                let arbiter = self.arbiters.for_key(user_id.get());
+                Ok(super::start_on(&arbiter, self.limits.mailbox_capacity, actor))
+            })
+            .await
+    }
+
     /// Places an order for `user_id` under `key`, at most once per key (see the module doc).
     pub async fn place_order(
         self: &Arc<Self>,
@@ -325,29 +573,96 @@ impl Core {
         key: IdempotencyKey,
         request: PlaceOrder,
     ) -> Result<Placed, PlaceError> {
-        let user = self
-            .users
-            .get_or_activate(user_id, || async {
-                let recent =
-                    self.user_loader.submit(user_id).await.map_err(|e| PlaceError::Unavailable(e.to_string()))?;
-                let actor = UserActor::new(Arc::clone(self), user_id, recent);
-                let arbiter = self.arbiters.for_key(user_id.get());
-                Ok::<_, PlaceError>(super::start_on(&arbiter, self.limits.mailbox_capacity, actor))
-            })
-            .await?;
+        let user = self.user(user_id).await?;
         ask(user.addr(), |reply| Place { key, request, reply }).await
     }
 
-    /// The placement saga: reserve every line on its SKU actor in parallel; if a line fails,
-    /// take back what was granted; otherwise submit the order and its reservations as one
-    /// change and answer once it is committed.
-    async fn place_new(
+    /// Claims a coupon of `template_id` for `user_id` (see the module doc).
+    pub async fn receive_coupon(
         self: &Arc<Self>,
         user_id: UserId,
+        template_id: TemplateId,
+    ) -> Result<Coupon, ClaimFailure> {
+        let user = self.user(user_id).await?;
+        ask(user.addr(), |reply| Claim { template_id, reply }).await
+    }
+
+    /// Tells a user's live actor what a committed order step gave back. (An actor that is not
+    /// live reads it from the database when it activates.)
+    pub(crate) fn order_settled(&self, user_id: UserId, purchases: &[PurchaseWrite], coupon: Option<CouponMove>) {
+        if purchases.is_empty() && coupon.is_none() {
+            return;
+        }
+        if let Some(user) = self.users.get(user_id) {
+            let returned = purchases.iter().map(|p| (p.sku_id, -p.units)).collect();
+            // A notice: past the mailbox bound on purpose; refused, the actor would stay
+            // behind until it passivates.
+            user.addr().do_send(OrderSettled { returned, coupon: coupon.map(|m| (m.coupon_id, m.step)) });
+        }
+    }
+
+    /// The claim's pipeline part: the template actor hands out the user's `seq`-th coupon,
+    /// the pipeline commits it, the template actor learns how it ended.
+    async fn claim(
+        self: &Arc<Self>,
+        user_id: UserId,
+        template_id: TemplateId,
+        seq: i64,
+    ) -> Result<Coupon, ClaimFailure> {
+        let (issue, template) = self.issue(template_id, user_id, seq).await?;
+        let (settled, result) = match self.journal.submit(Change { issue: Some(issue), ..Change::default() }).await {
+            Ok(Ok(())) => (IssueSettled::Committed, Ok(issue.coupon)),
+            Ok(Err(Conflict::SoldOut(_))) => (IssueSettled::Refused { stale: true }, Err(ClaimError::SoldOut.into())),
+            Ok(Err(Conflict::ClaimLimit(_))) => {
+                (IssueSettled::Refused { stale: false }, Err(ClaimError::LimitReached.into()))
+            }
+            Ok(Err(conflict)) => {
+                (IssueSettled::Refused { stale: false }, Err(ClaimFailure::Unavailable(conflict.to_string())))
+            }
+            Err(SubmitError::Overloaded) => (IssueSettled::Refused { stale: false }, Err(ClaimFailure::Overloaded)),
+            Err(error) if error.never_queued() => {
+                (IssueSettled::Refused { stale: false }, Err(ClaimFailure::Unavailable(error.to_string())))
+            }
+            Err(error) => (IssueSettled::Unknown, Err(ClaimFailure::Uncertain(error.to_string()))),
+        };
+        // A notice: the template actor must learn of every coupon it handed out.
+        template.addr().do_send(settled);
+        if result.is_ok() {
+            tracing::info!(%user_id, %template_id, seq, coupon_id = %issue.coupon.id, "coupon issued");
+        }
+        result
+    }
+
+    /// The placement saga: reserve every line on its SKU actor in parallel (and read the
+    /// coupon's rules meanwhile); if a line fails, take back what was granted; hold the units
+    /// of limited SKUs on the user's actor; price the order with its discount; submit the
+    /// order, its reservations, its units and its coupon lock as one change and answer once it
+    /// is committed.
+    async fn place_new(
+        self: &Arc<Self>,
+        user: Addr<UserActor>,
+        user_id: UserId,
+        order_id: OrderId,
         key: IdempotencyKey,
         request: PlaceOrder,
+        coupon: Option<Coupon>,
+    ) -> PlaceOutcome {
+        let mut held = Vec::new();
+        let result = self.place_held(&user, user_id, order_id, key, request, coupon, &mut held).await;
+        PlaceOutcome { result, held }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn place_held(
+        self: &Arc<Self>,
+        user: &Addr<UserActor>,
+        user_id: UserId,
+        order_id: OrderId,
+        key: IdempotencyKey,
+        request: PlaceOrder,
+        coupon: Option<Coupon>,
+        held: &mut Vec<(SkuId, i64)>,
     ) -> Result<Placed, PlaceError> {
-        let order_id = OrderId::new(self.ids.next_id());
         let now_ms = self.clock.now_ms();
         let header = NewOrderHeader {
             id: order_id,
@@ -356,14 +671,16 @@ impl Core {
             request_hash: request.fingerprint(),
             created_at_ms: now_ms,
             pay_deadline_ms: now_ms + self.pay_timeout.as_millis() as i64,
+            coupon_id: coupon.map(|c| c.id),
         };
         let expires_at_ms = header.pay_deadline_ms + self.limits.reservation_grace.as_millis() as i64;
         let reservations = futures::future::join_all(
             request.lines.iter().map(|&(sku_id, quantity)| self.reserve(sku_id, order_id, quantity, expires_at_ms)),
-        )
-        .await;
+        );
+        let rules = self.coupon_rules(coupon);
+        let (reservations, rules) = futures::future::join(reservations, rules).await;
         let mut grants: Vec<Grant> = Vec::with_capacity(request.lines.len());
-        let mut failure: Option<PlaceError> = None;
+        let mut failure: Option<PlaceError> = rules.as_ref().err().cloned();
         for (&(sku_id, _), result) in request.lines.iter().zip(reservations) {
             match result {
                 Ok(grant) => grants.push(grant),
@@ -379,26 +696,80 @@ impl Core {
             self.abandon(grants.into_iter().map(|g| g.effect));
             return Err(error);
         }
-        let lines = request
+        let limited: Vec<(SkuId, i64, i64)> = request
+            .lines
+            .iter()
+            .zip(&grants)
+            .filter_map(|(&(sku_id, quantity), grant)| {
+                grant.info.sale.per_user_limit.map(|limit| (sku_id, quantity.units(), limit))
+            })
+            .collect();
+        if !limited.is_empty() {
+            if let Err(error) = ask(user, |reply| HoldUnits { lines: limited.clone(), reply }).await {
+                self.abandon(grants.into_iter().map(|g| g.effect));
+                return Err(error);
+            }
+            held.extend(limited.iter().map(|&(sku_id, units, _)| (sku_id, units)));
+        }
+        match self.price_and_submit(header, &request, grants, &limited, coupon, rules.ok().flatten()).await {
+            Err(PlaceError::Uncertain(reason)) => Err(PlaceError::Uncertain(reason)),
+            other => other,
+        }
+    }
+
+    /// The rules of a coupon's template (templates never change once created).
+    async fn coupon_rules(self: &Arc<Self>, coupon: Option<Coupon>) -> Result<Option<CouponRules>, PlaceError> {
+        let Some(coupon) = coupon else { return Ok(None) };
+        match self.template_state(coupon.template_id).await {
+            Ok(template) => Ok(Some(template.draft.rules)),
+            Err(ClaimFailure::NotFound(_)) => Err(PlaceError::CouponUnavailable),
+            Err(ClaimFailure::Overloaded) => Err(PlaceError::Overloaded),
+            Err(other) => Err(PlaceError::Unavailable(other.to_string())),
+        }
+    }
+
+    /// Prices the order from its grants and the coupon, submits it as one change, and answers.
+    async fn price_and_submit(
+        self: &Arc<Self>,
+        header: NewOrderHeader,
+        request: &PlaceOrder,
+        grants: Vec<Grant>,
+        limited: &[(SkuId, i64, i64)],
+        coupon: Option<Coupon>,
+        rules: Option<CouponRules>,
+    ) -> Result<Placed, PlaceError> {
+        let lines: Vec<OrderLine> = request
             .lines
             .iter()
             .zip(&grants)
             .map(|(&(sku_id, quantity), grant)| OrderLine {
                 sku_id,
                 name: grant.info.name.clone(),
-                price_cents: grant.info.price_cents,
+                price_cents: grant.unit_price_cents,
                 quantity,
+                limited: grant.info.sale.per_user_limit.is_some(),
             })
             .collect();
-        let order = match Order::price(header, lines, Cents::ZERO) {
+        let discount = match rules.map(|rules| total_of(&lines).and_then(|total| Ok(rules.discount(total)?))) {
+            None => Ok(Cents::ZERO),
+            Some(discount) => discount,
+        };
+        let order = match discount.and_then(|discount| Ok(Order::price(header, lines, discount)?)) {
             Ok(order) => order,
             Err(error) => {
                 self.abandon(grants.into_iter().map(|g| g.effect));
-                return Err(error.into());
+                return Err(error);
             }
         };
         let effects: Vec<_> = grants.into_iter().map(|g| g.effect).collect();
-        let change = Change { order: Some(order.clone()), skus: effects.clone(), ..Change::default() };
+        let purchases = limited
+            .iter()
+            .map(|&(sku_id, units, limit)| PurchaseWrite { user_id: order.user_id, sku_id, units, limit: Some(limit) })
+            .collect();
+        let coupon =
+            coupon.map(|c| CouponMove { coupon_id: c.id, user_id: order.user_id, step: CouponStep::Lock(order.id) });
+        let change =
+            Change { order: Some(order.clone()), skus: effects.clone(), purchases, coupon, ..Change::default() };
         match self.journal.submit(change).await {
             Ok(Ok(())) => {
                 self.timer.schedule(order.id, order.pay_deadline_ms).await;
@@ -413,6 +784,11 @@ impl Core {
                     existing.ok_or_else(|| PlaceError::Unavailable("order under this key vanished".into()))?;
                 replay(existing, &order.request_hash)
             }
+            Ok(Err(Conflict::PurchaseLimit(sku_id))) => {
+                let limit = limited.iter().find(|l| l.0 == sku_id).map_or(0, |l| l.2);
+                Err(PlaceError::PurchaseLimitReached { sku_id, limit })
+            }
+            Ok(Err(Conflict::CouponMismatch(_))) => Err(PlaceError::CouponUnavailable),
             Ok(Err(conflict)) => Err(PlaceError::Unavailable(conflict.to_string())),
             Err(SubmitError::Overloaded) => {
                 self.abandon(effects);
@@ -423,9 +799,19 @@ impl Core {
                 Err(PlaceError::Unavailable(error.to_string()))
             }
             Err(error) => {
-                tracing::warn!(%order_id, %error, "order commit failed; its outcome is unknown");
+                tracing::warn!(order_id = %order.id, %error, "order commit failed; its outcome is unknown");
                 Err(PlaceError::Uncertain(error.to_string()))
             }
         }
     }
+}
+
+/// The undiscounted total of priced lines.
+fn total_of(lines: &[OrderLine]) -> Result<Cents, PlaceError> {
+    let mut total = Cents::ZERO;
+    for line in lines {
+        let amount = line.price_cents.checked_mul(line.quantity.units()).map_err(OrderError::from)?;
+        total = total.checked_add(amount).map_err(OrderError::from)?;
+    }
+    Ok(total)
 }

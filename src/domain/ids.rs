@@ -52,6 +52,14 @@ id_type!(
     /// A buyer, taken from the `sub` claim of the token, never from a body.
     UserId
 );
+id_type!(
+    /// A coupon template: one template actor, one `coupon_template` row.
+    TemplateId
+);
+id_type!(
+    /// One coupon issued to one user, a `coupon_record` row.
+    CouponId
+);
 
 /// 2023-01-01T00:00:00Z in milliseconds since the Unix epoch.
 pub const SNOWFLAKE_EPOCH_MS: u64 = 1_672_531_200_000;

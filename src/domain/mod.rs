@@ -4,15 +4,17 @@
 //! and property-tested here; actors and handlers call it instead of re-implementing it.
 
 pub mod clock;
+pub mod coupon;
 pub mod ids;
 pub mod inventory;
 pub mod lease;
 pub mod money;
 pub mod order;
 pub mod payment;
+pub mod sale;
 pub mod sku;
 
-pub use ids::{OrderId, SkuId, Snowflake, UserId};
+pub use ids::{CouponId, OrderId, SkuId, Snowflake, TemplateId, UserId};
 pub use inventory::{Counters, InventoryError, Ledger, Quantity, Reservation};
 pub use money::Cents;
 pub use order::{IdempotencyKey, OrderEvent, OrderItem, OrderLine, OrderStatus, PlaceOrder};

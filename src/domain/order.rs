@@ -3,7 +3,8 @@
 //! An order's amounts are derived here and nowhere else: item `pay_cents` sum to the order's
 //! `pay_cents`, which is `total_cents - discount_cents`; `Order::assert_amounts` holds it.
 
-use super::ids::{OrderId, SkuId, UserId};
+use super::coupon::CouponStep;
+use super::ids::{CouponId, OrderId, SkuId, UserId};
 use super::inventory::{InventoryError, Quantity, ORDER_LINE_QUANTITY_MAX};
 use super::money::{apportion, Cents, MoneyError};
 use serde::{Deserialize, Serialize};
@@ -139,6 +140,25 @@ impl OrderEvent {
     }
 }
 
+impl OrderEvent {
+    /// What this event does to the coupon of order `order_id`: payment uses it, a close
+    /// releases it, a refund returns it (if it has not expired, `Coupon::apply` decides).
+    pub const fn coupon_step(self, order_id: OrderId) -> Option<CouponStep> {
+        match self {
+            OrderEvent::Pay => Some(CouponStep::Consume(order_id)),
+            OrderEvent::Cancel | OrderEvent::Timeout => Some(CouponStep::Release(order_id)),
+            OrderEvent::Refund => Some(CouponStep::Return(order_id)),
+            OrderEvent::Finish => None,
+        }
+    }
+
+    /// Whether this event gives the order's units back to the buyer's per-user allowance:
+    /// exactly when they go back on the shelf (closed, or refunded before delivery).
+    pub const fn returns_allowance(self, from: OrderStatus) -> bool {
+        matches!(self.stock_step(from), Some(StockStep::Release | StockStep::Return))
+    }
+}
+
 /// Whether a payment deadline has passed at `now_ms`; its own millisecond is still in time.
 pub const fn deadline_passed(deadline_ms: i64, now_ms: i64) -> bool {
     now_ms > deadline_ms
@@ -186,6 +206,8 @@ impl IdempotencyKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlaceOrder {
     pub lines: Vec<(SkuId, Quantity)>,
+    /// The buyer's coupon to apply.
+    pub coupon_id: Option<CouponId>,
 }
 
 impl PlaceOrder {
@@ -208,7 +230,7 @@ impl PlaceOrder {
             }
             lines.push((sku_id, quantity));
         }
-        Ok(PlaceOrder { lines })
+        Ok(PlaceOrder { lines, coupon_id: None })
     }
 
     /// A digest of what was asked for, stored with the order so that a retry with the same
@@ -217,6 +239,9 @@ impl PlaceOrder {
         let mut hasher = Sha256::new();
         for (sku_id, quantity) in &self.lines {
             hasher.update(format!("{}x{};", sku_id.get(), quantity.get()));
+        }
+        if let Some(coupon_id) = self.coupon_id {
+            hasher.update(format!("c{coupon_id};"));
         }
         hex::encode(hasher.finalize())
     }
@@ -229,6 +254,8 @@ pub struct OrderLine {
     pub name: String,
     pub price_cents: Cents,
     pub quantity: Quantity,
+    /// The line counts against its SKU's per-user purchase limit.
+    pub limited: bool,
 }
 
 /// One item of a stored order, with its name and price as they were when ordered.
@@ -240,6 +267,10 @@ pub struct OrderItem {
     pub quantity: i64,
     /// What the buyer pays for this line after its share of the discount.
     pub pay_cents: Cents,
+    /// The units counted against the SKU's per-user limit: they go back to the buyer's
+    /// allowance when the order closes or is refunded before delivery.
+    #[serde(skip)]
+    pub limit_counted: bool,
 }
 
 /// An order as stored.
@@ -252,7 +283,7 @@ pub struct Order {
     pub total_cents: Cents,
     pub discount_cents: Cents,
     pub pay_cents: Cents,
-    pub coupon_id: Option<i64>,
+    pub coupon_id: Option<CouponId>,
     pub idempotency_key: String,
     pub request_hash: String,
     pub pay_deadline_ms: i64,
@@ -269,6 +300,8 @@ pub struct NewOrderHeader {
     pub request_hash: String,
     pub created_at_ms: i64,
     pub pay_deadline_ms: i64,
+    /// The coupon the discount comes from.
+    pub coupon_id: Option<CouponId>,
 }
 
 impl Order {
@@ -293,6 +326,7 @@ impl Order {
                     price_cents: line.price_cents,
                     quantity: line.quantity.units(),
                     pay_cents: amount.checked_sub(*share)?,
+                    limit_counted: line.limited,
                 })
             })
             .collect::<Result<Vec<_>, MoneyError>>()?;
@@ -304,7 +338,7 @@ impl Order {
             total_cents,
             discount_cents,
             pay_cents: total_cents.checked_sub(discount_cents)?,
-            coupon_id: None,
+            coupon_id: header.coupon_id,
             idempotency_key: header.idempotency_key.0,
             request_hash: header.request_hash,
             pay_deadline_ms: header.pay_deadline_ms,
@@ -338,6 +372,7 @@ mod tests {
             request_hash: "h".into(),
             created_at_ms: 10,
             pay_deadline_ms: 20,
+            coupon_id: None,
         }
     }
 
@@ -347,6 +382,7 @@ mod tests {
             name: format!("sku {sku}"),
             price_cents: Cents::new(price),
             quantity: Quantity::parse(quantity, ORDER_LINE_QUANTITY_MAX).unwrap(),
+            limited: false,
         }
     }
 

@@ -96,12 +96,14 @@ mod tests {
             request_hash: "h".into(),
             created_at_ms: 0,
             pay_deadline_ms: 1_000,
+            coupon_id: None,
         };
         let line = OrderLine {
             sku_id: SkuId::new(3),
             name: "n".into(),
             price_cents: Cents::new(500),
             quantity: crate::domain::Quantity::parse(2, 10).unwrap(),
+            limited: false,
         };
         Order { status, ..Order::price(header, vec![line], Cents::ZERO).unwrap() }
     }

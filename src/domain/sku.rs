@@ -2,6 +2,7 @@
 
 use super::inventory::STOCK_QUANTITY_MAX;
 use super::money::{Cents, MoneyError};
+use super::sale::Sale;
 
 /// The longest SKU name, in characters.
 pub const SKU_NAME_LEN_MAX: usize = 200;
@@ -22,6 +23,8 @@ pub struct SkuDraft {
     pub name: String,
     pub price_cents: Cents,
     pub stock: i64,
+    /// Its sale, if any (`Sale::default()`: none); parsed by `Sale::parse`.
+    pub sale: Sale,
 }
 
 impl SkuDraft {
@@ -35,7 +38,7 @@ impl SkuDraft {
         if !(0..=i64::from(STOCK_QUANTITY_MAX)).contains(&stock) {
             return Err(SkuRuleError::InvalidStock);
         }
-        Ok(SkuDraft { name: name.to_owned(), price_cents, stock })
+        Ok(SkuDraft { name: name.to_owned(), price_cents, stock, sale: Sale::default() })
     }
 }
 

@@ -2,11 +2,14 @@
 //! status, a stable snake_case `code` and a message, sent as `{"code", "message"}`. Overload
 //! and unavailability carry `Retry-After`. Server-side causes are logged, not sent.
 
+use crate::actors::coupon::ClaimFailure;
 use crate::actors::inventory::SkuError;
 use crate::actors::order::LifecycleError;
 use crate::actors::user::PlaceError;
+use crate::domain::coupon::{ClaimError, TemplateRuleError};
 use crate::domain::inventory::InventoryError;
 use crate::domain::order::OrderError;
+use crate::domain::sale::{SaleError, SaleRuleError};
 use crate::domain::sku::SkuRuleError;
 use crate::persistence::StoreError;
 use actix_web::http::{header, StatusCode};
@@ -127,8 +130,58 @@ impl From<SkuError> for ApiError {
         match error {
             SkuError::NotFound(_) => ApiError::not_found("sku_not_found", error.to_string()),
             SkuError::Inventory(inner) => inner.into(),
+            SkuError::Sale(SaleError::NotStarted { .. }) => {
+                ApiError::new(StatusCode::CONFLICT, "sale_not_started", error.to_string())
+            }
+            SkuError::Sale(SaleError::Ended { .. }) => {
+                ApiError::new(StatusCode::CONFLICT, "sale_ended", error.to_string())
+            }
+            SkuError::InvalidSale(inner) => inner.into(),
             SkuError::Overloaded => ApiError::overloaded(),
             SkuError::Unavailable(reason) => ApiError::unavailable(reason),
+        }
+    }
+}
+
+impl From<SaleRuleError> for ApiError {
+    fn from(error: SaleRuleError) -> Self {
+        let code = match &error {
+            SaleRuleError::InvalidPrice(_) => "invalid_sale_price",
+            SaleRuleError::InvalidWindow => "invalid_sale_window",
+            SaleRuleError::InvalidLimit => "invalid_per_user_limit",
+        };
+        ApiError::unprocessable(code, error.to_string())
+    }
+}
+
+impl From<TemplateRuleError> for ApiError {
+    fn from(error: TemplateRuleError) -> Self {
+        let code = match &error {
+            TemplateRuleError::InvalidName => "invalid_name",
+            TemplateRuleError::UnknownKind => "invalid_kind",
+            TemplateRuleError::InvalidDiscount => "invalid_discount",
+            TemplateRuleError::InvalidMinSpend => "invalid_min_spend",
+            TemplateRuleError::InvalidTotal => "invalid_total",
+            TemplateRuleError::InvalidLimit => "invalid_per_user_limit",
+            TemplateRuleError::InvalidWindow => "invalid_window",
+        };
+        ApiError::unprocessable(code, error.to_string())
+    }
+}
+
+impl From<ClaimFailure> for ApiError {
+    fn from(error: ClaimFailure) -> Self {
+        let conflict = |code| ApiError::new(StatusCode::CONFLICT, code, error.to_string());
+        match &error {
+            ClaimFailure::NotFound(_) => ApiError::not_found("template_not_found", error.to_string()),
+            ClaimFailure::Refused(ClaimError::NotStarted) => conflict("not_started"),
+            ClaimFailure::Refused(ClaimError::Ended) => conflict("ended"),
+            ClaimFailure::Refused(ClaimError::SoldOut) => conflict("sold_out"),
+            ClaimFailure::Refused(ClaimError::LimitReached) => conflict("limit_reached"),
+            ClaimFailure::Overloaded => ApiError::overloaded(),
+            ClaimFailure::Unavailable(reason) | ClaimFailure::Uncertain(reason) => {
+                ApiError::unavailable(reason.clone())
+            }
         }
     }
 }
@@ -163,6 +216,17 @@ impl From<PlaceError> for ApiError {
             PlaceError::SkuNotFound(_) => ApiError::not_found("sku_not_found", error.to_string()),
             PlaceError::InsufficientStock { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "insufficient_stock", error.to_string())
+            }
+            PlaceError::SaleNotStarted(_) => ApiError::new(StatusCode::CONFLICT, "sale_not_started", error.to_string()),
+            PlaceError::SaleEnded(_) => ApiError::new(StatusCode::CONFLICT, "sale_ended", error.to_string()),
+            PlaceError::PurchaseLimitReached { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "purchase_limit_reached", error.to_string())
+            }
+            PlaceError::CouponUnavailable => {
+                ApiError::new(StatusCode::CONFLICT, "coupon_unavailable", error.to_string())
+            }
+            PlaceError::CouponMinSpendNotMet(_) => {
+                ApiError::unprocessable("coupon_min_spend_not_met", error.to_string())
             }
             PlaceError::KeyReused => ApiError::unprocessable("idempotency_key_reused", error.to_string()),
             PlaceError::Invalid(inner) => inner.into(),

@@ -5,7 +5,7 @@ use super::errors::ApiError;
 use super::AppState;
 use crate::actors::user::Placed;
 use crate::domain::order::{Order, OrderItem};
-use crate::domain::{Cents, IdempotencyKey, OrderEvent, OrderId, OrderStatus, PlaceOrder, UserId};
+use crate::domain::{Cents, CouponId, IdempotencyKey, OrderEvent, OrderId, OrderStatus, PlaceOrder, UserId};
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -38,7 +38,7 @@ pub struct OrderBody {
     total_cents: Cents,
     discount_cents: Cents,
     pay_cents: Cents,
-    coupon_id: Option<i64>,
+    coupon_id: Option<CouponId>,
     pay_deadline: String,
     created_at: String,
 }

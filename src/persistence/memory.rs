@@ -3,15 +3,17 @@
 //! same `plan::decide` for every batch) without a database. It measures the ceiling of the
 //! actor design and lets actor tests run without servers; it is not durable.
 
+use super::plan::TemplateRow;
 use super::plan::{decide, Facts, SkuRow, Wanted};
 use super::{
-    Change, CommitReport, NewSku, Payment, PaymentStatus, RecentKey, ReservationStatus, SkuInfo, SkuState, Store,
-    StoreError, UnsettledLease,
+    Change, CommitReport, NewSku, NewTemplate, Payment, PaymentStatus, RecentKey, ReservationStatus, SkuInfo, SkuState,
+    Store, StoreError, TemplateState, UnsettledLease, UserState,
 };
+use crate::domain::coupon::{Coupon, CouponStatus};
 use crate::domain::inventory::{Counters, Reservation};
 use crate::domain::lease::settled_lease_statuses;
 use crate::domain::order::{Order, OrderStatus};
-use crate::domain::{OrderId, SkuId, UserId};
+use crate::domain::{CouponId, OrderId, SkuId, TemplateId, UserId};
 use async_trait::async_trait;
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -36,6 +38,10 @@ struct MemoryState {
     keys: HashMap<(UserId, String), OrderId>,
     payments: HashMap<String, Payment>,
     refunded_from_paid: HashSet<OrderId>,
+    purchases: HashMap<(UserId, SkuId), i64>,
+    templates: HashMap<TemplateId, TemplateState>,
+    /// Every coupon with its `seq` among the user's coupons of its template.
+    coupons: HashMap<CouponId, (Coupon, i64)>,
 }
 
 impl MemoryStore {
@@ -76,7 +82,51 @@ impl MemoryState {
             .iter()
             .filter_map(|key| self.reservations.get(key).map(|(_, status)| (*key, *status)))
             .collect();
+        facts.purchases =
+            wanted.purchases.iter().filter_map(|key| self.purchases.get(key).map(|units| (*key, *units))).collect();
+        for template_id in &wanted.templates {
+            if let Some(template) = self.templates.get(template_id) {
+                let row = TemplateRow {
+                    total: template.draft.total,
+                    issued: template.issued,
+                    per_user_limit: template.draft.per_user_limit,
+                };
+                facts.templates.insert(*template_id, row);
+            }
+        }
+        for (coupon, seq) in self.coupons.values() {
+            let key = (coupon.user_id, coupon.template_id);
+            if wanted.claims.contains(&key) {
+                let held = facts.claims.entry(key).or_insert(0);
+                *held = (*held).max(*seq);
+            }
+        }
+        facts.coupons =
+            wanted.coupons.iter().filter_map(|id| self.coupons.get(id).map(|(coupon, _)| (*id, *coupon))).collect();
         facts
+    }
+
+    /// Applies what an accepted plan does to promotion rows.
+    fn apply_promotion(&mut self, accepted: &[&Change], plan: &super::plan::Plan) {
+        for change in accepted {
+            if let Some(sale) = &change.sale {
+                let sku = self.skus.get_mut(&sale.sku_id).expect("the plan checked the sku");
+                sku.info.sale = sale.sale;
+            }
+            if let Some(issue) = &change.issue {
+                assert_eq!(issue.coupon.status, CouponStatus::Unused, "a coupon is issued unused");
+                self.coupons.insert(issue.coupon.id, (issue.coupon, issue.seq));
+            }
+        }
+        for (key, (_, units)) in &plan.purchases {
+            self.purchases.insert(*key, *units);
+        }
+        for (template_id, issued) in &plan.templates {
+            self.templates.get_mut(template_id).expect("the plan checked the template").issued = *issued;
+        }
+        for coupon in plan.coupons.values() {
+            self.coupons.get_mut(&coupon.id).expect("the plan checked the coupon").0 = *coupon;
+        }
     }
 
     /// Applies one accepted change, with the same row checks the SQL store makes.
@@ -137,7 +187,7 @@ impl Store for MemoryStore {
         if state.skus.contains_key(&sku.sku_id) {
             return Err(StoreError::Database(format!("duplicate sku {}", sku.sku_id)));
         }
-        let info = SkuInfo { sku_id: sku.sku_id, name: sku.name.clone(), price_cents: sku.price_cents };
+        let info = SkuInfo { sku_id: sku.sku_id, name: sku.name.clone(), price_cents: sku.price_cents, sale: sku.sale };
         let counters = Counters { total: sku.total, available: sku.total, reserved: 0, sold: 0 };
         state.skus.insert(sku.sku_id, StoredSku { info, counters, version: 0, epoch: 0 });
         Ok(())
@@ -164,14 +214,14 @@ impl Store for MemoryStore {
         Ok(states)
     }
 
-    async fn recent_keys(&self, user_ids: &[UserId], per_user_max: usize) -> Result<Vec<Vec<RecentKey>>, StoreError> {
+    async fn load_users(&self, user_ids: &[UserId], per_user_max: usize) -> Result<Vec<UserState>, StoreError> {
         let state = self.lock();
         Ok(user_ids
             .iter()
             .map(|user_id| {
                 let mut orders: Vec<&Order> = state.orders.values().filter(|o| o.user_id == *user_id).collect();
                 orders.sort_by_key(|o| std::cmp::Reverse(o.id));
-                orders
+                let recent = orders
                     .into_iter()
                     .take(per_user_max)
                     .map(|o| RecentKey {
@@ -179,17 +229,71 @@ impl Store for MemoryStore {
                         order_id: o.id,
                         request_hash: o.request_hash.clone(),
                     })
-                    .collect()
+                    .collect();
+                let mut purchases: Vec<(SkuId, i64)> = state
+                    .purchases
+                    .iter()
+                    .filter(|((user, _), _)| user == user_id)
+                    .map(|((_, sku_id), units)| (*sku_id, *units))
+                    .collect();
+                purchases.sort();
+                let mine = || state.coupons.values().filter(|(coupon, _)| coupon.user_id == *user_id);
+                let mut coupons: Vec<Coupon> =
+                    mine().map(|(coupon, _)| *coupon).filter(|c| c.status != CouponStatus::Used).collect();
+                coupons.sort_by_key(|coupon| coupon.id);
+                let mut claims: HashMap<TemplateId, i64> = HashMap::new();
+                for (coupon, seq) in mine() {
+                    let held = claims.entry(coupon.template_id).or_insert(0);
+                    *held = (*held).max(*seq);
+                }
+                let mut claims: Vec<(TemplateId, i64)> = claims.into_iter().collect();
+                claims.sort();
+                UserState { recent, purchases, coupons, claims }
             })
             .collect())
+    }
+
+    async fn create_template(&self, template: &NewTemplate) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        if state.templates.contains_key(&template.id) {
+            return Err(StoreError::Database(format!("duplicate template {}", template.id)));
+        }
+        let stored = TemplateState { id: template.id, draft: template.draft.clone(), issued: 0 };
+        state.templates.insert(template.id, stored);
+        Ok(())
+    }
+
+    async fn load_templates(&self, template_ids: &[TemplateId]) -> Result<Vec<Option<TemplateState>>, StoreError> {
+        let state = self.lock();
+        Ok(template_ids.iter().map(|id| state.templates.get(id).cloned()).collect())
+    }
+
+    async fn list_coupons(
+        &self,
+        user_id: UserId,
+        status: Option<CouponStatus>,
+        limit: u32,
+    ) -> Result<Vec<Coupon>, StoreError> {
+        let state = self.lock();
+        let mut coupons: Vec<Coupon> = state
+            .coupons
+            .values()
+            .map(|(coupon, _)| *coupon)
+            .filter(|c| c.user_id == user_id && status.is_none_or(|s| c.status == s))
+            .collect();
+        coupons.sort_by_key(|coupon| std::cmp::Reverse(coupon.id));
+        coupons.truncate(limit as usize);
+        Ok(coupons)
     }
 
     async fn commit(&self, changes: &[Change], now_ms: i64) -> Result<CommitReport, StoreError> {
         let mut state = self.lock();
         let plan = decide(changes, state.facts(&Wanted::of(changes)), now_ms);
-        for change in plan.accepted(changes) {
+        let accepted: Vec<&Change> = plan.accepted(changes).collect();
+        for change in &accepted {
             state.apply(change)?;
         }
+        state.apply_promotion(&accepted, &plan);
         for (sku_id, (_, after)) in &plan.skus {
             let sku = state.skus.get_mut(sku_id).expect("the plan only holds stored skus");
             sku.counters = *after;

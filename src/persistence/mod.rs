@@ -17,13 +17,16 @@ pub mod mysql;
 pub mod plan;
 pub mod redis;
 pub mod sql;
+mod sql_promotion;
 pub mod sqlite;
 
+use crate::domain::coupon::{Coupon, CouponStatus, CouponStep, TemplateDraft};
 use crate::domain::inventory::{Counters, Reservation};
 use crate::domain::lease::CounterDelta;
 pub use crate::domain::lease::ReservationStatus;
 use crate::domain::order::{Order, OrderStatus};
-use crate::domain::{Cents, OrderId, SkuId, UserId};
+use crate::domain::sale::Sale;
+use crate::domain::{Cents, CouponId, OrderId, SkuId, TemplateId, UserId};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -58,6 +61,7 @@ pub struct NewSku {
     pub name: String,
     pub price_cents: Cents,
     pub total: i64,
+    pub sale: Sale,
     pub created_at_ms: i64,
 }
 
@@ -66,7 +70,73 @@ pub struct NewSku {
 pub struct SkuInfo {
     pub sku_id: SkuId,
     pub name: String,
+    /// The list price; the sale's price applies inside its window.
     pub price_cents: Cents,
+    pub sale: Sale,
+}
+
+/// A sale set on a SKU by its actor, fenced by the actor's owner epoch like its effects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaleWrite {
+    pub sku_id: SkuId,
+    pub epoch: i64,
+    pub sale: Sale,
+}
+
+/// Units of a limited SKU a change adds to a user's purchases (a placement, checked against
+/// `limit`) or takes back from them (`units` negative: the order closed or was refunded before
+/// delivery). The `(user_id, sku_id)` row is the durable count the limit is checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PurchaseWrite {
+    pub user_id: UserId,
+    pub sku_id: SkuId,
+    pub units: i64,
+    pub limit: Option<i64>,
+}
+
+/// A coupon template as created by an admin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTemplate {
+    pub id: TemplateId,
+    pub draft: TemplateDraft,
+    pub created_at_ms: i64,
+}
+
+/// A template as stored, with how many coupons it has issued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateState {
+    pub id: TemplateId,
+    pub draft: TemplateDraft,
+    pub issued: i64,
+}
+
+/// A new coupon: the user's `seq`-th of its template. Written only while the template has
+/// coupons left and `seq` is the next one of the user and within the template's per-user limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CouponIssue {
+    pub coupon: Coupon,
+    pub seq: i64,
+}
+
+/// A step in a coupon's life (`domain::coupon::CouponStep`) taken by `user_id`'s order. The
+/// commit applies the domain rule to the stored coupon: refused when its precondition fails,
+/// nothing written when the step changes nothing (a return of an expired coupon).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CouponMove {
+    pub coupon_id: CouponId,
+    pub user_id: UserId,
+    pub step: CouponStep,
+}
+
+/// Everything a user actor needs to start: recent placements, units bought of limited SKUs,
+/// the coupons that can still change (unused and locked), and the user's coupon count per
+/// template (the highest `seq`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserState {
+    pub recent: Vec<RecentKey>,
+    pub purchases: Vec<(SkuId, i64)>,
+    pub coupons: Vec<Coupon>,
+    pub claims: Vec<(TemplateId, i64)>,
 }
 
 /// Everything an inventory actor needs to start serving a SKU.
@@ -131,6 +201,10 @@ pub struct Change {
     /// A payment row (the one that pays, or one kept for refund).
     pub payment: Option<Payment>,
     pub skus: Vec<SkuEffect>,
+    pub purchases: Vec<PurchaseWrite>,
+    pub coupon: Option<CouponMove>,
+    pub issue: Option<CouponIssue>,
+    pub sale: Option<SaleWrite>,
 }
 
 /// Why one change of a batch was not written. The rest of the batch is unaffected.
@@ -159,6 +233,20 @@ pub enum Conflict {
     /// A payment reached the commit after its order's deadline.
     #[error("the payment deadline passed before the commit")]
     DeadlinePassed,
+    /// The user's units of the SKU would pass its per-user limit (or go below zero).
+    #[error("the purchase limit of sku {0} is reached")]
+    PurchaseLimit(SkuId),
+    /// The template has no coupons left (or does not exist).
+    #[error("coupon template {0} is sold out")]
+    SoldOut(TemplateId),
+    /// The user holds the template's per-user limit already, or the claim's `seq` is not the
+    /// user's next one.
+    #[error("the per-user limit of coupon template {0} is reached")]
+    ClaimLimit(TemplateId),
+    /// The coupon is not where the move expects it (another user's, another order's, in
+    /// another status, or expired).
+    #[error("coupon {0} is not available")]
+    CouponMismatch(CouponId),
 }
 
 /// What one `Store::commit` did: one outcome per change, in order, and the version each
@@ -240,9 +328,25 @@ pub trait Store: Send + Sync + 'static {
     /// an id with no SKU; results are in the order of `sku_ids`.
     async fn activate_skus(&self, sku_ids: &[SkuId]) -> Result<Vec<Option<SkuState>>, StoreError>;
 
-    /// The newest `per_user_max` placements of each user, newest first; results are in the
-    /// order of `user_ids`.
-    async fn recent_keys(&self, user_ids: &[UserId], per_user_max: usize) -> Result<Vec<Vec<RecentKey>>, StoreError>;
+    /// What each user's actor starts from: the newest `per_user_max` placements (newest
+    /// first), purchases of limited SKUs, unused and locked coupons, coupon counts per
+    /// template. Results are in the order of `user_ids`.
+    async fn load_users(&self, user_ids: &[UserId], per_user_max: usize) -> Result<Vec<UserState>, StoreError>;
+
+    async fn create_template(&self, template: &NewTemplate) -> Result<(), StoreError>;
+
+    /// Templates with their issued counts, for their actors; `None` for an id with no
+    /// template. Results are in the order of `template_ids`.
+    async fn load_templates(&self, template_ids: &[TemplateId]) -> Result<Vec<Option<TemplateState>>, StoreError>;
+
+    /// A user's coupons, newest first, at most `limit`, with the stored status given (all when
+    /// `None`).
+    async fn list_coupons(
+        &self,
+        user_id: UserId,
+        status: Option<CouponStatus>,
+        limit: u32,
+    ) -> Result<Vec<Coupon>, StoreError>;
 
     /// Writes a batch of changes in one transaction (see the module doc). `Err` means nothing
     /// is known to be written.

@@ -9,9 +9,10 @@
 //! same function, so they cannot disagree on an edge case.
 
 use super::{Change, Conflict, ReservationStatus, SkuEffect};
+use crate::domain::coupon::Coupon;
 use crate::domain::inventory::Counters;
 use crate::domain::order::{deadline_passed, OrderStatus};
-use crate::domain::{OrderId, SkuId, UserId};
+use crate::domain::{CouponId, OrderId, SkuId, TemplateId, UserId};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// A SKU's row as the batch found it.
@@ -34,6 +35,22 @@ pub struct Facts {
     pub payments: HashSet<String>,
     /// The status of every reservation row a change names that exists.
     pub leases: HashMap<(SkuId, OrderId), ReservationStatus>,
+    /// Units bought of limited SKUs, per `(user, sku)` row that exists.
+    pub purchases: HashMap<(UserId, SkuId), i64>,
+    /// Templates a claim names that exist.
+    pub templates: HashMap<TemplateId, TemplateRow>,
+    /// The highest `seq` of each `(user, template)` a claim names that has coupons.
+    pub claims: HashMap<(UserId, TemplateId), i64>,
+    /// Coupons a move names that exist.
+    pub coupons: HashMap<CouponId, Coupon>,
+}
+
+/// A coupon template's row as the batch found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TemplateRow {
+    pub total: i64,
+    pub issued: i64,
+    pub per_user_limit: i64,
 }
 
 /// The keys a batch must read before it can be decided.
@@ -44,11 +61,18 @@ pub struct Wanted {
     pub keys: Vec<(UserId, String)>,
     pub payments: Vec<String>,
     pub leases: Vec<(SkuId, OrderId)>,
+    pub purchases: Vec<(UserId, SkuId)>,
+    pub templates: Vec<TemplateId>,
+    pub claims: Vec<(UserId, TemplateId)>,
+    pub coupons: Vec<CouponId>,
 }
 
 impl Wanted {
     pub fn of(changes: &[Change]) -> Wanted {
-        let skus: BTreeSet<SkuId> = changes.iter().flat_map(|c| c.skus.iter().map(|e| e.sku_id)).collect();
+        let skus: BTreeSet<SkuId> = changes
+            .iter()
+            .flat_map(|c| c.skus.iter().map(|e| e.sku_id).chain(c.sale.as_ref().map(|sale| sale.sku_id)))
+            .collect();
         let orders: BTreeSet<OrderId> = changes
             .iter()
             .flat_map(|c| c.transition.as_ref().map(|t| t.order_id).into_iter().chain(c.order.as_ref().map(|o| o.id)))
@@ -61,7 +85,20 @@ impl Wanted {
             .iter()
             .flat_map(|c| c.skus.iter().filter_map(|e| e.lease.as_ref().map(|l| (e.sku_id, l.order_id))))
             .collect();
+        let purchases: BTreeSet<(UserId, SkuId)> =
+            changes.iter().flat_map(|c| c.purchases.iter().map(|p| (p.user_id, p.sku_id))).collect();
+        let issues = changes.iter().filter_map(|c| c.issue.as_ref());
+        let templates: BTreeSet<TemplateId> = issues.clone().map(|i| i.coupon.template_id).collect();
+        let claims: BTreeSet<(UserId, TemplateId)> = issues.map(|i| (i.coupon.user_id, i.coupon.template_id)).collect();
+        let coupons: BTreeSet<CouponId> = changes
+            .iter()
+            .flat_map(|c| c.coupon.as_ref().map(|m| m.coupon_id).into_iter().chain(c.issue.map(|i| i.coupon.id)))
+            .collect();
         Wanted {
+            purchases: purchases.into_iter().collect(),
+            templates: templates.into_iter().collect(),
+            claims: claims.into_iter().collect(),
+            coupons: coupons.into_iter().collect(),
             leases: leases.into_iter().collect(),
             skus: skus.into_iter().collect(),
             orders: orders.into_iter().collect(),
@@ -77,6 +114,12 @@ pub struct Plan {
     pub outcomes: Vec<Result<(), Conflict>>,
     /// Every SKU an accepted change touched: its row before the batch and its counters after.
     pub skus: BTreeMap<SkuId, (SkuRow, Counters)>,
+    /// Every purchase row an accepted change touched: whether it existed, and its units after.
+    pub purchases: BTreeMap<(UserId, SkuId), (bool, i64)>,
+    /// Every template an accepted claim drew from: its issued count after the batch.
+    pub templates: BTreeMap<TemplateId, i64>,
+    /// Every coupon an accepted move changed, as it is after the batch.
+    pub coupons: BTreeMap<CouponId, Coupon>,
 }
 
 impl Plan {
@@ -96,10 +139,33 @@ pub fn decide(changes: &[Change], mut facts: Facts, now_ms: i64) -> Plan {
     let mut outcomes = Vec::with_capacity(changes.len());
     let mut counters: BTreeMap<SkuId, (SkuRow, Counters)> = BTreeMap::new();
     let mut transitioned: HashSet<OrderId> = HashSet::new();
+    let mut purchases: BTreeMap<(UserId, SkuId), (bool, i64)> = BTreeMap::new();
+    let mut templates: BTreeMap<TemplateId, i64> = BTreeMap::new();
+    let mut coupons: BTreeMap<CouponId, Coupon> = BTreeMap::new();
     for change in changes {
-        let outcome = check(change, &facts, &counters, &transitioned, now_ms);
-        if let Ok(after) = &outcome {
+        let outcome = check(change, &facts, &counters, &transitioned, now_ms)
+            .and_then(|after| check_promotion(change, &facts, now_ms).map(|promotion| (after, promotion)));
+        let outcome = outcome.map(|(after, promotion)| {
             // From here on the change is accepted: later changes see its effects.
+            for (key, units) in promotion.purchases {
+                let existed = purchases.get(&key).map_or(facts.purchases.contains_key(&key), |(e, _)| *e);
+                facts.purchases.insert(key, units);
+                purchases.insert(key, (existed, units));
+            }
+            if let Some(issue) = &change.issue {
+                let template = facts.templates.get_mut(&issue.coupon.template_id).expect("checked");
+                template.issued += 1;
+                templates.insert(issue.coupon.template_id, template.issued);
+                facts.claims.insert((issue.coupon.user_id, issue.coupon.template_id), issue.seq);
+                facts.coupons.insert(issue.coupon.id, issue.coupon);
+            }
+            if let Some(coupon) = promotion.coupon {
+                facts.coupons.insert(coupon.id, coupon);
+                coupons.insert(coupon.id, coupon);
+            }
+            after
+        });
+        if let Ok(after) = &outcome {
             if let Some(order) = &change.order {
                 facts.keys.insert((order.user_id, order.idempotency_key.clone()));
                 facts.orders.insert(order.id, (order.status, order.version));
@@ -127,7 +193,68 @@ pub fn decide(changes: &[Change], mut facts: Facts, now_ms: i64) -> Plan {
         assert!(after.is_balanced(), "a plan never leaves unbalanced counters: {after:?}");
         assert!(row.counters.is_balanced(), "stored counters were read unbalanced: {:?}", row.counters);
     }
-    Plan { outcomes, skus: counters }
+    for (_, units) in purchases.values() {
+        assert!(*units >= 0, "a plan never leaves a negative purchase count");
+    }
+    for (template_id, issued) in &templates {
+        assert!(*issued <= facts.templates[template_id].total, "a plan never issues past a template's total");
+    }
+    Plan { outcomes, skus: counters, purchases, templates, coupons }
+}
+
+/// What a change does to promotion rows, once checked.
+struct Promotion {
+    /// Each purchase row the change touches with its units after it.
+    purchases: Vec<((UserId, SkuId), i64)>,
+    /// The coupon after the change's move, when the move changes it.
+    coupon: Option<Coupon>,
+}
+
+/// The promotion checks of one change (purchase limits, a claim, a coupon move); on success,
+/// what it leaves behind. Checked after the order and stock checks, so a retried placement
+/// still finds its `DuplicateKey`.
+fn check_promotion(change: &Change, facts: &Facts, now_ms: i64) -> Result<Promotion, Conflict> {
+    let mut purchases: Vec<((UserId, SkuId), i64)> = Vec::with_capacity(change.purchases.len());
+    for write in &change.purchases {
+        let key = (write.user_id, write.sku_id);
+        let before = match purchases.iter().find(|(k, _)| *k == key) {
+            Some((_, units)) => *units,
+            None => facts.purchases.get(&key).copied().unwrap_or(0),
+        };
+        let after = before + write.units;
+        let over = write.units > 0 && write.limit.is_some_and(|limit| after > limit);
+        if over || after < 0 {
+            return Err(Conflict::PurchaseLimit(write.sku_id));
+        }
+        match purchases.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = after,
+            None => purchases.push((key, after)),
+        }
+    }
+    if let Some(issue) = &change.issue {
+        let template_id = issue.coupon.template_id;
+        let template = facts.templates.get(&template_id).ok_or(Conflict::SoldOut(template_id))?;
+        if template.issued >= template.total {
+            return Err(Conflict::SoldOut(template_id));
+        }
+        let held = facts.claims.get(&(issue.coupon.user_id, template_id)).copied().unwrap_or(0);
+        if issue.seq != held + 1 || issue.seq > template.per_user_limit {
+            return Err(Conflict::ClaimLimit(template_id));
+        }
+        if facts.coupons.contains_key(&issue.coupon.id) {
+            return Err(Conflict::CouponMismatch(issue.coupon.id));
+        }
+    }
+    let coupon = match &change.coupon {
+        None => None,
+        Some(movement) => {
+            let stored = facts.coupons.get(&movement.coupon_id).ok_or(Conflict::CouponMismatch(movement.coupon_id))?;
+            stored
+                .apply(movement.step, movement.user_id, now_ms)
+                .map_err(|_| Conflict::CouponMismatch(movement.coupon_id))?
+        }
+    };
+    Ok(Promotion { purchases, coupon })
 }
 
 /// The checks of one change in precedence order; on success, the counters of its SKUs after it.
@@ -142,6 +269,12 @@ fn check(
         let row = facts.skus.get(&effect.sku_id).ok_or(Conflict::Fenced(effect.sku_id))?;
         if effect.epoch.is_some_and(|epoch| epoch != row.epoch) {
             return Err(Conflict::Fenced(effect.sku_id));
+        }
+    }
+    if let Some(sale) = &change.sale {
+        let row = facts.skus.get(&sale.sku_id).ok_or(Conflict::Fenced(sale.sku_id))?;
+        if sale.epoch != row.epoch {
+            return Err(Conflict::Fenced(sale.sku_id));
         }
     }
     if let Some(order) = &change.order {
@@ -226,12 +359,14 @@ mod tests {
             request_hash: "h".into(),
             created_at_ms: 0,
             pay_deadline_ms: 10,
+            coupon_id: None,
         };
         let line = OrderLine {
             sku_id: sku(1),
             name: "n".into(),
             price_cents: Cents::new(1),
             quantity: crate::domain::Quantity::parse(units, 10).unwrap(),
+            limited: false,
         };
         let order = Order::price(header, vec![line], Cents::ZERO).unwrap();
         Change { order: Some(order), skus: vec![reserve(7, units)], ..Change::default() }

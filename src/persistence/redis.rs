@@ -54,6 +54,8 @@ pub struct SkuSnapshot {
     #[serde(flatten)]
     pub counters: Counters,
     pub version: i64,
+    #[serde(skip)]
+    pub sale: crate::domain::sale::Sale,
 }
 
 /// The Redis key of a SKU's snapshot.
@@ -335,6 +337,7 @@ mod tests {
             price_cents: Cents::new(100),
             counters: Counters { total: 10, available: 10 - version.min(10), reserved: version.min(10), sold: 0 },
             version,
+            sale: Default::default(),
         }
     }
 

@@ -9,14 +9,16 @@
 //! multi-row statements per table (whatever the batch size), commit.
 
 use super::plan::{decide, Facts, Plan, SkuRow, Wanted};
+use super::sql_promotion::{sale_from_row, write_promotion};
 use super::{
-    Change, CommitReport, LeaseWrite, NewSku, Payment, PaymentStatus, RecentKey, ReservationStatus, SkuInfo, SkuState,
-    Store, StoreError, UnsettledLease,
+    Change, CommitReport, LeaseWrite, NewSku, NewTemplate, Payment, PaymentStatus, RecentKey, ReservationStatus,
+    SkuInfo, SkuState, Store, StoreError, TemplateState, UnsettledLease, UserState,
 };
+use crate::domain::coupon::{Coupon, CouponStatus};
 use crate::domain::inventory::{Counters, Reservation};
 use crate::domain::lease::settled_lease_statuses;
 use crate::domain::order::{Order, OrderItem, OrderStatus};
-use crate::domain::{Cents, OrderId, SkuId, UserId};
+use crate::domain::{Cents, CouponId, OrderId, SkuId, TemplateId, UserId};
 use async_trait::async_trait;
 use sqlx::any::{Any, AnyRow};
 use sqlx::query_builder::Separated;
@@ -25,14 +27,14 @@ use sqlx::{AnyPool, QueryBuilder, Row};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Rows per multi-row statement; keeps every statement under SQLite's 32,766 bound parameters.
-const ROWS_PER_STATEMENT_MAX: usize = 512;
+pub(super) const ROWS_PER_STATEMENT_MAX: usize = 512;
 
 /// Splits `rows` into statements of power-of-two sizes (largest first, at most `size_max`),
 /// so a statement's text repeats across batches and the server's prepared statement is
 /// reused: 177 rows are 128 + 32 + 16 + 1, never a 177-row statement prepared once.
 /// Preparing a statement of a few thousand placeholders per batch cost MariaDB more CPU than
 /// the few extra round trips.
-fn statements<T>(rows: &[T], size_max: usize) -> impl Iterator<Item = &[T]> {
+pub(super) fn statements<T>(rows: &[T], size_max: usize) -> impl Iterator<Item = &[T]> {
     assert!(size_max.is_power_of_two());
     let mut rest = rows;
     std::iter::from_fn(move || {
@@ -64,7 +66,7 @@ impl Dialect {
 
     /// The tail of a SELECT whose rows the transaction goes on to write. (SQLite's
     /// transaction holds the whole database already.)
-    fn lock_rows(self) -> &'static str {
+    pub(super) fn lock_rows(self) -> &'static str {
         match self {
             Dialect::MySql => " FOR UPDATE",
             Dialect::Sqlite => "",
@@ -73,7 +75,7 @@ impl Dialect {
 }
 
 /// Appends `(?, ?, ...)` with `values` bound.
-fn push_list<T>(builder: &mut QueryBuilder<'static, Any>, values: impl IntoIterator<Item = T>)
+pub(super) fn push_list<T>(builder: &mut QueryBuilder<'static, Any>, values: impl IntoIterator<Item = T>)
 where
     T: 'static + Send + sqlx::Encode<'static, Any> + sqlx::Type<Any>,
 {
@@ -85,10 +87,24 @@ where
     list.push_unseparated(")");
 }
 
+/// Appends `((a = ? AND b = ?) OR ...)` matching exactly the given pairs of two columns, so an
+/// index on both answers each pair with a point look-up.
+pub(super) fn push_pairs(builder: &mut QueryBuilder<'static, Any>, columns: (&str, &str), pairs: &[(i64, i64)]) {
+    builder.push("(");
+    for (n, (a, b)) in pairs.iter().enumerate() {
+        if n > 0 {
+            builder.push(" OR ");
+        }
+        builder.push("(").push(columns.0).push(" = ").push_bind(*a);
+        builder.push(" AND ").push(columns.1).push(" = ").push_bind(*b).push(")");
+    }
+    builder.push(")");
+}
+
 /// Inserts `rows` with one multi-row statement per `ROWS_PER_STATEMENT_MAX`: `head` names the
 /// table and columns, `bind` pushes one row's values in that order. The one chunked insert of
 /// the crate.
-async fn insert_rows<T>(
+pub(super) async fn insert_rows<T>(
     connection: &mut AnyConnection,
     head: &str,
     rows: &[T],
@@ -104,8 +120,8 @@ async fn insert_rows<T>(
 }
 
 pub struct SqlStore {
-    pool: AnyPool,
-    dialect: Dialect,
+    pub(super) pool: AnyPool,
+    pub(super) dialect: Dialect,
 }
 
 impl SqlStore {
@@ -127,7 +143,7 @@ fn order_from_row(row: &AnyRow, items: Vec<OrderItem>) -> Result<Order, StoreErr
         total_cents: Cents::new(row.try_get("total_cents")?),
         discount_cents: Cents::new(row.try_get("discount_cents")?),
         pay_cents: Cents::new(row.try_get("pay_cents")?),
-        coupon_id: row.try_get("coupon_id")?,
+        coupon_id: row.try_get::<Option<i64>, _>("coupon_id")?.map(CouponId::new),
         idempotency_key: row.try_get("idempotency_key")?,
         request_hash: row.try_get("request_hash")?,
         pay_deadline_ms: row.try_get("pay_deadline")?,
@@ -151,7 +167,8 @@ impl SqlStore {
         }
         let ids: Vec<i64> = rows.iter().map(|row| row.try_get("id")).collect::<Result<_, _>>()?;
         let mut select = QueryBuilder::<Any>::new(
-            "SELECT order_id, sku_id, name, price_cents, quantity, pay_cents FROM trade_order_item WHERE order_id IN (",
+            "SELECT order_id, sku_id, name, price_cents, quantity, pay_cents, limit_counted FROM trade_order_item \
+             WHERE order_id IN (",
         );
         let mut separated = select.separated(", ");
         for id in &ids {
@@ -166,6 +183,7 @@ impl SqlStore {
                 price_cents: Cents::new(item.try_get("price_cents")?),
                 quantity: item.try_get("quantity")?,
                 pay_cents: Cents::new(item.try_get("pay_cents")?),
+                limit_counted: item.try_get("limit_counted")?,
             });
         }
         rows.iter().zip(ids).map(|(row, id)| order_from_row(row, items.remove(&id).unwrap_or_default())).collect()
@@ -193,13 +211,18 @@ impl Store for SqlStore {
     async fn create_sku(&self, sku: &NewSku) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO inventory (sku_id, name, price_cents, total, available, reserved, sold, version, epoch, \
-             created_at, updated_at) VALUES (?, ?, ?, ?, ?, 0, 0, 0, 0, ?, ?)",
+             sale_price_cents, sale_starts_at, sale_ends_at, per_user_limit, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, 0, 0, 0, 0, ?, ?, ?, ?, ?, ?)",
         )
         .bind(sku.sku_id.get())
         .bind(sku.name.clone())
         .bind(sku.price_cents.get())
         .bind(sku.total)
         .bind(sku.total)
+        .bind(sku.sale.price_cents.map(Cents::get))
+        .bind(sku.sale.starts_at_ms)
+        .bind(sku.sale.ends_at_ms)
+        .bind(sku.sale.per_user_limit)
         .bind(sku.created_at_ms)
         .bind(sku.created_at_ms)
         .execute(&self.pool)
@@ -219,8 +242,8 @@ impl Store for SqlStore {
             push_list(&mut bump, chunk.iter().copied());
             bump.build().execute(&mut *tx).await?;
             let mut select = QueryBuilder::<Any>::new(
-                "SELECT sku_id, name, price_cents, total, available, reserved, sold, version, epoch FROM inventory \
-                 WHERE sku_id IN ",
+                "SELECT sku_id, name, price_cents, total, available, reserved, sold, version, epoch, \
+                 sale_price_cents, sale_starts_at, sale_ends_at, per_user_limit FROM inventory WHERE sku_id IN ",
             );
             push_list(&mut select, chunk.iter().copied());
             for row in select.build().fetch_all(&mut *tx).await? {
@@ -230,6 +253,7 @@ impl Store for SqlStore {
                         sku_id,
                         name: row.try_get("name")?,
                         price_cents: Cents::new(row.try_get("price_cents")?),
+                        sale: sale_from_row(&row)?,
                     },
                     counters: counters_from_row(&row)?,
                     version: row.try_get("version")?,
@@ -256,8 +280,8 @@ impl Store for SqlStore {
         Ok(ids.iter().map(|id| states.remove(id)).collect())
     }
 
-    async fn recent_keys(&self, user_ids: &[UserId], per_user_max: usize) -> Result<Vec<Vec<RecentKey>>, StoreError> {
-        let mut keys: HashMap<i64, Vec<RecentKey>> = HashMap::new();
+    async fn load_users(&self, user_ids: &[UserId], per_user_max: usize) -> Result<Vec<UserState>, StoreError> {
+        let mut states: HashMap<i64, UserState> = HashMap::new();
         for chunk in statements(user_ids, ROWS_PER_STATEMENT_MAX) {
             let mut select = QueryBuilder::<Any>::new(
                 "SELECT user_id, idempotency_key, id, request_hash FROM (SELECT user_id, idempotency_key, id, \
@@ -268,14 +292,32 @@ impl Store for SqlStore {
             select.push(") recent WHERE newest <= ").push_bind(per_user_max as i64);
             select.push(" ORDER BY user_id, id DESC");
             for row in select.build().fetch_all(&self.pool).await? {
-                keys.entry(row.try_get("user_id")?).or_default().push(RecentKey {
+                states.entry(row.try_get("user_id")?).or_default().recent.push(RecentKey {
                     idempotency_key: row.try_get("idempotency_key")?,
                     order_id: OrderId::new(row.try_get("id")?),
                     request_hash: row.try_get("request_hash")?,
                 });
             }
         }
-        Ok(user_ids.iter().map(|id| keys.remove(&id.get()).unwrap_or_default()).collect())
+        self.load_user_promotions(user_ids, &mut states).await?;
+        Ok(user_ids.iter().map(|id| states.remove(&id.get()).unwrap_or_default()).collect())
+    }
+
+    async fn create_template(&self, template: &NewTemplate) -> Result<(), StoreError> {
+        self.insert_template(template).await
+    }
+
+    async fn load_templates(&self, template_ids: &[TemplateId]) -> Result<Vec<Option<TemplateState>>, StoreError> {
+        self.select_templates(template_ids).await
+    }
+
+    async fn list_coupons(
+        &self,
+        user_id: UserId,
+        status: Option<CouponStatus>,
+        limit: u32,
+    ) -> Result<Vec<Coupon>, StoreError> {
+        self.select_coupons(user_id, status, limit).await
     }
 
     async fn commit(&self, changes: &[Change], now_ms: i64) -> Result<CommitReport, StoreError> {
@@ -462,6 +504,7 @@ impl SqlStore {
                 facts.leases.insert(key, status);
             }
         }
+        self.read_promotion_facts(tx, wanted, &mut facts).await?;
         Ok(facts)
     }
 }
@@ -478,7 +521,7 @@ async fn write_plan(tx: &mut AnyConnection, changes: &[Change], plan: &Plan, now
             .push_bind(order.total_cents.get())
             .push_bind(order.discount_cents.get())
             .push_bind(order.pay_cents.get())
-            .push_bind(order.coupon_id)
+            .push_bind(order.coupon_id.map(CouponId::get))
             .push_bind(order.idempotency_key.clone())
             .push_bind(order.request_hash.clone())
             .push_bind(order.pay_deadline_ms)
@@ -491,7 +534,7 @@ async fn write_plan(tx: &mut AnyConnection, changes: &[Change], plan: &Plan, now
         orders.iter().flat_map(|o| o.items.iter().enumerate().map(move |(n, item)| (o.id, n, item))).collect();
     insert_rows(
         tx,
-        "INSERT INTO trade_order_item (order_id, line_no, sku_id, name, price_cents, quantity, pay_cents)",
+        "INSERT INTO trade_order_item (order_id, line_no, sku_id, name, price_cents, quantity, pay_cents, limit_counted)",
         &items,
         |row, (order_id, line_no, item)| {
             row.push_bind(order_id.get())
@@ -500,7 +543,8 @@ async fn write_plan(tx: &mut AnyConnection, changes: &[Change], plan: &Plan, now
                 .push_bind(item.name.clone())
                 .push_bind(item.price_cents.get())
                 .push_bind(item.quantity)
-                .push_bind(item.pay_cents.get());
+                .push_bind(item.pay_cents.get())
+                .push_bind(item.limit_counted);
         },
     )
     .await?;
@@ -572,6 +616,7 @@ async fn write_plan(tx: &mut AnyConnection, changes: &[Change], plan: &Plan, now
     }
 
     write_leases(tx, &accepted, now_ms).await?;
+    write_promotion(tx, &accepted, plan, now_ms).await?;
     write_counters(tx, plan, now_ms).await
 }
 
@@ -625,14 +670,8 @@ async fn write_leases(tx: &mut AnyConnection, accepted: &[&Change], now_ms: i64)
             // The order id narrows by index; the pairs name the exact rows.
             update.push(" AND order_id IN ");
             push_list(&mut update, chunk.iter().map(|(_, order_id)| *order_id));
-            update.push(" AND (");
-            for (n, (sku_id, order_id)) in chunk.iter().enumerate() {
-                if n > 0 {
-                    update.push(" OR ");
-                }
-                update.push("(sku_id = ").push_bind(*sku_id).push(" AND order_id = ").push_bind(*order_id).push(")");
-            }
-            update.push(")");
+            update.push(" AND ");
+            push_pairs(&mut update, ("sku_id", "order_id"), chunk);
             let result = update.build().execute(&mut *tx).await?;
             let what = format!("reservations to move {} -> {}", from.as_str(), to.as_str());
             expect_rows(result.rows_affected(), chunk.len(), &what)?;
@@ -671,7 +710,7 @@ async fn write_counters(tx: &mut AnyConnection, plan: &Plan, now_ms: i64) -> Res
 }
 
 /// The database and the plan must agree on how many rows a statement touched.
-fn expect_rows(affected: u64, expected: usize, what: &str) -> Result<(), StoreError> {
+pub(super) fn expect_rows(affected: u64, expected: usize, what: &str) -> Result<(), StoreError> {
     if affected == expected as u64 {
         Ok(())
     } else {

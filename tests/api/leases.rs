@@ -32,7 +32,14 @@ async fn fixture(stock: i64) -> Fixture {
 async fn fixture_with(stock: i64, limits: ActorLimits) -> Fixture {
     let store = Arc::new(MemoryStore::default());
     let sku_id = SkuId::new(77);
-    let sku = NewSku { sku_id, name: "Seat".into(), price_cents: Cents::new(10), total: stock, created_at_ms: 0 };
+    let sku = NewSku {
+        sku_id,
+        name: "Seat".into(),
+        price_cents: Cents::new(10),
+        total: stock,
+        sale: Default::default(),
+        created_at_ms: 0,
+    };
     store.create_sku(&sku).await.unwrap();
     let clock = ManualClock::starting_at(START_MS);
     let snapshots = Arc::new(Snapshots::in_process());

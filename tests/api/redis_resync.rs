@@ -105,6 +105,7 @@ fn snapshot(sku_id: i64) -> SkuSnapshot {
         price_cents: Cents::new(100 * sku_id),
         counters: Counters { total: 10, available: 10 - sku_id, reserved: sku_id, sold: 0 },
         version: sku_id + 1,
+        sale: Default::default(),
     }
 }
 

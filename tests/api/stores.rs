@@ -51,9 +51,16 @@ fn change(step: &Step) -> Change {
                 request_hash: "h".into(),
                 created_at_ms: 1,
                 pay_deadline_ms: 1_000,
+                coupon_id: None,
             };
             let quantity = Quantity::parse(units, 10).unwrap();
-            let line = OrderLine { sku_id: sku_id(sku), name: "n".into(), price_cents: Cents::new(10), quantity };
+            let line = OrderLine {
+                sku_id: sku_id(sku),
+                name: "n".into(),
+                price_cents: Cents::new(10),
+                quantity,
+                limited: false,
+            };
             let order = Order::price(header, vec![line], Cents::ZERO).unwrap();
             let lease = LeaseWrite {
                 order_id: order.id,
@@ -116,6 +123,7 @@ async fn prepared(store: &DynStore) {
             name: "s".into(),
             price_cents: Cents::new(10),
             total: 5,
+            sale: Default::default(),
             created_at_ms: 0,
         };
         store.create_sku(&sku).await.unwrap();

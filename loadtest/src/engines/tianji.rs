@@ -89,6 +89,7 @@ async fn create_skus(store: &DynStore, skus: &[SkuId], stock: i64) -> anyhow::Re
                 name: format!("load sku {index}"),
                 price_cents: Cents::new(100),
                 total: stock,
+                sale: Default::default(),
                 created_at_ms: wall_clock_ms() as i64,
             };
             async move { store.create_sku(&sku).await }
@@ -113,7 +114,7 @@ impl Engine for TianjiEngine {
         let n = self.attempts.fetch_add(1, Ordering::Relaxed);
         let user_id = UserId::new(1 + (n % USERS) as i64);
         let key = IdempotencyKey::parse(&format!("load-{n}")).expect("a short printable key");
-        let request = PlaceOrder { lines: vec![(self.skus[attempt.sku_index], quantity)] };
+        let request = PlaceOrder { lines: vec![(self.skus[attempt.sku_index], quantity)], coupon_id: None };
         match self.core.place_order(user_id, key, request).await {
             Ok(_) => Outcome::Ok { units: attempt.quantity },
             Err(PlaceError::InsufficientStock { .. }) => Outcome::Rejected,

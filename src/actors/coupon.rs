@@ -1,0 +1,215 @@
+//! The coupon template actor: one per template, the only one that hands out its coupons.
+//!
+//! It holds the template's rules and how many coupons are issued or on their way through the
+//! write pipeline, and answers a claim at once: outside the claim window, sold out, or past
+//! the user's limit, nothing is handed out; otherwise it mints the coupon and counts it in
+//! flight. The claim's caller (the user's actor) commits it through the pipeline and settles
+//! it here. The database's `issued <= total` check inside the commit and the unique
+//! `(user_id, template_id, seq)` key are the last line of defence: a stale view of this actor
+//! can only refuse a claim, never over-issue.
+
+use super::{ask, Core, Refusal, Reply};
+use crate::domain::coupon::{ClaimError, Coupon, CouponStatus};
+use crate::domain::{CouponId, TemplateId, UserId};
+use crate::persistence::{CouponIssue, StoreError, TemplateState};
+use actix::prelude::*;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Why a claim (or a template read) failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClaimFailure {
+    #[error("coupon template {0} does not exist")]
+    NotFound(TemplateId),
+    #[error(transparent)]
+    Refused(#[from] ClaimError),
+    #[error("overloaded; retry shortly")]
+    Overloaded,
+    /// Definitely not claimed.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// Perhaps claimed: the commit's outcome is unknown (the user's coupon list tells).
+    #[error("unavailable, the outcome is unknown: {0}")]
+    Uncertain(String),
+}
+
+impl From<Refusal> for ClaimFailure {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Full => ClaimFailure::Overloaded,
+            Refusal::Stopped => ClaimFailure::Unavailable("actor stopped".into()),
+            Refusal::NoAnswer => ClaimFailure::Uncertain("actor stopped before answering".into()),
+        }
+    }
+}
+
+impl From<StoreError> for ClaimFailure {
+    fn from(error: StoreError) -> Self {
+        ClaimFailure::Unavailable(error.to_string())
+    }
+}
+
+/// Hand out the user's `seq`-th coupon of the template (the user's actor counts `seq`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Issue {
+    pub user_id: UserId,
+    pub seq: i64,
+    pub reply: Reply<CouponIssue, ClaimFailure>,
+}
+
+/// What became of a coupon handed out by `Issue`.
+#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub enum IssueSettled {
+    Committed,
+    /// Not written: it no longer counts. `stale`: the database found the template sold out,
+    /// so this actor's count is behind; it stops and the next claim reloads it.
+    Refused {
+        stale: bool,
+    },
+    /// Perhaps written: this actor's count may be wrong, so it stops and the next claim
+    /// reloads the count from the database.
+    Unknown,
+}
+
+/// The template as committed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct GetTemplate {
+    pub reply: Reply<TemplateState, ClaimFailure>,
+}
+
+pub struct TemplateActor {
+    /// `issued` is what is committed.
+    template: TemplateState,
+    /// Coupons handed out and not yet settled.
+    in_flight: i64,
+    last_active: Instant,
+    core: Arc<Core>,
+}
+
+impl TemplateActor {
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        if self.last_active.elapsed() >= self.core.limits.idle_timeout && self.in_flight == 0 {
+            ctx.stop();
+        }
+    }
+}
+
+impl Actor for TemplateActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let every = (self.core.limits.idle_timeout / 4).max(std::time::Duration::from_millis(10));
+        ctx.run_interval(every, |actor, ctx| actor.tick(ctx));
+    }
+
+    fn stopped(&mut self, ctx: &mut Self::Context) {
+        self.core.templates.forget(self.template.id, &ctx.address());
+    }
+}
+
+impl Handler<Issue> for TemplateActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Issue, _ctx: &mut Self::Context) {
+        self.last_active = Instant::now();
+        let Issue { user_id, seq, reply } = msg;
+        let draft = &self.template.draft;
+        let checked = draft
+            .check_claim(self.template.issued + self.in_flight, self.core.clock.now_ms())
+            .and_then(|()| draft.check_user_claim(seq - 1));
+        let answer = checked.map_err(ClaimFailure::from).map(|()| {
+            // From here on the coupon is handed out and must be settled.
+            self.in_flight += 1;
+            let coupon = Coupon {
+                id: CouponId::new(self.core.next_id()),
+                template_id: self.template.id,
+                user_id,
+                status: CouponStatus::Unused,
+                order_id: None,
+                valid_until_ms: draft.rules.valid_until_ms,
+            };
+            CouponIssue { coupon, seq }
+        });
+        assert!(
+            self.template.issued + self.in_flight <= self.template.draft.total,
+            "never more in hand than the total"
+        );
+        if let Err(Ok(_unclaimed)) = reply.send(answer) {
+            self.in_flight -= 1;
+        }
+    }
+}
+
+impl Handler<IssueSettled> for TemplateActor {
+    type Result = ();
+
+    fn handle(&mut self, settled: IssueSettled, ctx: &mut Self::Context) {
+        assert!(self.in_flight > 0, "only handed-out coupons settle");
+        self.in_flight -= 1;
+        match settled {
+            IssueSettled::Committed => {
+                self.template.issued += 1;
+                assert!(self.template.issued <= self.template.draft.total);
+            }
+            IssueSettled::Refused { stale: false } => {}
+            IssueSettled::Refused { stale: true } | IssueSettled::Unknown => {
+                tracing::warn!(template_id = %self.template.id, ?settled, "reloading the template's issued count");
+                ctx.stop();
+            }
+        }
+    }
+}
+
+impl Handler<GetTemplate> for TemplateActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: GetTemplate, _ctx: &mut Self::Context) {
+        let _ = msg.reply.send(Ok(self.template.clone()));
+    }
+}
+
+/// The template side of `Core`.
+impl Core {
+    /// The live actor of a template, activated from the store (batched with the other
+    /// activations of the moment) if need be.
+    pub(crate) async fn template(
+        self: &Arc<Self>,
+        template_id: TemplateId,
+    ) -> Result<super::registry::ActorRef<TemplateActor>, ClaimFailure> {
+        if let Some(actor) = self.templates.get(template_id) {
+            return Ok(actor);
+        }
+        self.templates
+            .get_or_activate(template_id, || async {
+                let loaded = self.template_loader.submit(template_id).await;
+                let template = loaded.map_err(|e| ClaimFailure::Unavailable(e.to_string()))?;
+                let template = template.ok_or(ClaimFailure::NotFound(template_id))?;
+                let actor =
+                    TemplateActor { template, in_flight: 0, last_active: Instant::now(), core: Arc::clone(self) };
+                let arbiter = self.arbiters.for_key(template_id.get());
+                Ok(super::start_on(&arbiter, self.limits.mailbox_capacity, actor))
+            })
+            .await
+    }
+
+    /// A template with its committed issued count.
+    pub async fn template_state(self: &Arc<Self>, template_id: TemplateId) -> Result<TemplateState, ClaimFailure> {
+        let actor = self.template(template_id).await?;
+        ask(actor.addr(), |reply| GetTemplate { reply }).await
+    }
+
+    /// Asks the template's actor for a coupon.
+    pub(crate) async fn issue(
+        self: &Arc<Self>,
+        template_id: TemplateId,
+        user_id: UserId,
+        seq: i64,
+    ) -> Result<(CouponIssue, super::registry::ActorRef<TemplateActor>), ClaimFailure> {
+        let actor = self.template(template_id).await?;
+        let issue = ask(actor.addr(), |reply| Issue { user_id, seq, reply }).await?;
+        Ok((issue, actor))
+    }
+}

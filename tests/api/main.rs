@@ -6,6 +6,8 @@ mod helpers;
 mod idempotency;
 mod leases;
 mod lifecycle;
+mod promotion;
+mod promotion_http;
 mod proxy;
 mod recovery;
 mod redis_resync;

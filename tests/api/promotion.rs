@@ -1,0 +1,1 @@
+//! Promotions through `Core` on SQLite and MariaDB.

@@ -9,7 +9,8 @@ ALTER TABLE inventory
 
 -- Whether the item counted against its SKU's per-user limit when it was ordered: only those
 -- units go back to the user's allowance when the order closes or is refunded before delivery.
-ALTER TABLE trade_order_item ADD COLUMN limit_counted BOOLEAN NOT NULL DEFAULT FALSE;
+-- (0 or 1: an integer, which both databases and the driver read alike.)
+ALTER TABLE trade_order_item ADD COLUMN limit_counted BIGINT NOT NULL DEFAULT 0;
 
 -- Units a user holds of a limited SKU: placed, paid or finished, not closed or returned.
 CREATE TABLE user_sku_purchase (

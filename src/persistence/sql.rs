@@ -183,7 +183,7 @@ impl SqlStore {
                 price_cents: Cents::new(item.try_get("price_cents")?),
                 quantity: item.try_get("quantity")?,
                 pay_cents: Cents::new(item.try_get("pay_cents")?),
-                limit_counted: item.try_get("limit_counted")?,
+                limit_counted: item.try_get::<i64, _>("limit_counted")? != 0,
             });
         }
         rows.iter().zip(ids).map(|(row, id)| order_from_row(row, items.remove(&id).unwrap_or_default())).collect()
@@ -544,7 +544,7 @@ async fn write_plan(tx: &mut AnyConnection, changes: &[Change], plan: &Plan, now
                 .push_bind(item.price_cents.get())
                 .push_bind(item.quantity)
                 .push_bind(item.pay_cents.get())
-                .push_bind(item.limit_counted);
+                .push_bind(i64::from(item.limit_counted));
         },
     )
     .await?;

@@ -3,11 +3,13 @@
 //! outcome; they decide nothing about money or stock themselves.
 
 pub mod auth;
+pub mod coupons;
 pub mod errors;
 pub mod health;
 pub mod orders;
 pub mod payments;
 pub mod skus;
+pub mod time;
 
 use crate::actors::Core;
 use actix_web::error::{JsonPayloadError, PathError};
@@ -71,6 +73,11 @@ pub fn configure(
             .service(skus::create)
             .service(skus::restock)
             .service(skus::get)
+            .service(skus::update_sale)
+            .service(coupons::create_template)
+            .service(coupons::get_template)
+            .service(coupons::receive)
+            .service(coupons::list)
             .service(orders::place)
             .service(orders::list)
             .service(orders::get)

@@ -1,7 +1,9 @@
-//! Orders: placement (idempotent on the `Idempotency-Key` header) and reading one back.
+//! Orders: placement (idempotent on the `Idempotency-Key` header, optionally with one of the
+//! buyer's coupons) and reading one back.
 
 use super::auth::{Admin, Caller};
 use super::errors::ApiError;
+use super::time::format_ms;
 use super::AppState;
 use crate::actors::user::Placed;
 use crate::domain::order::{Order, OrderItem};
@@ -9,7 +11,6 @@ use crate::domain::{Cents, CouponId, IdempotencyKey, OrderEvent, OrderId, OrderS
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
-use std::time::{Duration, UNIX_EPOCH};
 
 pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
 /// Set on a response that returns an order placed by an earlier request with the same key.
@@ -19,6 +20,8 @@ pub const REPLAYED_HEADER: &str = "Idempotency-Replayed";
 #[serde(deny_unknown_fields)]
 pub struct PlaceOrderBody {
     items: Vec<ItemRequest>,
+    /// One of the buyer's unused coupons to apply.
+    coupon_id: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -43,11 +46,6 @@ pub struct OrderBody {
     created_at: String,
 }
 
-fn rfc3339(ms: i64) -> String {
-    let at = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(at).to_string()
-}
-
 impl From<&Order> for OrderBody {
     fn from(order: &Order) -> Self {
         OrderBody {
@@ -60,8 +58,8 @@ impl From<&Order> for OrderBody {
             discount_cents: order.discount_cents,
             pay_cents: order.pay_cents,
             coupon_id: order.coupon_id,
-            pay_deadline: rfc3339(order.pay_deadline_ms),
-            created_at: rfc3339(order.created_at_ms),
+            pay_deadline: format_ms(order.pay_deadline_ms),
+            created_at: format_ms(order.created_at_ms),
         }
     }
 }
@@ -76,6 +74,10 @@ fn idempotency_key(request: &HttpRequest) -> Result<IdempotencyKey, ApiError> {
     })
 }
 
+fn parse_coupon_id(raw: i64) -> Result<CouponId, ApiError> {
+    CouponId::parse(raw).ok_or_else(|| ApiError::unprocessable("invalid_coupon_id", "coupon_id must be a positive id"))
+}
+
 #[post("/v1/orders")]
 pub async fn place(
     state: web::Data<AppState>,
@@ -85,7 +87,8 @@ pub async fn place(
 ) -> Result<HttpResponse, ApiError> {
     let key = idempotency_key(&request)?;
     let items: Vec<(i64, i64)> = body.items.iter().map(|i| (i.sku_id, i.quantity)).collect();
-    let order = PlaceOrder::parse(&items)?;
+    let mut order = PlaceOrder::parse(&items)?;
+    order.coupon_id = body.coupon_id.map(parse_coupon_id).transpose()?;
     let placed = state.core.place_order(caller.user_id, key, order).await?;
     let mut response = HttpResponse::Created();
     if let Placed::Replayed(_) = placed {

@@ -1,16 +1,19 @@
-//! SKUs: admins create and restock them; users read their committed stock. Reads never query
-//! the database per request: they come from the snapshot the SKU's actor publishes after each
-//! commit (the actor is activated from the database once).
+//! SKUs: admins create and restock them and set their sale (price, window, per-user limit);
+//! users read their committed stock and sale. Reads never query the database per request: they
+//! come from the snapshot the SKU's actor publishes after each commit (the actor is activated
+//! from the database once).
 
 use super::auth::{Admin, Caller};
 use super::errors::ApiError;
+use super::time::{format_ms, parse_ms, parse_optional_ms};
 use super::AppState;
 use crate::domain::inventory::{Quantity, STOCK_QUANTITY_MAX};
+use crate::domain::sale::{Sale, SalePatch};
 use crate::domain::sku::SkuDraft;
 use crate::domain::{Cents, SkuId};
 use crate::persistence::redis::SkuSnapshot;
-use actix_web::{get, post, web, HttpResponse};
-use serde::{Deserialize, Serialize};
+use actix_web::{get, patch, post, web, HttpResponse};
+use serde::{Deserialize, Deserializer, Serialize};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -18,6 +21,34 @@ pub struct CreateSku {
     name: String,
     price_cents: i64,
     stock: i64,
+    sale_price_cents: Option<i64>,
+    sale_starts_at: Option<String>,
+    sale_ends_at: Option<String>,
+    per_user_limit: Option<i64>,
+}
+
+/// A PATCH of a SKU's sale: an absent field is left as it is, an explicit `null` clears it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchSale {
+    #[serde(default, deserialize_with = "present")]
+    sale_price_cents: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "present")]
+    sale_starts_at: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    sale_ends_at: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    per_user_limit: Option<Option<i64>>,
+}
+
+/// Marks a field as present, with its value or `null`. serde only calls this for a field that
+/// is in the body; an absent one takes the `default`, `None`.
+fn present<'de, T, D>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: Deserialize<'de>,
+    D: Deserializer<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 #[derive(Deserialize)]
@@ -36,11 +67,16 @@ pub struct SkuBody {
     available: i64,
     reserved: i64,
     sold: i64,
+    sale_price_cents: Option<Cents>,
+    sale_starts_at: Option<String>,
+    sale_ends_at: Option<String>,
+    per_user_limit: Option<i64>,
 }
 
 impl From<SkuSnapshot> for SkuBody {
     fn from(snapshot: SkuSnapshot) -> Self {
         let c = snapshot.counters;
+        let sale = snapshot.sale;
         SkuBody {
             sku_id: snapshot.sku_id,
             sku_id_str: snapshot.sku_id.to_string(),
@@ -50,6 +86,10 @@ impl From<SkuSnapshot> for SkuBody {
             available: c.available,
             reserved: c.reserved,
             sold: c.sold,
+            sale_price_cents: sale.price_cents,
+            sale_starts_at: sale.starts_at_ms.map(format_ms),
+            sale_ends_at: sale.ends_at_ms.map(format_ms),
+            per_user_limit: sale.per_user_limit,
         }
     }
 }
@@ -64,7 +104,13 @@ pub async fn create(
     _admin: Admin,
     body: web::Json<CreateSku>,
 ) -> Result<HttpResponse, ApiError> {
-    let draft = SkuDraft::parse(&body.name, body.price_cents, body.stock)?;
+    let mut draft = SkuDraft::parse(&body.name, body.price_cents, body.stock)?;
+    draft.sale = Sale::parse(
+        body.sale_price_cents,
+        parse_optional_ms("sale_starts_at", body.sale_starts_at.as_deref())?,
+        parse_optional_ms("sale_ends_at", body.sale_ends_at.as_deref())?,
+        body.per_user_limit,
+    )?;
     let snapshot = state.core.create_sku(draft).await?;
     Ok(HttpResponse::Created().json(SkuBody::from(snapshot)))
 }
@@ -87,4 +133,45 @@ pub async fn get(state: web::Data<AppState>, _caller: Caller, path: web::Path<i6
     let sku_id = parse_sku_id(path.into_inner())?;
     let snapshot = state.core.sku_snapshot(sku_id).await?;
     Ok(HttpResponse::Ok().json(SkuBody::from(snapshot)))
+}
+
+/// A present time field of a PATCH, converted; `null` stays a clear.
+fn patched_ms(field: &'static str, change: Option<Option<String>>) -> Result<Option<Option<i64>>, ApiError> {
+    change.map(|value| value.map(|raw| parse_ms(field, &raw)).transpose()).transpose()
+}
+
+/// Changes the sale of a SKU; the merged sale is checked as a whole (`Sale::patch`).
+#[patch("/v1/admin/skus/{sku_id}")]
+pub async fn update_sale(
+    state: web::Data<AppState>,
+    _admin: Admin,
+    path: web::Path<i64>,
+    body: web::Json<PatchSale>,
+) -> Result<HttpResponse, ApiError> {
+    let sku_id = parse_sku_id(path.into_inner())?;
+    let body = body.into_inner();
+    let patch = SalePatch {
+        price_cents: body.sale_price_cents,
+        starts_at_ms: patched_ms("sale_starts_at", body.sale_starts_at)?,
+        ends_at_ms: patched_ms("sale_ends_at", body.sale_ends_at)?,
+        per_user_limit: body.per_user_limit,
+    };
+    let snapshot = state.core.update_sale(sku_id, patch).await?;
+    Ok(HttpResponse::Ok().json(SkuBody::from(snapshot)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_patch_tells_absent_from_null() {
+        let body: PatchSale =
+            serde_json::from_str(r#"{"sale_price_cents": 5, "sale_ends_at": null}"#).expect("a valid patch");
+        assert_eq!(body.sale_price_cents, Some(Some(5)));
+        assert_eq!(body.sale_starts_at, None, "absent: unchanged");
+        assert_eq!(body.sale_ends_at, Some(None), "null: cleared");
+        assert_eq!(body.per_user_limit, None);
+        assert!(serde_json::from_str::<PatchSale>(r#"{"stock": 5}"#).is_err(), "unknown fields are refused");
+    }
 }

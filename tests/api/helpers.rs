@@ -507,3 +507,90 @@ impl TestApp {
         self.client.get(self.url("/readyz")).send().await.expect("request")
     }
 }
+
+/// An RFC 3339 time `offset_secs` from now (negative: in the past), as request bodies carry it.
+pub fn rfc3339_from_now(offset_secs: i64) -> String {
+    let now = std::time::SystemTime::now();
+    let at = if offset_secs >= 0 {
+        now + Duration::from_secs(offset_secs as u64)
+    } else {
+        now - Duration::from_secs(offset_secs.unsigned_abs())
+    };
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+/// Status and JSON body of a reply (`null` when the body is not JSON).
+pub async fn status_and_json(response: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+}
+
+impl TestApp {
+    /// Sends `method path` with a JSON `body` (none when `null`) and a bearer `token`.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let mut request = self.client.request(method, self.url(path)).bearer_auth(token);
+        if !body.is_null() {
+            request = request.json(&body);
+        }
+        status_and_json(request.send().await.expect("request")).await
+    }
+
+    /// Creates a SKU from a full admin body (sale fields included) and returns its body.
+    pub async fn create_sku_from(&self, body: serde_json::Value) -> serde_json::Value {
+        let (status, sku) = self.call(reqwest::Method::POST, "/v1/admin/skus", &self.admin_token(), body).await;
+        assert_eq!(status, 201, "create sku: {sku}");
+        self.skus.lock().unwrap().push(sku["sku_id"].as_i64().expect("sku_id"));
+        sku
+    }
+
+    /// `PATCH /v1/admin/skus/{sku_id}` as an admin.
+    pub async fn patch_sale(&self, sku_id: i64, body: serde_json::Value) -> (u16, serde_json::Value) {
+        self.call(reqwest::Method::PATCH, &format!("/v1/admin/skus/{sku_id}"), &self.admin_token(), body).await
+    }
+
+    /// `POST /v1/admin/coupon-templates` as an admin.
+    pub async fn create_template(&self, body: serde_json::Value) -> (u16, serde_json::Value) {
+        self.call(reqwest::Method::POST, "/v1/admin/coupon-templates", &self.admin_token(), body).await
+    }
+
+    /// `POST /v1/coupons/receive` as `user_id`.
+    pub async fn receive_coupon(&self, user_id: i64, template_id: i64) -> (u16, serde_json::Value) {
+        let body = serde_json::json!({ "template_id": template_id });
+        self.call(reqwest::Method::POST, "/v1/coupons/receive", &self.user_token(user_id), body).await
+    }
+
+    /// `user_id`'s coupons in `status` (all of them when empty).
+    pub async fn coupons(&self, user_id: i64, status: &str) -> Vec<serde_json::Value> {
+        let path = format!("/v1/coupons?status={status}");
+        let (code, body) =
+            self.call(reqwest::Method::GET, &path, &self.user_token(user_id), serde_json::Value::Null).await;
+        assert_eq!(code, 200, "list coupons: {body}");
+        body["coupons"].as_array().expect("coupons").clone()
+    }
+
+    /// Places an order of `items` with `coupon_id` under a fresh Idempotency-Key.
+    pub async fn place_with_coupon(
+        &self,
+        user_id: i64,
+        items: serde_json::Value,
+        coupon_id: i64,
+    ) -> (u16, serde_json::Value) {
+        let response = self
+            .client
+            .post(self.url("/v1/orders"))
+            .bearer_auth(self.user_token(user_id))
+            .header("Idempotency-Key", format!("k-{}", rand::random::<u64>()))
+            .json(&serde_json::json!({ "items": items, "coupon_id": coupon_id }))
+            .send()
+            .await
+            .expect("request");
+        status_and_json(response).await
+    }
+}

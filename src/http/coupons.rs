@@ -1,0 +1,199 @@
+//! Coupons: admins create templates; users read a template, receive coupons of it and list
+//! their own. The rules (what a template may be, who may claim when, what a coupon takes off)
+//! live in `domain::coupon`; a claim is decided by the template's and the user's actors and
+//! answered only once it is committed.
+
+use super::auth::{Admin, Caller};
+use super::errors::ApiError;
+use super::time::{format_ms, parse_ms, parse_optional_ms};
+use super::AppState;
+use crate::domain::coupon::{Coupon, CouponKind, CouponStatus, CouponView, TemplateDraft, TemplateInput};
+use crate::domain::{Cents, CouponId, OrderId, TemplateId};
+use crate::persistence::TemplateState;
+use actix_web::{get, post, web, HttpResponse};
+use serde::{Deserialize, Serialize};
+
+/// The most coupons one listing returns.
+pub const PAGE_SIZE_MAX: u32 = 100;
+pub const PAGE_SIZE_DEFAULT: u32 = 50;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTemplate {
+    name: String,
+    kind: String,
+    discount_cents: Option<i64>,
+    percent_off: Option<i64>,
+    max_discount_cents: Option<i64>,
+    min_spend_cents: i64,
+    total: i64,
+    per_user_limit: i64,
+    claim_starts_at: Option<String>,
+    claim_ends_at: Option<String>,
+    valid_until: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiveBody {
+    template_id: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    status: Option<String>,
+    limit: Option<u32>,
+}
+
+#[derive(Serialize)]
+pub struct TemplateBody {
+    template_id: TemplateId,
+    template_id_str: String,
+    name: String,
+    kind: &'static str,
+    discount_cents: Option<Cents>,
+    percent_off: Option<i64>,
+    max_discount_cents: Option<Cents>,
+    min_spend_cents: Cents,
+    total: i64,
+    /// Coupons committed to users.
+    issued: i64,
+    per_user_limit: i64,
+    claim_starts_at: Option<String>,
+    claim_ends_at: Option<String>,
+    valid_until: String,
+}
+
+impl From<TemplateState> for TemplateBody {
+    fn from(template: TemplateState) -> Self {
+        let TemplateDraft { name, rules, total, per_user_limit, claim_starts_at_ms, claim_ends_at_ms } = template.draft;
+        let (discount_cents, percent_off, max_discount_cents) = match rules.kind {
+            CouponKind::AmountOff { discount_cents } => (Some(discount_cents), None, None),
+            CouponKind::PercentOff { percent_off, max_discount_cents } => (None, Some(percent_off), max_discount_cents),
+        };
+        TemplateBody {
+            template_id: template.id,
+            template_id_str: template.id.to_string(),
+            name,
+            kind: rules.kind.name(),
+            discount_cents,
+            percent_off,
+            max_discount_cents,
+            min_spend_cents: rules.min_spend_cents,
+            total,
+            issued: template.issued,
+            per_user_limit,
+            claim_starts_at: claim_starts_at_ms.map(format_ms),
+            claim_ends_at: claim_ends_at_ms.map(format_ms),
+            valid_until: format_ms(rules.valid_until_ms),
+        }
+    }
+}
+
+/// A coupon as its holder sees it: `status` is the view (`expired` for an unused coupon past
+/// its validity), `order_id` the order that holds it, if any.
+#[derive(Serialize)]
+pub struct CouponBody {
+    coupon_id: CouponId,
+    coupon_id_str: String,
+    template_id: TemplateId,
+    status: &'static str,
+    order_id: Option<OrderId>,
+    valid_until: String,
+}
+
+impl CouponBody {
+    fn new(coupon: &Coupon, view: CouponView) -> Self {
+        CouponBody {
+            coupon_id: coupon.id,
+            coupon_id_str: coupon.id.to_string(),
+            template_id: coupon.template_id,
+            status: view.as_str(),
+            order_id: coupon.order_id,
+            valid_until: format_ms(coupon.valid_until_ms),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct CouponPage {
+    coupons: Vec<CouponBody>,
+}
+
+fn template_not_found(raw: i64) -> ApiError {
+    ApiError::not_found("template_not_found", format!("coupon template {raw} does not exist"))
+}
+
+#[post("/v1/admin/coupon-templates")]
+pub async fn create_template(
+    state: web::Data<AppState>,
+    _admin: Admin,
+    body: web::Json<CreateTemplate>,
+) -> Result<HttpResponse, ApiError> {
+    let input = TemplateInput {
+        name: &body.name,
+        kind: &body.kind,
+        discount_cents: body.discount_cents,
+        percent_off: body.percent_off,
+        max_discount_cents: body.max_discount_cents,
+        min_spend_cents: body.min_spend_cents,
+        total: body.total,
+        per_user_limit: body.per_user_limit,
+        claim_starts_at_ms: parse_optional_ms("claim_starts_at", body.claim_starts_at.as_deref())?,
+        claim_ends_at_ms: parse_optional_ms("claim_ends_at", body.claim_ends_at.as_deref())?,
+        valid_until_ms: parse_ms("valid_until", &body.valid_until)?,
+    };
+    let draft = TemplateDraft::parse(&input)?;
+    let template = state.core.create_template(draft).await?;
+    Ok(HttpResponse::Created().json(TemplateBody::from(template)))
+}
+
+#[get("/v1/coupon-templates/{template_id}")]
+pub async fn get_template(
+    state: web::Data<AppState>,
+    _caller: Caller,
+    path: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    let raw = path.into_inner();
+    let template_id = TemplateId::parse(raw).ok_or_else(|| template_not_found(raw))?;
+    let template = state.core.template_state(template_id).await?;
+    Ok(HttpResponse::Ok().json(TemplateBody::from(template)))
+}
+
+#[post("/v1/coupons/receive")]
+pub async fn receive(
+    state: web::Data<AppState>,
+    caller: Caller,
+    body: web::Json<ReceiveBody>,
+) -> Result<HttpResponse, ApiError> {
+    let template_id = TemplateId::parse(body.template_id)
+        .ok_or_else(|| ApiError::unprocessable("invalid_template_id", "template_id must be a positive id"))?;
+    let coupon = state.core.receive_coupon(caller.user_id, template_id).await?;
+    assert_eq!(coupon.status, CouponStatus::Unused, "a coupon is received unused");
+    Ok(HttpResponse::Created().json(CouponBody::new(&coupon, CouponView::Unused)))
+}
+
+#[get("/v1/coupons")]
+pub async fn list(
+    state: web::Data<AppState>,
+    caller: Caller,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let query = query.into_inner();
+    let view = match query.status.as_deref() {
+        None | Some("") => None,
+        Some(name) => Some(
+            CouponView::parse(name)
+                .ok_or_else(|| ApiError::unprocessable("invalid_status", format!("unknown coupon status {name:?}")))?,
+        ),
+    };
+    let limit = query.limit.unwrap_or(PAGE_SIZE_DEFAULT);
+    if !(1..=PAGE_SIZE_MAX).contains(&limit) {
+        return Err(ApiError::unprocessable("invalid_limit", format!("limit must be between 1 and {PAGE_SIZE_MAX}")));
+    }
+    let coupons = state.core.list_coupons(caller.user_id, view, limit).await?;
+    assert!(coupons.len() <= limit as usize, "a page holds at most its limit");
+    let coupons = coupons.iter().map(|(coupon, view)| CouponBody::new(coupon, *view)).collect();
+    Ok(HttpResponse::Ok().json(CouponPage { coupons }))
+}

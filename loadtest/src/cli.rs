@@ -34,6 +34,10 @@ pub enum Preset {
     Catalog,
     /// Several SKUs, 1..=2 or 3 units per attempt; over HTTP: place, pay, cancel, read.
     Mixed,
+    /// Seckill coupon claims (`engines` only): one template of 10,000 coupons, 50,000 claims of
+    /// one coupon each, 256 concurrent, per-user limit 1, a tenth of the claims made again by a
+    /// user who claimed just before (`--repeat-claims`).
+    Coupons,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,7 +111,24 @@ impl Preset {
                 distribution: zipf(1.1),
                 time_limit: Duration::from_secs(20),
             },
+            // A "SKU" is a coupon template whose total is the stock; an attempt claims one
+            // coupon. Five engines within about a minute and a half on 2 cores: the slowest
+            // (one commit per claim) stop at the time limit.
+            (Preset::Coupons, _) => PresetValues {
+                sku_count: 1,
+                stock_per_sku: 10_000,
+                attempts: 50_000,
+                concurrency: 256,
+                max_quantity: 1,
+                distribution: KeyDistribution::Uniform,
+                time_limit: Duration::from_secs(15),
+            },
         }
+    }
+
+    /// Whether attempts claim coupons (else they reserve units of SKUs).
+    pub fn claims_coupons(self) -> bool {
+        self == Preset::Coupons
     }
 }
 
@@ -190,6 +211,7 @@ impl LoadArgs {
     }
 }
 
+/// The engines; `tianji-*` run every preset, the others either reservations or coupon claims.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
 pub enum EngineName {
     TianjiActor,
@@ -197,15 +219,44 @@ pub enum EngineName {
     RedisLua,
     RedisLuaDurable,
     MysqlRowLock,
+    /// Coupons: one Lua script checks the user's count and the stock and records the claim.
+    RedisClaim,
+    /// Coupons: the script, then the coupon row committed to MariaDB before the answer.
+    RedisClaimDurable,
+    /// Coupons: a conditional UPDATE of `issued` and the coupon INSERT in one transaction.
+    MysqlConditional,
 }
+
+impl EngineName {
+    /// Whether the engine can run attempts of this kind.
+    pub fn runs(self, claims_coupons: bool) -> bool {
+        match self {
+            EngineName::TianjiActor | EngineName::TianjiMemory => true,
+            EngineName::RedisLua | EngineName::RedisLuaDurable | EngineName::MysqlRowLock => !claims_coupons,
+            EngineName::RedisClaim | EngineName::RedisClaimDurable | EngineName::MysqlConditional => claims_coupons,
+        }
+    }
+
+    pub fn spelled(self) -> String {
+        self.to_possible_value().map_or_else(|| format!("{self:?}"), |value| value.get_name().to_owned())
+    }
+}
+
+/// The most a `--repeat-claims` share may be: most claims come from distinct users.
+pub const REPEAT_CLAIMS_SHARE_MAX: f64 = 0.5;
 
 #[derive(Args, Debug, Clone)]
 pub struct EnginesArgs {
     #[command(flatten)]
     pub load: LoadArgs,
-    /// Engines to run, comma separated (default: all, in this order).
+    /// Engines to run, comma separated (default: all that run the preset, in this order).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub engines: Vec<EngineName>,
+    /// Coupon claims: this share of the claims is made again by the user of a claim a few
+    /// tickets before (same template when there is one), and must be refused at the per-user
+    /// limit of 1 when that one succeeded. 0 to 0.5.
+    #[arg(long, default_value_t = 0.1)]
+    pub repeat_claims: f64,
     /// MariaDB server, without a database name: a fresh database is created and dropped.
     #[arg(long, default_value = "mysql://root@127.0.0.1:3306")]
     pub mysql_url: String,
@@ -218,14 +269,30 @@ pub struct EnginesArgs {
 }
 
 impl EnginesArgs {
-    pub fn selected_engines(&self) -> Vec<EngineName> {
+    /// The engines asked for (default: every one that runs the preset), in the documented
+    /// order; naming one that cannot run the preset is an error.
+    pub fn selected_engines(&self) -> anyhow::Result<Vec<EngineName>> {
+        let coupons = self.load.preset.claims_coupons();
         if self.engines.is_empty() {
-            return EngineName::value_variants().to_vec();
+            return Ok(EngineName::value_variants().iter().copied().filter(|e| e.runs(coupons)).collect());
+        }
+        if let Some(misfit) = self.engines.iter().find(|e| !e.runs(coupons)) {
+            let kind = if coupons { "claims coupons" } else { "reserves units" };
+            anyhow::bail!("engine {} does not run preset {:?}, which {kind}", misfit.spelled(), self.load.preset);
         }
         let mut engines = self.engines.clone();
         engines.sort();
         engines.dedup();
-        engines
+        Ok(engines)
+    }
+
+    /// The `--repeat-claims` share, checked.
+    pub fn repeat_claims_share(&self) -> anyhow::Result<f64> {
+        let share = self.repeat_claims;
+        if !(0.0..=REPEAT_CLAIMS_SHARE_MAX).contains(&share) {
+            anyhow::bail!("--repeat-claims must be between 0 and {REPEAT_CLAIMS_SHARE_MAX}, got {share}");
+        }
+        Ok(share)
     }
 }
 
@@ -290,11 +357,16 @@ pub struct HttpArgs {
 }
 
 impl HttpArgs {
-    pub fn scenario(&self) -> Scenario {
-        self.scenario.unwrap_or(match self.load.preset {
+    /// The scenario named, else the preset's; the coupons preset has none over HTTP yet.
+    pub fn scenario(&self) -> anyhow::Result<Scenario> {
+        if let Some(scenario) = self.scenario {
+            return Ok(scenario);
+        }
+        Ok(match self.load.preset {
             Preset::FlashSale => Scenario::FlashSale,
             Preset::Catalog => Scenario::Catalog,
             Preset::Mixed => Scenario::Mixed,
+            Preset::Coupons => anyhow::bail!("preset coupons runs under `engines` only (no HTTP claim scenario yet)"),
         })
     }
 }
@@ -345,7 +417,7 @@ mod tests {
         assert_eq!(workload.attempts, 5);
         assert_eq!(workload.distribution, KeyDistribution::Uniform);
         assert_eq!(workload.time_limit, Duration::from_secs(3));
-        assert_eq!(args.selected_engines(), vec![EngineName::TianjiActor, EngineName::RedisLua]);
+        assert_eq!(args.selected_engines().expect("fit"), vec![EngineName::TianjiActor, EngineName::RedisLua]);
     }
 
     #[test]
@@ -371,16 +443,74 @@ mod tests {
             .iter()
             .map(|e| e.to_possible_value().expect("named").get_name().to_owned())
             .collect();
-        assert_eq!(names, ["tianji-actor", "tianji-memory", "redis-lua", "redis-lua-durable", "mysql-row-lock"]);
+        assert_eq!(
+            names,
+            [
+                "tianji-actor",
+                "tianji-memory",
+                "redis-lua",
+                "redis-lua-durable",
+                "mysql-row-lock",
+                "redis-claim",
+                "redis-claim-durable",
+                "mysql-conditional"
+            ]
+        );
     }
 
     #[test]
     fn the_http_scenario_follows_the_preset_unless_named() {
         let cli = parse(&["t", "http", "--target", "http://127.0.0.1:1", "--preset", "catalog"]);
         let Command::Http(args) = cli else { panic!("http") };
-        assert_eq!(args.scenario(), Scenario::Catalog);
+        assert_eq!(args.scenario().expect("the preset's"), Scenario::Catalog);
         let cli = parse(&["t", "http", "--target", "http://127.0.0.1:1", "--scenario", "mixed"]);
         let Command::Http(args) = cli else { panic!("http") };
-        assert_eq!(args.scenario(), Scenario::Mixed);
+        assert_eq!(args.scenario().expect("named"), Scenario::Mixed);
+        let cli = parse(&["t", "http", "--target", "http://127.0.0.1:1", "--preset", "coupons"]);
+        let Command::Http(args) = cli else { panic!("http") };
+        assert!(args.scenario().is_err(), "no HTTP claim scenario yet");
+    }
+
+    #[test]
+    fn the_coupons_preset_claims_one_coupon_of_one_template_per_attempt() {
+        let Command::Engines(args) = parse(&["t", "engines", "--preset", "coupons"]) else { panic!("engines") };
+        let coupons = args.load.workload(Mode::Engines).expect("valid");
+        assert_eq!(
+            (coupons.sku_count, coupons.stock_per_sku, coupons.attempts, coupons.concurrency, coupons.max_quantity),
+            (1, 10_000, 50_000, 256, 1)
+        );
+        assert_eq!((coupons.distribution, coupons.time_limit), (KeyDistribution::Uniform, Duration::from_secs(15)));
+        assert_eq!(coupons.arrival, Arrival::Closed);
+        assert_eq!(args.repeat_claims_share().expect("default"), 0.1);
+        assert_eq!(
+            args.selected_engines().expect("defaults fit"),
+            [
+                EngineName::TianjiActor,
+                EngineName::TianjiMemory,
+                EngineName::RedisClaim,
+                EngineName::RedisClaimDurable,
+                EngineName::MysqlConditional
+            ]
+        );
+    }
+
+    #[test]
+    fn engines_must_fit_the_preset() {
+        let Command::Engines(args) = parse(&["t", "engines", "--preset", "coupons", "--engines", "redis-lua"]) else {
+            panic!("engines")
+        };
+        let refused = args.selected_engines().expect_err("redis-lua reserves units");
+        assert_eq!(refused.to_string(), "engine redis-lua does not run preset Coupons, which claims coupons");
+        let Command::Engines(args) = parse(&["t", "engines", "--engines", "mysql-conditional"]) else {
+            panic!("engines")
+        };
+        assert!(args.selected_engines().is_err(), "flash-sale reserves units");
+        let Command::Engines(args) = parse(&["t", "engines"]) else { panic!("engines") };
+        assert_eq!(args.selected_engines().expect("defaults fit").len(), 5);
+        assert!(args.selected_engines().expect("fit").iter().all(|e| e.runs(false)));
+        let Command::Engines(args) = parse(&["t", "engines", "--preset", "coupons", "--repeat-claims", "0.6"]) else {
+            panic!("engines")
+        };
+        assert!(args.repeat_claims_share().is_err(), "most claims come from distinct users");
     }
 }

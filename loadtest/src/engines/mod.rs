@@ -7,11 +7,18 @@
 //! Redis is measured, for machine time per operation.
 //! One file per engine: `tianji.rs` (actors, durable or in memory), `redis_lua.rs` (the
 //! classic script, with or without the durable order insert), `row_lock.rs` (one conditional
-//! UPDATE per attempt).
+//! UPDATE per attempt). Under the `coupons` preset an attempt claims one coupon of a template
+//! (the "SKU", its total the stock): `tianji_claims.rs` (the same actors), `redis_claim.rs`
+//! (the seckill script, with or without the durable coupon insert), `mysql_conditional.rs`
+//! (one conditional UPDATE and INSERT per claim), all audited alike by `claims.rs`.
 
+pub mod claims;
+pub mod mysql_conditional;
+pub mod redis_claim;
 pub mod redis_lua;
 pub mod row_lock;
 pub mod tianji;
+pub mod tianji_claims;
 
 use crate::check::{check, CheckResult, SkuObserved};
 use crate::cli::{EngineName, EnginesArgs};
@@ -42,7 +49,8 @@ pub struct ReadBack {
 pub trait Engine: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 
-    /// Reserves `attempt.quantity` units of SKU `attempt.sku_index` for a new order.
+    /// Reserves `attempt.quantity` units of SKU `attempt.sku_index` for a new order, or (a
+    /// coupon engine) claims one coupon of template `attempt.sku_index`.
     async fn attempt(&self, attempt: Attempt) -> Outcome;
 
     /// Reads the final state back from where the engine keeps it.
@@ -59,16 +67,25 @@ pub struct Setup<'a> {
     pub redis_url: &'a str,
     /// Unique per run: namespaces Redis keys.
     pub run_id: &'a str,
+    /// Who makes each coupon claim (coupon engines only).
+    pub claimants: claims::Claimants,
 }
 
 pub async fn run(args: &EnginesArgs) -> anyhow::Result<Report> {
     require_loopback("--mysql-url", &args.mysql_url, &["mysql", "mariadb"])?;
     require_loopback("--redis-url", &args.redis_url, &["redis"])?;
     let workload = args.load.workload(crate::cli::Mode::Engines)?;
-    let names = args.selected_engines();
+    let names = args.selected_engines()?;
+    let coupons = args.load.preset.claims_coupons();
+    if coupons && (workload.max_quantity != 1 || workload.stock_per_sku < 1) {
+        anyhow::bail!(
+            "preset coupons claims one coupon per attempt of templates of at least 1: --max-quantity 1, --stock >= 1"
+        );
+    }
+    let claimants = claims::Claimants::new(args.repeat_claims_share()?);
     let run_id = hex::encode(rand::random::<[u8; 6]>());
     let started_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    eprintln!("engines: {}", workload.describe());
+    eprintln!("engines: {}", describe(&workload, coupons, claimants));
     let mut notes = Vec::new();
     let probes = cpu_probes(args, &mut notes);
     notes.iter().for_each(|note| eprintln!("{note}"));
@@ -79,8 +96,8 @@ pub async fn run(args: &EnginesArgs) -> anyhow::Result<Report> {
         async move {
             let mut rows = Vec::new();
             for name in names {
-                let setup = Setup { workload, database: &database, redis_url, run_id };
-                let row = measure_engine(name, &setup, probes).await?;
+                let setup = Setup { workload, database: &database, redis_url, run_id, claimants };
+                let row = measure_engine(name, coupons, &setup, probes).await?;
                 eprintln!(
                     "{:<18} {:>10.0} /s  cpu {} us/op  ok {}  rejected {}  errors {}  check {}",
                     row.name,
@@ -99,7 +116,7 @@ pub async fn run(args: &EnginesArgs) -> anyhow::Result<Report> {
     .await?;
     Ok(Report {
         command: "engines".into(),
-        workload: workload.describe(),
+        workload: describe(&workload, coupons, claimants),
         ratios: ratios(&results, BASELINE_ENGINE),
         results,
         started_at,
@@ -121,20 +138,39 @@ fn cpu_probes(args: &EnginesArgs, notes: &mut Vec<String>) -> Vec<Probe> {
     probes
 }
 
-async fn start_engine(name: EngineName, setup: &Setup<'_>) -> anyhow::Result<Arc<dyn Engine>> {
-    Ok(match name {
-        EngineName::TianjiActor => Arc::new(tianji::TianjiEngine::durable(setup).await?),
-        EngineName::TianjiMemory => Arc::new(tianji::TianjiEngine::in_memory(setup).await?),
-        EngineName::RedisLua => Arc::new(redis_lua::RedisLuaEngine::start(setup, false).await?),
-        EngineName::RedisLuaDurable => Arc::new(redis_lua::RedisLuaEngine::start(setup, true).await?),
-        EngineName::MysqlRowLock => Arc::new(row_lock::RowLockEngine::start(setup).await?),
+fn describe(workload: &Workload, coupons: bool, claimants: claims::Claimants) -> String {
+    if !coupons {
+        return workload.describe();
+    }
+    format!("coupon claims: templates are the SKUs, their totals the units; {}; {claimants}", workload.describe())
+}
+
+async fn start_engine(name: EngineName, coupons: bool, setup: &Setup<'_>) -> anyhow::Result<Arc<dyn Engine>> {
+    use tianji_claims::TianjiClaimEngine;
+    assert!(name.runs(coupons), "selected_engines lets only fitting engines through");
+    Ok(match (name, coupons) {
+        (EngineName::TianjiActor, false) => Arc::new(tianji::TianjiEngine::durable(setup).await?),
+        (EngineName::TianjiMemory, false) => Arc::new(tianji::TianjiEngine::in_memory(setup).await?),
+        (EngineName::TianjiActor, true) => Arc::new(TianjiClaimEngine::durable(setup).await?),
+        (EngineName::TianjiMemory, true) => Arc::new(TianjiClaimEngine::in_memory(setup).await?),
+        (EngineName::RedisLua, _) => Arc::new(redis_lua::RedisLuaEngine::start(setup, false).await?),
+        (EngineName::RedisLuaDurable, _) => Arc::new(redis_lua::RedisLuaEngine::start(setup, true).await?),
+        (EngineName::MysqlRowLock, _) => Arc::new(row_lock::RowLockEngine::start(setup).await?),
+        (EngineName::RedisClaim, _) => Arc::new(redis_claim::RedisClaimEngine::start(setup, false).await?),
+        (EngineName::RedisClaimDurable, _) => Arc::new(redis_claim::RedisClaimEngine::start(setup, true).await?),
+        (EngineName::MysqlConditional, _) => Arc::new(mysql_conditional::ConditionalEngine::start(setup).await?),
     })
 }
 
 /// Sets one engine up, drives it, reads it back and checks it; cleans up in every case.
-async fn measure_engine(name: EngineName, setup: &Setup<'_>, probes: &[Probe]) -> anyhow::Result<Summary> {
+async fn measure_engine(
+    name: EngineName,
+    coupons: bool,
+    setup: &Setup<'_>,
+    probes: &[Probe],
+) -> anyhow::Result<Summary> {
     let started = std::time::Instant::now();
-    let engine = start_engine(name, setup).await?;
+    let engine = start_engine(name, coupons, setup).await?;
     eprintln!(
         "{}: set up {} SKUs in {:.1} s",
         engine.name(),

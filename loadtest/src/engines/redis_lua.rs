@@ -140,7 +140,7 @@ impl RedisLuaEngine {
     }
 }
 
-fn index_chunks(count: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+pub(super) fn index_chunks(count: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
     (0..count).step_by(KEYS_PER_COMMAND_MAX).map(move |start| start..(start + KEYS_PER_COMMAND_MAX).min(count))
 }
 
@@ -250,7 +250,7 @@ fn sum_rows(per_sku: &HashMap<usize, (u64, i64)>) -> u64 {
 }
 
 /// Every key still under `prefix` (SCAN, so Redis is never blocked by a KEYS).
-async fn leftover_keys(connection: &mut MultiplexedConnection, prefix: &str) -> anyhow::Result<Vec<String>> {
+pub(super) async fn leftover_keys(connection: &mut MultiplexedConnection, prefix: &str) -> anyhow::Result<Vec<String>> {
     let mut keys = Vec::new();
     let mut cursor: u64 = 0;
     loop {

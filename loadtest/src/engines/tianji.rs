@@ -50,14 +50,12 @@ pub struct TianjiEngine {
 
 impl TianjiEngine {
     pub async fn durable(setup: &Setup<'_>) -> anyhow::Result<Self> {
-        let timeout = ActorLimits::default().database_timeout;
-        let store = tianji::persistence::connect(&setup.database.url, true, timeout).await?;
-        let database = setup.database.pool(2).await?;
+        let (store, database) = durable_store(setup).await?;
         Self::start("tianji-actor", store, Some(database), setup.workload).await
     }
 
     pub async fn in_memory(setup: &Setup<'_>) -> anyhow::Result<Self> {
-        let store = tianji::persistence::connect("memory:", false, Duration::from_secs(1)).await?;
+        let store = memory_store().await?;
         Self::start("tianji-memory", store, None, setup.workload).await
     }
 
@@ -67,18 +65,36 @@ impl TianjiEngine {
         database: Option<MySqlPool>,
         workload: &Workload,
     ) -> anyhow::Result<Self> {
-        let core = Core::start(
-            Arc::clone(&store),
-            Arc::new(Snapshots::in_process()),
-            ActorLimits::default(),
-            WORKER_ID,
-            PAY_TIMEOUT,
-            ARBITER_COUNT,
-        );
+        let core = start_core(&store);
         let skus: Vec<SkuId> = (0..workload.sku_count).map(|_| SkuId::new(core.next_id())).collect();
         create_skus(&store, &skus, workload.stock_per_sku).await?;
         Ok(TianjiEngine { name, core, store, skus, attempts: AtomicU64::new(0), database })
     }
+}
+
+/// tianji's core as every in-process engine runs it: default limits, one actor thread.
+pub(super) fn start_core(store: &DynStore) -> Arc<Core> {
+    Core::start(
+        Arc::clone(store),
+        Arc::new(Snapshots::in_process()),
+        ActorLimits::default(),
+        WORKER_ID,
+        PAY_TIMEOUT,
+        ARBITER_COUNT,
+    )
+}
+
+/// The durable store on the run's database (tianji's migrations create its tables there) and
+/// a small pool for reading back what it committed.
+pub(super) async fn durable_store(setup: &Setup<'_>) -> anyhow::Result<(DynStore, MySqlPool)> {
+    let timeout = ActorLimits::default().database_timeout;
+    let store = tianji::persistence::connect(&setup.database.url, true, timeout).await?;
+    Ok((store, setup.database.pool(2).await?))
+}
+
+/// The in-memory store.
+pub(super) async fn memory_store() -> anyhow::Result<DynStore> {
+    tianji::persistence::connect("memory:", false, Duration::from_secs(1)).await
 }
 
 async fn create_skus(store: &DynStore, skus: &[SkuId], stock: i64) -> anyhow::Result<()> {

@@ -98,7 +98,7 @@ async fn run(args: &HttpArgs) -> anyhow::Result<Report> {
     if let Some(url) = &args.database_url {
         check_database_url(url)?;
     }
-    let scenario = args.scenario();
+    let scenario = args.scenario()?;
     let jwt_secret = secret(&args.jwt_secret, &args.jwt_secret_file, "the JWT secret")?
         .ok_or_else(|| anyhow::anyhow!("give --jwt-secret or --jwt-secret-file"))?;
     let payment_secret = secret(&args.payment_secret, &args.payment_secret_file, "the payment secret")?;

@@ -15,7 +15,7 @@ use crate::domain::lease::settled_lease_statuses;
 use crate::domain::order::{Order, OrderStatus};
 use crate::domain::{CouponId, OrderId, SkuId, TemplateId, UserId};
 use async_trait::async_trait;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
 #[derive(Default)]
@@ -38,10 +38,22 @@ struct MemoryState {
     keys: HashMap<(UserId, String), OrderId>,
     payments: HashMap<String, Payment>,
     refunded_from_paid: HashSet<OrderId>,
-    purchases: HashMap<(UserId, SkuId), i64>,
+    /// Units bought per user and limited SKU, ordered so one user's rows are one range.
+    purchases: BTreeMap<(UserId, SkuId), i64>,
     templates: HashMap<TemplateId, TemplateState>,
     /// Every coupon with its `seq` among the user's coupons of its template.
     coupons: HashMap<CouponId, (Coupon, i64)>,
+    /// The ids of each user's coupons, so a user's reads do not scan every coupon.
+    user_coupons: HashMap<UserId, Vec<CouponId>>,
+    /// The highest `seq` per user and template: the claims the user holds.
+    claim_seqs: HashMap<(UserId, TemplateId), i64>,
+}
+
+impl MemoryState {
+    fn user_coupons(&self, user_id: UserId) -> impl Iterator<Item = Coupon> + '_ {
+        let ids = self.user_coupons.get(&user_id).map(Vec::as_slice).unwrap_or_default();
+        ids.iter().map(|id| self.coupons[id].0)
+    }
 }
 
 impl MemoryStore {
@@ -94,13 +106,8 @@ impl MemoryState {
                 facts.templates.insert(*template_id, row);
             }
         }
-        for (coupon, seq) in self.coupons.values() {
-            let key = (coupon.user_id, coupon.template_id);
-            if wanted.claims.contains(&key) {
-                let held = facts.claims.entry(key).or_insert(0);
-                *held = (*held).max(*seq);
-            }
-        }
+        facts.claims =
+            wanted.claims.iter().filter_map(|key| self.claim_seqs.get(key).map(|seq| (*key, *seq))).collect();
         facts.coupons =
             wanted.coupons.iter().filter_map(|id| self.coupons.get(id).map(|(coupon, _)| (*id, *coupon))).collect();
         facts
@@ -115,7 +122,11 @@ impl MemoryState {
             }
             if let Some(issue) = &change.issue {
                 assert_eq!(issue.coupon.status, CouponStatus::Unused, "a coupon is issued unused");
-                self.coupons.insert(issue.coupon.id, (issue.coupon, issue.seq));
+                let coupon = issue.coupon;
+                self.coupons.insert(coupon.id, (coupon, issue.seq));
+                self.user_coupons.entry(coupon.user_id).or_default().push(coupon.id);
+                let held = self.claim_seqs.entry((coupon.user_id, coupon.template_id)).or_insert(0);
+                *held = (*held).max(issue.seq);
             }
         }
         for (key, (_, units)) in &plan.purchases {
@@ -230,23 +241,21 @@ impl Store for MemoryStore {
                         request_hash: o.request_hash.clone(),
                     })
                     .collect();
-                let mut purchases: Vec<(SkuId, i64)> = state
+                let purchases: Vec<(SkuId, i64)> = state
                     .purchases
-                    .iter()
-                    .filter(|((user, _), _)| user == user_id)
+                    .range((*user_id, SkuId::new(i64::MIN))..=(*user_id, SkuId::new(i64::MAX)))
                     .map(|((_, sku_id), units)| (*sku_id, *units))
                     .collect();
-                purchases.sort();
-                let mine = || state.coupons.values().filter(|(coupon, _)| coupon.user_id == *user_id);
                 let mut coupons: Vec<Coupon> =
-                    mine().map(|(coupon, _)| *coupon).filter(|c| c.status != CouponStatus::Used).collect();
+                    state.user_coupons(*user_id).filter(|c| c.status != CouponStatus::Used).collect();
                 coupons.sort_by_key(|coupon| coupon.id);
-                let mut claims: HashMap<TemplateId, i64> = HashMap::new();
-                for (coupon, seq) in mine() {
-                    let held = claims.entry(coupon.template_id).or_insert(0);
-                    *held = (*held).max(*seq);
-                }
-                let mut claims: Vec<(TemplateId, i64)> = claims.into_iter().collect();
+                let mut claims: Vec<(TemplateId, i64)> = state
+                    .user_coupons(*user_id)
+                    .map(|coupon| coupon.template_id)
+                    .collect::<HashSet<_>>()
+                    .into_iter()
+                    .map(|template_id| (template_id, state.claim_seqs[&(*user_id, template_id)]))
+                    .collect();
                 claims.sort();
                 UserState { recent, purchases, coupons, claims }
             })
@@ -275,12 +284,8 @@ impl Store for MemoryStore {
         limit: u32,
     ) -> Result<Vec<Coupon>, StoreError> {
         let state = self.lock();
-        let mut coupons: Vec<Coupon> = state
-            .coupons
-            .values()
-            .map(|(coupon, _)| *coupon)
-            .filter(|c| c.user_id == user_id && status.is_none_or(|s| c.status == s))
-            .collect();
+        let mut coupons: Vec<Coupon> =
+            state.user_coupons(user_id).filter(|c| status.is_none_or(|s| c.status == s)).collect();
         coupons.sort_by_key(|coupon| std::cmp::Reverse(coupon.id));
         coupons.truncate(limit as usize);
         Ok(coupons)

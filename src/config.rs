@@ -43,6 +43,10 @@ const SETTINGS: &[&str] = &[
     "TIANJI_BATCH_DELAY",
     "TIANJI_IDLE_TIMEOUT",
     "TIANJI_RESERVATION_GRACE",
+    "TIANJI_DATABASE_TIMEOUT",
+    "TIANJI_USER_KEYS_MAX",
+    "TIANJI_USER_KEYS_TOTAL_MAX",
+    "TIANJI_LEARNING_FLUSH",
 ];
 
 #[derive(Debug, Clone)]
@@ -131,6 +135,13 @@ impl Settings {
                 Duration::from_secs(86_400),
             )?,
             session_idle_timeout: defaults.session_idle_timeout,
+            learning_flush: parse_duration(
+                get,
+                "TIANJI_LEARNING_FLUSH",
+                defaults.learning_flush,
+                Duration::from_millis(100),
+                Duration::from_secs(3_600),
+            )?,
             reservation_grace: parse_duration(
                 get,
                 "TIANJI_RESERVATION_GRACE",
@@ -311,6 +322,21 @@ mod tests {
         assert_eq!(error_names(&[("TIANJI_JWT_SECRET", "short")]), "TIANJI_JWT_SECRET");
         assert_eq!(error_names(&[("TIANJI_BATCH_SIZE_MAX", "0")]), "TIANJI_BATCH_SIZE_MAX");
         assert_eq!(error_names(&[("TIANJI_COLOUR", "blue")]), "TIANJI_COLOUR");
+    }
+
+    #[test]
+    fn every_tunable_is_read() {
+        let pairs = [
+            ("TIANJI_DATABASE_TIMEOUT", "3s"),
+            ("TIANJI_USER_KEYS_MAX", "8"),
+            ("TIANJI_USER_KEYS_TOTAL_MAX", "1000"),
+            ("TIANJI_LEARNING_FLUSH", "5s"),
+        ];
+        let limits = Settings::from_values(&values(&pairs)).expect("valid settings").limits;
+        assert_eq!(limits.database_timeout, Duration::from_secs(3));
+        assert_eq!((limits.user_keys_max, limits.user_keys_total_max), (8, 1000));
+        assert_eq!(limits.learning_flush, Duration::from_secs(5));
+        assert_eq!(error_names(&[("TIANJI_LEARNING_FLUSH", "0s")]), "TIANJI_LEARNING_FLUSH");
     }
 
     #[test]

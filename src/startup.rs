@@ -56,8 +56,15 @@ impl Application {
         &self.core
     }
 
+    /// Serves until SIGTERM or SIGINT; the server answers what is in flight, then the
+    /// learning progress the node holds is written.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        self.server.await?;
+        match self.core.flush_learning().await {
+            Ok(rows) => tracing::info!(rows, "learning progress flushed at shutdown"),
+            Err(error) => tracing::error!(%error, "learning progress not flushed at shutdown"),
+        }
+        Ok(())
     }
 }
 

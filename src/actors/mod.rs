@@ -1,7 +1,8 @@
 //! Actors: one per hot key, each owning its key's state and serializing every change to it.
 //!
-//! `inventory.rs` (one per SKU), `user.rs` (one per user) and `order.rs` (one per order in
-//! use) hold their messages, state and handlers; `registry.rs` activates and forgets them;
+//! `inventory.rs` (one per SKU), `user.rs` (one per user), `coupon.rs` (one per coupon
+//! template) and `order.rs` (one per order in use) hold their messages, state and handlers;
+//! `learning.rs` adds heartbeats to the user actor and writes their progress behind; `registry.rs` activates and forgets them;
 //! `timer.rs` holds the payment deadlines; `journal.rs` is the node's one write pipeline.
 //! `Core` is the facade the HTTP layer talks to (commands and queries) and what the actors
 //! share. Actors run on dedicated arbiters (threads), apart from the HTTP workers, by key.
@@ -9,6 +10,7 @@
 pub mod coupon;
 pub mod inventory;
 pub mod journal;
+pub mod learning;
 pub mod order;
 pub mod recovery;
 pub mod registry;
@@ -57,6 +59,8 @@ pub struct ActorLimits {
     pub user_keys_max: usize,
     /// Idempotency-Keys all user actors hold together.
     pub user_keys_total_max: usize,
+    /// How often merged learning progress is written to the database.
+    pub learning_flush: Duration,
 }
 
 impl Default for ActorLimits {
@@ -71,6 +75,7 @@ impl Default for ActorLimits {
             database_timeout: Duration::from_secs(1),
             user_keys_max: 64,
             user_keys_total_max: 1_000_000,
+            learning_flush: Duration::from_secs(60),
         }
     }
 }
@@ -182,6 +187,8 @@ pub struct Core {
     pay_timeout: Duration,
     /// Payment deadlines of pending orders.
     timer: timer::DeadlineTimer,
+    /// Merged learning progress not yet written.
+    learning: learning::WriteBehind,
 }
 
 /// The most coupons of one user a listing reads.
@@ -253,8 +260,10 @@ impl Core {
             clock,
             pay_timeout,
             timer,
+            learning: learning::WriteBehind::default(),
         });
         tokio::spawn(timer_task.run(Arc::downgrade(&core), Arc::clone(&core.clock)));
+        tokio::spawn(learning::run_flusher(Arc::downgrade(&core), limits.learning_flush));
         core
     }
 

@@ -20,7 +20,8 @@ use crate::domain::payment::{decide, KnownPayment, PaymentDecision, Refusal as P
 use crate::domain::{Cents, OrderEvent, OrderId, OrderStatus, UserId};
 use crate::persistence::group_commit::SubmitError;
 use crate::persistence::{
-    Change, Conflict, CouponMove, OrderTransition, Payment, PaymentStatus, PurchaseWrite, SkuEffect, StoreError,
+    Change, Conflict, CouponMove, LessonGrant, OrderTransition, Payment, PaymentStatus, PurchaseWrite, SkuEffect,
+    StoreError,
 };
 use actix::prelude::*;
 use std::sync::Arc;
@@ -199,12 +200,18 @@ async fn step(core: &Arc<Core>, order: Order, event: OrderEvent, payment: Option
         refund_payment: event == OrderEvent::Refund,
     };
     let (purchases, coupon) = promotion_effects(&order, event);
+    let lessons = event.lesson_step().map(|step| LessonGrant {
+        user_id: order.user_id,
+        course_ids: order.items.iter().map(|item| item.sku_id).collect(),
+        step,
+    });
     let change = Change {
         transition: Some(transition),
         payment,
         skus: effects.clone(),
         purchases: purchases.clone(),
         coupon,
+        lessons: lessons.clone(),
         ..Change::default()
     };
     match core.journal.submit(change).await {
@@ -212,7 +219,7 @@ async fn step(core: &Arc<Core>, order: Order, event: OrderEvent, payment: Option
             if order.status == OrderStatus::PendingPayment {
                 core.timer.forget(order.id).await;
             }
-            core.order_settled(order.user_id, &purchases, coupon);
+            core.order_settled(order.user_id, &purchases, coupon, lessons);
             tracing::info!(order_id = %order.id, from = %order.status, to = %to, "order transition");
             let next = Order { status: to, version: order.version + 1, ..order };
             (Ok(next.clone()), Some(next))

@@ -26,6 +26,7 @@
 
 use super::coupon::{ClaimFailure, IssueSettled};
 use super::inventory::{Grant, SkuError};
+use super::learning::{lessons_at_activation, Lessons};
 use super::registry::ActorRef;
 use super::{ask, Core, Refusal, Reply};
 use crate::domain::coupon::{ClaimError, Coupon, CouponRules, CouponStep, DiscountError};
@@ -34,7 +35,7 @@ use crate::domain::order::{NewOrderHeader, Order, OrderError, PlaceOrder};
 use crate::domain::sale::{check_allowance, SaleError};
 use crate::domain::{Cents, CouponId, IdempotencyKey, OrderId, OrderLine, SkuId, TemplateId, UserId};
 use crate::persistence::group_commit::SubmitError;
-use crate::persistence::{Change, Conflict, CouponMove, PurchaseWrite, StoreError, UserState};
+use crate::persistence::{Change, Conflict, CouponMove, LessonGrant, PurchaseWrite, StoreError, UserState};
 use actix::prelude::*;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -176,12 +177,14 @@ pub struct Claim {
     pub reply: Reply<Coupon, ClaimFailure>,
 }
 
-/// An order step of this user committed: units back to the allowance, a coupon step.
+/// An order step of this user committed: units back to the allowance, a coupon step, courses
+/// opened or revoked.
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
 pub struct OrderSettled {
     pub returned: Vec<(SkuId, i64)>,
     pub coupon: Option<(CouponId, CouponStep)>,
+    pub lessons: Option<LessonGrant>,
 }
 
 enum KeyState {
@@ -213,6 +216,8 @@ pub struct UserActor {
     claims: HashMap<TemplateId, i64>,
     /// Per template with a claim in flight: the claims waiting for it.
     claim_queue: HashMap<TemplateId, VecDeque<Reply<Coupon, ClaimFailure>>>,
+    /// The user's courses and learning progress.
+    pub(super) lessons: Lessons,
     /// An outcome was unknown: memory may be behind the database. Stops when nothing is in
     /// flight.
     stale: bool,
@@ -222,7 +227,9 @@ pub struct UserActor {
 
 impl UserActor {
     fn new(core: Arc<Core>, user_id: UserId, state: UserState) -> Self {
+        let lessons = lessons_at_activation(&core, user_id, &state);
         let mut actor = UserActor {
+            lessons,
             user_id,
             keys: HashMap::new(),
             recency: VecDeque::new(),
@@ -240,6 +247,19 @@ impl UserActor {
             actor.remember(key.idempotency_key, state);
         }
         actor
+    }
+
+    pub(super) fn core(&self) -> &Arc<Core> {
+        &self.core
+    }
+
+    pub(super) fn user_id(&self) -> UserId {
+        self.user_id
+    }
+
+    /// Something happened: the idle timeout starts again.
+    pub(super) fn touch(&mut self) {
+        self.last_active = Instant::now();
     }
 
     /// Records `state` under `key`, then evicts the oldest settled keys past the bounds.
@@ -538,6 +558,9 @@ impl Handler<OrderSettled> for UserActor {
         for (sku_id, units) in notice.returned {
             self.give_back_units(sku_id, units);
         }
+        if let Some(grant) = &notice.lessons {
+            self.lessons.grant(&grant.course_ids, grant.step, self.core.clock.now_ms());
+        }
         let Some((coupon_id, step)) = notice.coupon else { return };
         let stepped = self.wallet.get(&coupon_id).map(|c| c.apply(step, self.user_id, self.core.clock.now_ms()));
         match stepped {
@@ -589,15 +612,21 @@ impl Core {
 
     /// Tells a user's live actor what a committed order step gave back. (An actor that is not
     /// live reads it from the database when it activates.)
-    pub(crate) fn order_settled(&self, user_id: UserId, purchases: &[PurchaseWrite], coupon: Option<CouponMove>) {
-        if purchases.is_empty() && coupon.is_none() {
+    pub(crate) fn order_settled(
+        &self,
+        user_id: UserId,
+        purchases: &[PurchaseWrite],
+        coupon: Option<CouponMove>,
+        lessons: Option<LessonGrant>,
+    ) {
+        if purchases.is_empty() && coupon.is_none() && lessons.is_none() {
             return;
         }
         if let Some(user) = self.users.get(user_id) {
             let returned = purchases.iter().map(|p| (p.sku_id, -p.units)).collect();
             // A notice: past the mailbox bound on purpose; refused, the actor would stay
             // behind until it passivates.
-            user.addr().do_send(OrderSettled { returned, coupon: coupon.map(|m| (m.coupon_id, m.step)) });
+            user.addr().do_send(OrderSettled { returned, coupon: coupon.map(|m| (m.coupon_id, m.step)), lessons });
         }
     }
 

@@ -7,6 +7,7 @@ pub mod clock;
 pub mod coupon;
 pub mod ids;
 pub mod inventory;
+pub mod learning;
 pub mod lease;
 pub mod money;
 pub mod order;

@@ -157,6 +157,38 @@ impl OrderEvent {
     pub const fn returns_allowance(self, from: OrderStatus) -> bool {
         matches!(self.stock_step(from), Some(StockStep::Release | StockStep::Return))
     }
+
+    /// What this event does to the courses of the order (every SKU is a course): payment opens
+    /// them to the buyer, a refund (before or after delivery) revokes them.
+    pub const fn lesson_step(self) -> Option<LessonStep> {
+        match self {
+            OrderEvent::Pay => Some(LessonStep::Open),
+            OrderEvent::Refund => Some(LessonStep::Revoke),
+            OrderEvent::Cancel | OrderEvent::Timeout | OrderEvent::Finish => None,
+        }
+    }
+}
+
+/// A step on the buyer's courses, taken with an order's transition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LessonStep {
+    /// One more paid order holds the course.
+    Open,
+    /// One paid order less holds it (refunded).
+    Revoke,
+}
+
+impl LessonStep {
+    /// How many paid orders hold a course after the step, from `before` (`None`: no lesson
+    /// row). A course is owned while the count is above zero; `None` when a revoke finds no
+    /// row (an order paid before courses were opened), which changes nothing. Never negative.
+    pub fn holders_after(self, before: Option<i64>) -> Option<i64> {
+        match (self, before) {
+            (LessonStep::Open, before) => Some(before.unwrap_or(0) + 1),
+            (LessonStep::Revoke, Some(before)) => Some((before - 1).max(0)),
+            (LessonStep::Revoke, None) => None,
+        }
+    }
 }
 
 /// Whether a payment deadline has passed at `now_ms`; its own millisecond is still in time.

@@ -5,6 +5,7 @@
 
 use super::plan::TemplateRow;
 use super::plan::{decide, Facts, SkuRow, Wanted};
+use super::LessonRow;
 use super::{
     Change, CommitReport, NewSku, NewTemplate, Payment, PaymentStatus, RecentKey, ReservationStatus, SkuInfo, SkuState,
     Store, StoreError, TemplateState, UnsettledLease, UserState,
@@ -47,6 +48,8 @@ struct MemoryState {
     user_coupons: HashMap<UserId, Vec<CouponId>>,
     /// The highest `seq` per user and template: the claims the user holds.
     claim_seqs: HashMap<(UserId, TemplateId), i64>,
+    /// Lesson rows, ordered so one user's rows are one range.
+    lessons: BTreeMap<(UserId, SkuId), LessonRow>,
 }
 
 impl MemoryState {
@@ -106,6 +109,7 @@ impl MemoryState {
                 facts.templates.insert(*template_id, row);
             }
         }
+        facts.lessons = wanted.lessons.iter().filter_map(|key| self.lessons.get(key).map(|row| (*key, *row))).collect();
         facts.claims =
             wanted.claims.iter().filter_map(|key| self.claim_seqs.get(key).map(|seq| (*key, *seq))).collect();
         facts.coupons =
@@ -113,7 +117,7 @@ impl MemoryState {
         facts
     }
 
-    /// Applies what an accepted plan does to promotion rows.
+    /// Applies what an accepted plan does to promotion and lesson rows.
     fn apply_promotion(&mut self, accepted: &[&Change], plan: &super::plan::Plan) {
         for change in accepted {
             if let Some(sale) = &change.sale {
@@ -138,6 +142,7 @@ impl MemoryState {
         for coupon in plan.coupons.values() {
             self.coupons.get_mut(&coupon.id).expect("the plan checked the coupon").0 = *coupon;
         }
+        self.lessons.extend(plan.lessons.iter().map(|(key, row)| (*key, *row)));
     }
 
     /// Applies one accepted change, with the same row checks the SQL store makes.
@@ -257,7 +262,12 @@ impl Store for MemoryStore {
                     .map(|template_id| (template_id, state.claim_seqs[&(*user_id, template_id)]))
                     .collect();
                 claims.sort();
-                UserState { recent, purchases, coupons, claims }
+                let lessons = state
+                    .lessons
+                    .range((*user_id, SkuId::new(i64::MIN))..=(*user_id, SkuId::new(i64::MAX)))
+                    .map(|((_, course_id), row)| (*course_id, *row))
+                    .collect();
+                UserState { recent, purchases, coupons, claims, lessons }
             })
             .collect())
     }

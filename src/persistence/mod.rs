@@ -17,13 +17,16 @@ pub mod mysql;
 pub mod plan;
 pub mod redis;
 pub mod sql;
+mod sql_learning;
 mod sql_promotion;
 pub mod sqlite;
 
 use crate::domain::coupon::{Coupon, CouponStatus, CouponStep, TemplateDraft};
 use crate::domain::inventory::{Counters, Reservation};
+use crate::domain::learning::Progress;
 use crate::domain::lease::CounterDelta;
 pub use crate::domain::lease::ReservationStatus;
+pub use crate::domain::order::LessonStep;
 use crate::domain::order::{Order, OrderStatus};
 use crate::domain::sale::Sale;
 use crate::domain::{Cents, CouponId, OrderId, SkuId, TemplateId, UserId};
@@ -137,6 +140,8 @@ pub struct UserState {
     pub purchases: Vec<(SkuId, i64)>,
     pub coupons: Vec<Coupon>,
     pub claims: Vec<(TemplateId, i64)>,
+    /// Every lesson row of the user, owned or not.
+    pub lessons: Vec<(SkuId, LessonRow)>,
 }
 
 /// Everything an inventory actor needs to start serving a SKU.
@@ -205,6 +210,35 @@ pub struct Change {
     pub coupon: Option<CouponMove>,
     pub issue: Option<CouponIssue>,
     pub sale: Option<SaleWrite>,
+    /// Courses an order step opens or revokes (a payment, a refund).
+    pub lessons: Option<LessonGrant>,
+    /// Learning progress written behind from the user actors (never refused).
+    pub progress: Vec<ProgressWrite>,
+}
+
+/// Opens or revokes the courses of one order for its buyer: a course is a SKU, every SKU of a
+/// paid order is opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LessonGrant {
+    pub user_id: UserId,
+    pub course_ids: Vec<SkuId>,
+    pub step: LessonStep,
+}
+
+/// A user's merged progress on a course, to be joined into its lesson row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProgressWrite {
+    pub user_id: UserId,
+    pub course_id: SkuId,
+    pub progress: Progress,
+}
+
+/// A `learning_lesson` row: how many of the user's paid or finished orders hold the course
+/// (owned while above zero) and the progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LessonRow {
+    pub holders: i64,
+    pub progress: Progress,
 }
 
 /// Why one change of a batch was not written. The rest of the batch is unaffected.

@@ -8,9 +8,10 @@
 //! point, and a conflicting change fails alone. The SQL stores and the memory store call this
 //! same function, so they cannot disagree on an edge case.
 
-use super::{Change, Conflict, ReservationStatus, SkuEffect};
+use super::{Change, Conflict, LessonRow, ReservationStatus, SkuEffect};
 use crate::domain::coupon::Coupon;
 use crate::domain::inventory::Counters;
+use crate::domain::learning::Progress;
 use crate::domain::order::{deadline_passed, OrderStatus};
 use crate::domain::{CouponId, OrderId, SkuId, TemplateId, UserId};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -43,6 +44,8 @@ pub struct Facts {
     pub claims: HashMap<(UserId, TemplateId), i64>,
     /// Coupons a move names that exist.
     pub coupons: HashMap<CouponId, Coupon>,
+    /// Lesson rows a grant or a progress write names that exist.
+    pub lessons: HashMap<(UserId, SkuId), LessonRow>,
 }
 
 /// A coupon template's row as the batch found it.
@@ -65,6 +68,7 @@ pub struct Wanted {
     pub templates: Vec<TemplateId>,
     pub claims: Vec<(UserId, TemplateId)>,
     pub coupons: Vec<CouponId>,
+    pub lessons: Vec<(UserId, SkuId)>,
 }
 
 impl Wanted {
@@ -94,7 +98,15 @@ impl Wanted {
             .iter()
             .flat_map(|c| c.coupon.as_ref().map(|m| m.coupon_id).into_iter().chain(c.issue.map(|i| i.coupon.id)))
             .collect();
+        let lessons: BTreeSet<(UserId, SkuId)> = changes
+            .iter()
+            .flat_map(|c| {
+                let granted = c.lessons.iter().flat_map(|g| g.course_ids.iter().map(|course| (g.user_id, *course)));
+                granted.chain(c.progress.iter().map(|p| (p.user_id, p.course_id)))
+            })
+            .collect();
         Wanted {
+            lessons: lessons.into_iter().collect(),
             purchases: purchases.into_iter().collect(),
             templates: templates.into_iter().collect(),
             claims: claims.into_iter().collect(),
@@ -120,6 +132,8 @@ pub struct Plan {
     pub templates: BTreeMap<TemplateId, i64>,
     /// Every coupon an accepted move changed, as it is after the batch.
     pub coupons: BTreeMap<CouponId, Coupon>,
+    /// Every lesson row an accepted change wrote, as it is after the batch.
+    pub lessons: BTreeMap<(UserId, SkuId), LessonRow>,
 }
 
 impl Plan {
@@ -142,6 +156,7 @@ pub fn decide(changes: &[Change], mut facts: Facts, now_ms: i64) -> Plan {
     let mut purchases: BTreeMap<(UserId, SkuId), (bool, i64)> = BTreeMap::new();
     let mut templates: BTreeMap<TemplateId, i64> = BTreeMap::new();
     let mut coupons: BTreeMap<CouponId, Coupon> = BTreeMap::new();
+    let mut lessons: BTreeMap<(UserId, SkuId), LessonRow> = BTreeMap::new();
     for change in changes {
         let outcome = check(change, &facts, &counters, &transitioned, now_ms)
             .and_then(|after| check_promotion(change, &facts, now_ms).map(|promotion| (after, promotion)));
@@ -162,6 +177,10 @@ pub fn decide(changes: &[Change], mut facts: Facts, now_ms: i64) -> Plan {
             if let Some(coupon) = promotion.coupon {
                 facts.coupons.insert(coupon.id, coupon);
                 coupons.insert(coupon.id, coupon);
+            }
+            for (key, row) in lesson_rows(change, &facts.lessons, now_ms) {
+                facts.lessons.insert(key, row);
+                lessons.insert(key, row);
             }
             after
         });
@@ -199,7 +218,42 @@ pub fn decide(changes: &[Change], mut facts: Facts, now_ms: i64) -> Plan {
     for (template_id, issued) in &templates {
         assert!(*issued <= facts.templates[template_id].total, "a plan never issues past a template's total");
     }
-    Plan { outcomes, skus: counters, purchases, templates, coupons }
+    for row in lessons.values() {
+        assert!(row.holders >= 0, "a plan never leaves a negative lesson holder count");
+    }
+    Plan { outcomes, skus: counters, purchases, templates, coupons, lessons }
+}
+
+/// The lesson rows an accepted change leaves: a grant opens (one more holder; a new row starts
+/// at `Progress::opened`) or revokes (one holder less; progress is kept) each of its courses;
+/// a progress write joins into a row that exists (`Progress::join`, so a write never moves
+/// progress back, whoever wrote last) and is dropped for a course never opened. Lessons never
+/// make a change fail.
+fn lesson_rows(
+    change: &Change,
+    rows: &HashMap<(UserId, SkuId), LessonRow>,
+    now_ms: i64,
+) -> Vec<((UserId, SkuId), LessonRow)> {
+    let mut written: Vec<((UserId, SkuId), LessonRow)> = Vec::new();
+    let current = |written: &Vec<((UserId, SkuId), LessonRow)>, key: (UserId, SkuId)| {
+        written.iter().rev().find(|(k, _)| *k == key).map(|(_, row)| *row).or_else(|| rows.get(&key).copied())
+    };
+    if let Some(grant) = &change.lessons {
+        for course_id in &grant.course_ids {
+            let key = (grant.user_id, *course_id);
+            let before = current(&written, key);
+            let Some(holders) = grant.step.holders_after(before.map(|row| row.holders)) else { continue };
+            let progress = before.map_or(Progress::opened(now_ms), |row| row.progress);
+            written.push((key, LessonRow { holders, progress }));
+        }
+    }
+    for write in &change.progress {
+        let key = (write.user_id, write.course_id);
+        if let Some(row) = current(&written, key) {
+            written.push((key, LessonRow { progress: row.progress.join(&write.progress), ..row }));
+        }
+    }
+    written
 }
 
 /// What a change does to promotion rows, once checked.
@@ -465,5 +519,69 @@ mod tests {
                 Err(Conflict::Stale(OrderId::new(9))),
             ]
         );
+    }
+
+    fn grant(user: i64, courses: &[i64], step: crate::domain::order::LessonStep) -> Change {
+        Change {
+            lessons: Some(crate::persistence::LessonGrant {
+                user_id: UserId::new(user),
+                course_ids: courses.iter().map(|c| sku(*c)).collect(),
+                step,
+            }),
+            ..Change::default()
+        }
+    }
+
+    fn progress_write(user: i64, course: i64, section: i64, position: i64) -> Change {
+        let progress = Progress {
+            latest_section_id: section,
+            position_sec: position,
+            status: crate::domain::learning::LessonStatus::Learning,
+            updated_at_ms: 50,
+        };
+        Change {
+            progress: vec![crate::persistence::ProgressWrite {
+                user_id: UserId::new(user),
+                course_id: sku(course),
+                progress,
+            }],
+            ..Change::default()
+        }
+    }
+
+    #[test]
+    fn lessons_open_count_holders_keep_progress_and_never_refuse() {
+        use crate::domain::order::LessonStep::{Open, Revoke};
+        let changes = vec![
+            // Progress for a course never opened is dropped, not refused.
+            progress_write(1, 10, 3, 30),
+            grant(1, &[10, 11], Open),
+            progress_write(1, 10, 2, 20),
+            grant(1, &[10], Open),
+            grant(1, &[10], Revoke),
+            // A revoke of a course with no row changes nothing.
+            grant(1, &[12], Revoke),
+            // Progress never moves back, whoever wrote last.
+            progress_write(1, 10, 1, 99),
+        ];
+        let plan = decide(&changes, Facts::default(), 40);
+        assert!(plan.outcomes.iter().all(Result::is_ok));
+        let row = plan.lessons[&(UserId::new(1), sku(10))];
+        assert_eq!(row.holders, 1, "opened twice, revoked once");
+        assert_eq!((row.progress.latest_section_id, row.progress.position_sec), (2, 20));
+        assert_eq!(plan.lessons[&(UserId::new(1), sku(11))], LessonRow { holders: 1, progress: Progress::opened(40) });
+        assert!(!plan.lessons.contains_key(&(UserId::new(1), sku(12))));
+    }
+
+    #[test]
+    fn a_revoke_keeps_the_row_with_no_holders_and_its_progress() {
+        let mut facts = Facts::default();
+        let stored = LessonRow { holders: 1, progress: Progress::opened(5) };
+        facts.lessons.insert((UserId::new(1), sku(10)), stored);
+        let changes = vec![grant(1, &[10], crate::domain::order::LessonStep::Revoke), progress_write(1, 10, 4, 0)];
+        let plan = decide(&changes, facts, 40);
+        let row = plan.lessons[&(UserId::new(1), sku(10))];
+        assert_eq!(row.holders, 0);
+        assert_eq!(row.progress.latest_section_id, 4, "a row without holders still keeps progress");
     }
 }

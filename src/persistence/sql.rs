@@ -9,6 +9,7 @@
 //! multi-row statements per table (whatever the batch size), commit.
 
 use super::plan::{decide, Facts, Plan, SkuRow, Wanted};
+use super::sql_learning::write_lessons;
 use super::sql_promotion::{sale_from_row, write_promotion};
 use super::{
     Change, CommitReport, LeaseWrite, NewSku, NewTemplate, Payment, PaymentStatus, RecentKey, ReservationStatus,
@@ -64,6 +65,21 @@ impl Dialect {
         }
     }
 
+    /// The tail of a multi-row INSERT that overwrites the `columns` of rows whose primary key
+    /// `key` exists.
+    pub(super) fn upsert_tail(self, key: &[&str], columns: &[&str]) -> String {
+        match self {
+            Dialect::MySql => {
+                let sets: Vec<String> = columns.iter().map(|c| format!("{c} = VALUES({c})")).collect();
+                format!(" ON DUPLICATE KEY UPDATE {}", sets.join(", "))
+            }
+            Dialect::Sqlite => {
+                let sets: Vec<String> = columns.iter().map(|c| format!("{c} = excluded.{c}")).collect();
+                format!(" ON CONFLICT ({}) DO UPDATE SET {}", key.join(", "), sets.join(", "))
+            }
+        }
+    }
+
     /// The tail of a SELECT whose rows the transaction goes on to write. (SQLite's
     /// transaction holds the whole database already.)
     pub(super) fn lock_rows(self) -> &'static str {
@@ -103,10 +119,22 @@ pub(super) fn push_pairs(builder: &mut QueryBuilder<'static, Any>, columns: (&st
 
 /// Inserts `rows` with one multi-row statement per `ROWS_PER_STATEMENT_MAX`: `head` names the
 /// table and columns, `bind` pushes one row's values in that order. The one chunked insert of
-/// the crate.
+/// the crate (`upsert_rows` adds a conflict clause to it).
 pub(super) async fn insert_rows<T>(
     connection: &mut AnyConnection,
     head: &str,
+    rows: &[T],
+    bind: impl FnMut(&mut Separated<'_, 'static, Any, &'static str>, &T),
+) -> Result<(), StoreError> {
+    upsert_rows(connection, head, "", rows, bind).await
+}
+
+/// `insert_rows` with `tail` after each statement's values (an `ON DUPLICATE KEY UPDATE` or
+/// `ON CONFLICT` clause).
+pub(super) async fn upsert_rows<T>(
+    connection: &mut AnyConnection,
+    head: &str,
+    tail: &str,
     rows: &[T],
     mut bind: impl FnMut(&mut Separated<'_, 'static, Any, &'static str>, &T),
 ) -> Result<(), StoreError> {
@@ -114,6 +142,7 @@ pub(super) async fn insert_rows<T>(
         let mut insert = QueryBuilder::<Any>::new(head);
         insert.push(" ");
         insert.push_values(chunk, |mut row, value| bind(&mut row, value));
+        insert.push(tail);
         insert.build().execute(&mut *connection).await?;
     }
     Ok(())
@@ -300,6 +329,7 @@ impl Store for SqlStore {
             }
         }
         self.load_user_promotions(user_ids, &mut states).await?;
+        self.load_user_lessons(user_ids, &mut states).await?;
         Ok(user_ids.iter().map(|id| states.remove(&id.get()).unwrap_or_default()).collect())
     }
 
@@ -327,7 +357,7 @@ impl Store for SqlStore {
         let mut tx = self.pool.begin_with(self.dialect.begin_write()).await?;
         let facts = self.read_facts(&mut tx, &Wanted::of(changes)).await?;
         let plan = decide(changes, facts, now_ms);
-        write_plan(&mut tx, changes, &plan, now_ms).await?;
+        write_plan(&mut tx, self.dialect, changes, &plan, now_ms).await?;
         tx.commit().await?;
         Ok(CommitReport { versions: plan.versions(), outcomes: plan.outcomes })
     }
@@ -505,12 +535,19 @@ impl SqlStore {
             }
         }
         self.read_promotion_facts(tx, wanted, &mut facts).await?;
+        self.read_lesson_facts(tx, wanted, &mut facts).await?;
         Ok(facts)
     }
 }
 
 /// Writes the accepted changes of `plan`: a fixed number of statements per table.
-async fn write_plan(tx: &mut AnyConnection, changes: &[Change], plan: &Plan, now_ms: i64) -> Result<(), StoreError> {
+async fn write_plan(
+    tx: &mut AnyConnection,
+    dialect: Dialect,
+    changes: &[Change],
+    plan: &Plan,
+    now_ms: i64,
+) -> Result<(), StoreError> {
     let accepted: Vec<&Change> = plan.accepted(changes).collect();
     let orders: Vec<&Order> = accepted.iter().filter_map(|c| c.order.as_ref()).collect();
     insert_rows(tx, &format!("INSERT INTO trade_order ({ORDER_COLUMNS}, updated_at)"), &orders, |row, order| {
@@ -617,6 +654,7 @@ async fn write_plan(tx: &mut AnyConnection, changes: &[Change], plan: &Plan, now
 
     write_leases(tx, &accepted, now_ms).await?;
     write_promotion(tx, &accepted, plan, now_ms).await?;
+    write_lessons(tx, dialect, plan).await?;
     write_counters(tx, plan, now_ms).await
 }
 

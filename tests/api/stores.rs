@@ -1,18 +1,20 @@
 //! The memory store is a model of the SQL stores: the same random batches of changes (with
 //! duplicate and case-variant keys and trade numbers, stale epochs and versions, leases out of
-//! place, counters pushed out of balance) run through the memory store, SQLite and MariaDB
+//! place, counters pushed out of balance, courses opened and revoked, progress written behind)
+//! run through the memory store, SQLite and MariaDB
 //! must be decided the same way and leave the same data.
 
 use crate::helpers::{Backend, TestDatabase};
 use proptest::prelude::*;
 use std::time::Duration;
+use tianji::domain::learning::{Heartbeat, Progress};
 use tianji::domain::lease::CounterDelta;
 use tianji::domain::order::{NewOrderHeader, Order};
 use tianji::domain::{Cents, IdempotencyKey, OrderId, OrderLine, OrderStatus, Quantity, SkuId, UserId};
 use tianji::persistence::memory::MemoryStore;
 use tianji::persistence::{
-    Change, CommitReport, DynStore, LeaseWrite, NewSku, OrderTransition, Payment, PaymentStatus, ReservationStatus,
-    SkuEffect,
+    Change, CommitReport, DynStore, LeaseWrite, LessonGrant, LessonStep, NewSku, OrderTransition, Payment,
+    PaymentStatus, ProgressWrite, ReservationStatus, SkuEffect,
 };
 
 const SKUS: [i64; 2] = [1, 2];
@@ -24,6 +26,8 @@ enum Step {
     Place { order: i64, user: i64, key: usize, sku: usize, units: i64, stale: bool },
     Settle { order: i64, sku: usize, units: i64, version: i64, to: ReservationStatus, trade_no: usize },
     Restock { sku: usize, units: i64, stale: bool },
+    Lessons { user: i64, sku: usize, open: bool },
+    Progress { user: i64, sku: usize, section: i64, position: i64, finished: bool },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -36,6 +40,9 @@ fn step() -> impl Strategy<Value = Step> {
                 Step::Settle { order, sku, units, version, to, trade_no }
             }),
         1 => (0..2usize, 1i64..4, prop::bool::weighted(0.1)).prop_map(|(sku, units, stale)| Step::Restock { sku, units, stale }),
+        1 => (1i64..3, 0..2usize, prop::bool::weighted(0.7)).prop_map(|(user, sku, open)| Step::Lessons { user, sku, open }),
+        1 => (1i64..3, 0..2usize, 1i64..4, 0i64..100, prop::bool::weighted(0.2))
+            .prop_map(|(user, sku, section, position, finished)| Step::Progress { user, sku, section, position, finished }),
     ]
 }
 
@@ -106,6 +113,22 @@ fn change(step: &Step) -> Change {
             let effect = SkuEffect { sku_id: sku_id(sku), epoch: Some(1), delta, lease: Some(lease) };
             Change { transition: Some(transition), payment, skus: vec![effect], ..Change::default() }
         }
+        Step::Lessons { user, sku, open } => Change {
+            lessons: Some(LessonGrant {
+                user_id: UserId::new(user),
+                course_ids: vec![sku_id(sku)],
+                step: if open { LessonStep::Open } else { LessonStep::Revoke },
+            }),
+            ..Change::default()
+        },
+        Step::Progress { user, sku, section, position, finished } => {
+            let heartbeat = Heartbeat { course_id: sku_id(sku), section_id: section, position_sec: position, finished };
+            let progress = Progress::reported(&heartbeat, 3);
+            Change {
+                progress: vec![ProgressWrite { user_id: UserId::new(user), course_id: sku_id(sku), progress }],
+                ..Change::default()
+            }
+        }
         Step::Restock { sku, units, stale } => {
             let delta = CounterDelta { total: units, available: units, reserved: 0, sold: 0 };
             Change {
@@ -145,6 +168,10 @@ async fn contents(store: &DynStore) -> Vec<String> {
     for order in 1..8 {
         let order = store.find_order(OrderId::new(order)).await.unwrap();
         seen.push(format!("{:?}", order.map(|o| (o.id, o.status, o.version, o.idempotency_key))));
+    }
+    let users: Vec<UserId> = (1..3).map(UserId::new).collect();
+    for state in store.load_users(&users, 8).await.unwrap() {
+        seen.push(format!("{:?}", state.lessons));
     }
     for trade_no in TRADE_NOS {
         seen.push(format!("{:?}", store.find_payment(trade_no).await.unwrap().map(|p| (p.order_id, p.status))));

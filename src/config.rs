@@ -47,6 +47,7 @@ const SETTINGS: &[&str] = &[
     "TIANJI_USER_KEYS_MAX",
     "TIANJI_USER_KEYS_TOTAL_MAX",
     "TIANJI_LEARNING_FLUSH",
+    "TIANJI_LEARNING_REDIS_FLUSH",
 ];
 
 #[derive(Debug, Clone)]
@@ -140,6 +141,13 @@ impl Settings {
                 "TIANJI_LEARNING_FLUSH",
                 defaults.learning_flush,
                 Duration::from_millis(100),
+                Duration::from_secs(3_600),
+            )?,
+            learning_redis_flush: parse_duration(
+                get,
+                "TIANJI_LEARNING_REDIS_FLUSH",
+                defaults.learning_redis_flush,
+                Duration::from_millis(10),
                 Duration::from_secs(3_600),
             )?,
             reservation_grace: parse_duration(
@@ -331,12 +339,15 @@ mod tests {
             ("TIANJI_USER_KEYS_MAX", "8"),
             ("TIANJI_USER_KEYS_TOTAL_MAX", "1000"),
             ("TIANJI_LEARNING_FLUSH", "5s"),
+            ("TIANJI_LEARNING_REDIS_FLUSH", "250ms"),
         ];
         let limits = Settings::from_values(&values(&pairs)).expect("valid settings").limits;
         assert_eq!(limits.database_timeout, Duration::from_secs(3));
         assert_eq!((limits.user_keys_max, limits.user_keys_total_max), (8, 1000));
         assert_eq!(limits.learning_flush, Duration::from_secs(5));
+        assert_eq!(limits.learning_redis_flush, Duration::from_millis(250));
         assert_eq!(error_names(&[("TIANJI_LEARNING_FLUSH", "0s")]), "TIANJI_LEARNING_FLUSH");
+        assert_eq!(error_names(&[("TIANJI_LEARNING_REDIS_FLUSH", "1ms")]), "TIANJI_LEARNING_REDIS_FLUSH");
     }
 
     #[test]

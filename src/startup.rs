@@ -4,7 +4,8 @@
 use crate::actors::Core;
 use crate::config::Settings;
 use crate::http::{self, auth::JwtKeys, payments::PaymentKey, AppState};
-use crate::persistence::{self, redis::Snapshots};
+use crate::persistence;
+use crate::persistence::redis::{progress::ProgressMirror, Snapshots};
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 use std::net::TcpListener;
@@ -32,6 +33,9 @@ impl Application {
             settings.pay_timeout,
             settings.actor_threads,
         );
+        if let Some(url) = &settings.redis_url {
+            core.mirror_learning(ProgressMirror::open(url)?);
+        }
         core.recover().await?;
         let state = web::Data::new(AppState { core: Arc::clone(&core) });
         let keys = web::Data::new(JwtKeys::new(settings.jwt_secret()));
@@ -57,9 +61,13 @@ impl Application {
     }
 
     /// Serves until SIGTERM or SIGINT; the server answers what is in flight, then the
-    /// learning progress the node holds is written.
+    /// learning progress the node holds is written: to Redis first (one round trip per 500
+    /// users, so a kill soon after loses little), then to the database.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await?;
+        if let Err(error) = self.core.flush_learning_to_redis().await {
+            tracing::warn!(%error, "learning progress not written to redis at shutdown");
+        }
         match self.core.flush_learning().await {
             Ok(rows) => tracing::info!(rows, "learning progress flushed at shutdown"),
             Err(error) => tracing::error!(%error, "learning progress not flushed at shutdown"),

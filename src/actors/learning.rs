@@ -10,9 +10,19 @@
 //! progress (`Progress::join`), so a flush never moves progress back, and a flush whose outcome
 //! is unknown is simply recorded again: writing it twice is harmless.
 //!
+//! When Redis is configured (`Core::mirror_learning`), the same merged progress is also kept
+//! in a second pending set that a short tick (`learning_redis_flush`, 1 s) writes to Redis,
+//! `USERS_PER_ROUND_TRIP_MAX` users per pipeline; recovery reads it back at start and joins it
+//! into the database. A failed Redis write is counted and its rows stay pending for the next
+//! tick; it never touches a heartbeat, which only records into the two sets. Both sets hold one
+//! entry per user and course, joined, so they are bounded by the user-courses touched since the
+//! last successful flush, not by the heartbeats.
+//!
 //! An actor that activates joins what the write-behind still holds for its user into what it
-//! loaded, so passivating loses nothing the node holds. What the node holds and has not yet
-//! flushed is lost if the process dies (see the README for the window).
+//! loaded, so passivating loses nothing the node holds. At SIGTERM both sets are flushed. What
+//! the node holds and has not yet flushed is lost if the process dies: with Redis, what came in
+//! since the last Redis write (one short tick); without it, or with Redis lost too, since the
+//! last database flush (see the README).
 
 use super::user::UserActor;
 use super::{ask, Core, Refusal, Reply};
@@ -20,12 +30,14 @@ use crate::domain::learning::{Heartbeat, Progress};
 use crate::domain::order::LessonStep;
 use crate::domain::{SkuId, UserId};
 use crate::persistence::group_commit::SubmitError;
+use crate::persistence::redis::progress::{MirrorError, ProgressMirror, UserProgress, USERS_PER_ROUND_TRIP_MAX};
 use crate::persistence::{Change, LessonRow, ProgressWrite, UserState};
 use actix::prelude::*;
 use dashmap::DashMap;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
 
 /// Progress rows one change of a flush carries.
 pub const PROGRESS_ROWS_PER_CHANGE: usize = 1_024;
@@ -116,54 +128,125 @@ pub struct LearningStats {
     pub heartbeats: AtomicU64,
     pub rows_flushed: AtomicU64,
     pub flushes: AtomicU64,
+    /// Write pipelines sent to Redis (one round trip each), failed ones included.
+    pub redis_round_trips: AtomicU64,
+    /// Write pipelines to Redis that failed or timed out (their rows were kept).
+    pub redis_failures: AtomicU64,
+    /// User-course rows written to Redis.
+    pub redis_rows_written: AtomicU64,
 }
 
-/// The node's merged progress not yet in the database, one entry per user and course.
+/// Merged progress waiting for one destination, one entry per user and course, joined on
+/// record.
+#[derive(Default)]
+struct Pending {
+    users: DashMap<UserId, HashMap<SkuId, Progress>>,
+}
+
+impl Pending {
+    fn record(&self, user_id: UserId, course_id: SkuId, progress: Progress) {
+        let mut courses = self.users.entry(user_id).or_default();
+        let joined = courses.get(&course_id).map_or(progress, |held| held.join(&progress));
+        courses.insert(course_id, joined);
+    }
+
+    fn for_user(&self, user_id: UserId) -> Vec<(SkuId, Progress)> {
+        self.users.get(&user_id).map(|courses| courses.iter().map(|(c, p)| (*c, *p)).collect()).unwrap_or_default()
+    }
+
+    fn rows(&self) -> usize {
+        self.users.iter().map(|courses| courses.len()).sum()
+    }
+
+    /// Everything pending, by user, left in place: an entry leaves only once its write is
+    /// acknowledged (`settle`), so an actor that activates meanwhile still finds it.
+    fn snapshot(&self) -> Vec<UserProgress> {
+        self.users.iter().map(|entry| (*entry.key(), entry.value().iter().map(|(c, p)| (*c, *p)).collect())).collect()
+    }
+
+    /// Drops the entries `written` carried, unless a newer progress was recorded since.
+    fn settle(&self, written: &[UserProgress]) {
+        for (user_id, courses) in written {
+            if let Some(mut held) = self.users.get_mut(user_id) {
+                for (course_id, progress) in courses {
+                    if held.get(course_id) == Some(progress) {
+                        held.remove(course_id);
+                    }
+                }
+            }
+            self.users.remove_if(user_id, |_, held| held.is_empty());
+        }
+    }
+}
+
+/// The node's merged progress not yet in the database (and, with Redis, not yet in Redis),
+/// one entry per user and course in each.
 #[derive(Default)]
 pub struct WriteBehind {
-    pending: DashMap<UserId, HashMap<SkuId, Progress>>,
+    /// Waiting for the database (the long tick).
+    database: Pending,
+    /// Waiting for Redis (the short tick); filled only once a mirror is set.
+    redis: Pending,
+    mirror: OnceLock<ProgressMirror>,
+    /// One Redis flush at a time: a flush's older values are never written after a later
+    /// flush's newer ones.
+    redis_flush: tokio::sync::Mutex<()>,
+    /// One database flush at a time (the tick and a shutdown's flush do not write twice).
+    database_flush: tokio::sync::Mutex<()>,
     pub stats: LearningStats,
 }
 
 impl WriteBehind {
     /// Records a user's merged progress on a course (joined with what is pending).
     pub fn record(&self, user_id: UserId, course_id: SkuId, progress: Progress) {
-        let mut courses = self.pending.entry(user_id).or_default();
-        let joined = courses.get(&course_id).map_or(progress, |held| held.join(&progress));
-        courses.insert(course_id, joined);
+        self.database.record(user_id, course_id, progress);
+        if self.mirror.get().is_some() {
+            self.redis.record(user_id, course_id, progress);
+        }
     }
 
-    /// What is pending for one user (for an actor that activates).
+    /// What is pending for one user (for an actor that activates), from both sets joined.
     pub fn pending_for(&self, user_id: UserId) -> Vec<(SkuId, Progress)> {
-        self.pending.get(&user_id).map(|courses| courses.iter().map(|(c, p)| (*c, *p)).collect()).unwrap_or_default()
+        let mut joined: HashMap<SkuId, Progress> = self.database.for_user(user_id).into_iter().collect();
+        for (course_id, progress) in self.redis.for_user(user_id) {
+            let held = joined.entry(course_id).or_insert(progress);
+            *held = held.join(&progress);
+        }
+        joined.into_iter().collect()
     }
 
-    /// Rows pending, for tests and figures.
+    /// Rows waiting for the database, for tests and figures.
     pub fn pending_rows(&self) -> usize {
-        self.pending.iter().map(|courses| courses.len()).sum()
+        self.database.rows()
     }
 
-    /// Takes everything pending.
-    fn take(&self) -> Vec<ProgressWrite> {
-        let users: Vec<UserId> = self.pending.iter().map(|entry| *entry.key()).collect();
-        let mut writes = Vec::new();
-        for user_id in users {
-            if let Some((_, courses)) = self.pending.remove(&user_id) {
-                writes.extend(courses.into_iter().map(|(course_id, progress)| ProgressWrite {
-                    user_id,
-                    course_id,
-                    progress,
-                }));
-            }
-        }
-        writes
+    /// Rows waiting for Redis, for tests and figures.
+    pub fn redis_pending_rows(&self) -> usize {
+        self.redis.rows()
     }
 
-    /// Puts back writes whose commit failed or is unknown (joining is idempotent).
-    fn put_back(&self, writes: &[ProgressWrite]) {
-        for write in writes {
-            self.record(write.user_id, write.course_id, write.progress);
-        }
+    /// The Redis mirror, once set.
+    pub(crate) fn mirror(&self) -> Option<&ProgressMirror> {
+        self.mirror.get()
+    }
+
+    /// Everything waiting for the database, as writes (left pending until settled).
+    fn database_snapshot(&self) -> Vec<ProgressWrite> {
+        let users = self.database.snapshot();
+        let rows = users.iter().flat_map(|(user_id, courses)| {
+            courses.iter().map(|(course_id, progress)| ProgressWrite {
+                user_id: *user_id,
+                course_id: *course_id,
+                progress: *progress,
+            })
+        });
+        rows.collect()
+    }
+
+    /// Drops what a committed database write carried, unless newer progress came since.
+    fn database_settle(&self, writes: &[ProgressWrite]) {
+        let written: Vec<UserProgress> = writes.iter().map(|w| (w.user_id, vec![(w.course_id, w.progress)])).collect();
+        self.database.settle(&written);
     }
 }
 
@@ -248,24 +331,25 @@ impl Core {
     }
 
     /// Writes everything the write-behind holds through the pipeline, `PROGRESS_ROWS_PER_CHANGE`
-    /// rows per change. Rows of a change that failed (or whose outcome is unknown) go back
-    /// to the write-behind for the next flush. Returns the rows written.
+    /// rows per change. A row stays pending until its change is committed, so rows of a change
+    /// that failed (or whose outcome is unknown) are written by the next flush, and an actor
+    /// that activates during the flush still finds them. Returns the rows written.
     pub async fn flush_learning(&self) -> Result<usize, SubmitError> {
-        let writes = self.learning.take();
+        let _one_flush_at_a_time = self.learning.database_flush.lock().await;
+        let writes = self.learning.database_snapshot();
         let mut written = 0;
         let mut failure = None;
         for chunk in writes.chunks(PROGRESS_ROWS_PER_CHANGE) {
-            if failure.is_some() {
-                self.learning.put_back(chunk);
-                continue;
-            }
             let change = Change { progress: chunk.to_vec(), ..Change::default() };
             match self.journal.submit(change).await {
-                Ok(Ok(())) => written += chunk.len(),
+                Ok(Ok(())) => {
+                    self.learning.database_settle(chunk);
+                    written += chunk.len();
+                }
                 Ok(Err(conflict)) => unreachable!("progress writes are never refused: {conflict}"),
                 Err(error) => {
-                    self.learning.put_back(chunk);
                     failure = Some(error);
+                    break;
                 }
             }
         }
@@ -283,14 +367,49 @@ impl Core {
         }
     }
 
+    /// Keeps the merged progress in Redis too, written every `learning_redis_flush` (see the
+    /// module doc). Set once, at start, before any heartbeat; needs a Tokio runtime.
+    pub fn mirror_learning(self: &Arc<Self>, mirror: ProgressMirror) {
+        assert!(self.learning.mirror.set(mirror).is_ok(), "the learning mirror is set once");
+        tokio::spawn(run_redis_flusher(Arc::downgrade(self), self.limits.learning_redis_flush));
+    }
+
+    /// Writes everything waiting for Redis, `USERS_PER_ROUND_TRIP_MAX` users per round trip.
+    /// On a failure, what was not written (and the round trip that failed) stays pending for
+    /// the next flush. Returns the rows written; 0 without Redis.
+    pub async fn flush_learning_to_redis(&self) -> Result<usize, MirrorError> {
+        let Some(mirror) = self.learning.mirror.get() else { return Ok(0) };
+        let _one_flush_at_a_time = self.learning.redis_flush.lock().await;
+        let users = self.learning.redis.snapshot();
+        let stats = &self.learning.stats;
+        let mut written = 0;
+        for chunk in users.chunks(USERS_PER_ROUND_TRIP_MAX) {
+            stats.redis_round_trips.fetch_add(1, Ordering::Relaxed);
+            if let Err(error) = mirror.write(chunk).await {
+                stats.redis_failures.fetch_add(1, Ordering::Relaxed);
+                stats.redis_rows_written.fetch_add(written as u64, Ordering::Relaxed);
+                return Err(error);
+            }
+            self.learning.redis.settle(chunk);
+            written += chunk.iter().map(|(_, courses)| courses.len()).sum::<usize>();
+        }
+        stats.redis_rows_written.fetch_add(written as u64, Ordering::Relaxed);
+        Ok(written)
+    }
+
     /// What the write-behind has counted since start.
     pub fn learning_stats(&self) -> &LearningStats {
         &self.learning.stats
     }
+
+    /// Rows the write-behind holds now: (waiting for the database, waiting for Redis).
+    pub fn learning_pending_rows(&self) -> (usize, usize) {
+        (self.learning.pending_rows(), self.learning.redis_pending_rows())
+    }
 }
 
 /// Flushes the write-behind every `every` for as long as the core lives.
-pub(crate) async fn run_flusher(core: std::sync::Weak<Core>, every: std::time::Duration) {
+pub(crate) async fn run_flusher(core: Weak<Core>, every: Duration) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
@@ -299,5 +418,115 @@ pub(crate) async fn run_flusher(core: std::sync::Weak<Core>, every: std::time::D
         let Some(core) = core.upgrade() else { return };
         // A failure is logged and its rows kept; the next tick tries again.
         let _ = core.flush_learning().await;
+    }
+}
+
+/// Writes what waits for Redis every `every` for as long as the core lives. A failure is
+/// logged once until Redis answers again; its rows wait for the next tick.
+async fn run_redis_flusher(core: Weak<Core>, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    let mut failing = false;
+    loop {
+        ticks.tick().await;
+        let Some(core) = core.upgrade() else { return };
+        match core.flush_learning_to_redis().await {
+            Ok(_) if failing => {
+                failing = false;
+                tracing::info!("learning progress reaches redis again");
+            }
+            Ok(_) => {}
+            Err(error) if !failing => {
+                failing = true;
+                let kept = core.learning.redis_pending_rows();
+                tracing::warn!(%error, kept, "learning progress not written to redis; kept for the next tick");
+            }
+            Err(error) => tracing::debug!(%error, "redis still failing for learning progress"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::learning::LessonStatus;
+
+    fn at(section: i64, position_sec: i64, updated_at_ms: i64) -> Progress {
+        Progress { latest_section_id: section, position_sec, status: LessonStatus::Learning, updated_at_ms }
+    }
+
+    fn mirrored() -> WriteBehind {
+        let write_behind = WriteBehind::default();
+        // Opening does not connect; nothing here talks to Redis.
+        let mirror = ProgressMirror::open("redis://127.0.0.1:1").expect("valid url");
+        assert!(write_behind.mirror.set(mirror).is_ok());
+        write_behind
+    }
+
+    fn sorted(mut users: Vec<UserProgress>) -> Vec<UserProgress> {
+        users.sort_by_key(|(user_id, _)| *user_id);
+        for (_, courses) in &mut users {
+            courses.sort_by_key(|(course_id, _)| *course_id);
+        }
+        users
+    }
+
+    const USER: UserId = UserId::new(7);
+    const COURSE: SkuId = SkuId::new(10);
+    const OTHER_COURSE: SkuId = SkuId::new(11);
+
+    #[test]
+    fn without_redis_nothing_waits_for_it() {
+        let write_behind = WriteBehind::default();
+        write_behind.record(USER, COURSE, at(1, 15, 100));
+        assert_eq!(write_behind.pending_rows(), 1);
+        assert_eq!(write_behind.redis_pending_rows(), 0);
+    }
+
+    #[test]
+    fn many_heartbeats_leave_one_row_per_user_and_course_in_each_set() {
+        let write_behind = mirrored();
+        for beat in 1..=20 {
+            write_behind.record(USER, COURSE, at(1, beat * 15, beat));
+        }
+        write_behind.record(USER, OTHER_COURSE, at(2, 0, 5));
+        write_behind.record(UserId::new(8), COURSE, at(1, 0, 5));
+        assert_eq!((write_behind.pending_rows(), write_behind.redis_pending_rows()), (3, 3));
+        let taken = sorted(write_behind.redis.snapshot());
+        let expected = vec![
+            (USER, vec![(COURSE, at(1, 300, 20)), (OTHER_COURSE, at(2, 0, 5))]),
+            (UserId::new(8), vec![(COURSE, at(1, 0, 5))]),
+        ];
+        assert_eq!(taken, expected);
+        assert_eq!(write_behind.redis_pending_rows(), 3, "pending until the write is acknowledged");
+        write_behind.redis.settle(&taken);
+        assert_eq!(write_behind.redis_pending_rows(), 0);
+        assert_eq!(write_behind.pending_rows(), 3, "the database's set is taken by its own flush");
+    }
+
+    #[test]
+    fn a_write_settles_only_what_it_carried() {
+        let write_behind = mirrored();
+        write_behind.record(USER, COURSE, at(1, 30, 100));
+        write_behind.record(USER, OTHER_COURSE, at(2, 0, 100));
+        let written = write_behind.redis.snapshot();
+        // Newer progress on one course arrives while the write is in flight.
+        write_behind.record(USER, COURSE, at(1, 45, 115));
+        write_behind.redis.settle(&written);
+        assert_eq!(write_behind.redis.snapshot(), vec![(USER, vec![(COURSE, at(1, 45, 115))])], "the newer one stays");
+        assert_eq!(write_behind.pending_for(USER).len(), 2, "the database's set is untouched");
+    }
+
+    #[test]
+    fn an_activating_actor_sees_both_sets_joined() {
+        let write_behind = mirrored();
+        // What one flush took and the other did not yet.
+        write_behind.redis.record(USER, COURSE, at(1, 30, 100));
+        write_behind.database.record(USER, COURSE, at(1, 15, 110));
+        write_behind.database.record(USER, OTHER_COURSE, at(3, 0, 90));
+        let mut pending = write_behind.pending_for(USER);
+        pending.sort_by_key(|(course_id, _)| *course_id);
+        assert_eq!(pending, vec![(COURSE, at(1, 30, 110)), (OTHER_COURSE, at(3, 0, 90))]);
     }
 }

@@ -61,6 +61,8 @@ pub struct ActorLimits {
     pub user_keys_total_max: usize,
     /// How often merged learning progress is written to the database.
     pub learning_flush: Duration,
+    /// How often merged learning progress is written to Redis, when Redis is configured.
+    pub learning_redis_flush: Duration,
 }
 
 impl Default for ActorLimits {
@@ -76,6 +78,7 @@ impl Default for ActorLimits {
             user_keys_max: 64,
             user_keys_total_max: 1_000_000,
             learning_flush: Duration::from_secs(60),
+            learning_redis_flush: Duration::from_secs(1),
         }
     }
 }

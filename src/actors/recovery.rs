@@ -9,9 +9,20 @@
 //! not leave a repair for "the next start"), up to `RECOVERY_RETRY_FOR`, after which the start
 //! fails loudly. A repair that cannot be made (units of a paid order were sold again since) is
 //! reported as an error, never written unbalanced.
+//!
+//! Then, when Redis is configured, the learning progress Redis kept (the short-tick copy of the
+//! write-behind) is scanned page by page and joined into the database through the pipeline,
+//! `PROGRESS_ROWS_PER_CHANGE` rows per change. The join only moves rows that exist forward, so
+//! an entry older than the database, or for a course never opened, changes nothing; an entry
+//! that does not parse is logged and skipped. Redis is not the source of truth: if it does not
+//! answer after `REDIS_ATTEMPTS_MAX` tries of a page, the start goes on without the rest (the
+//! progress only Redis had is lost, as after losing Redis); a database that fails is retried
+//! like the repairs.
 
+use super::learning::PROGRESS_ROWS_PER_CHANGE;
 use super::Core;
 use crate::domain::lease::{lease_agrees, lease_repair};
+use crate::persistence::redis::progress::{ProgressMirror, ScanPage};
 use crate::persistence::{Change, Conflict, LeaseWrite, SkuEffect, UnsettledLease};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -25,6 +36,10 @@ const DEADLINES_PER_COMMAND_MAX: usize = 10_000;
 pub const RECOVERY_RETRY_FOR: Duration = Duration::from_secs(300);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Progress changes submitted together (each `PROGRESS_ROWS_PER_CHANGE` rows).
+const PROGRESS_CHANGES_PER_ROUND_MAX: usize = 16;
+/// Tries of one page of the Redis scan before the start goes on without the rest.
+const REDIS_ATTEMPTS_MAX: u32 = 3;
 
 /// What recovery did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -33,6 +48,10 @@ pub struct Recovered {
     /// Leases that could not be repaired (logged as errors).
     pub leases_unrepairable: usize,
     pub deadlines_armed: usize,
+    /// Progress entries read from Redis and joined into the database.
+    pub progress_recovered: usize,
+    /// Progress entries in Redis that did not parse (logged).
+    pub progress_skipped: usize,
 }
 
 impl Core {
@@ -44,13 +63,17 @@ impl Core {
         let unrepairable = self.retrying("settle leases", || self.settle_leases(&repaired)).await?;
         let repaired_ms = started.elapsed().as_millis() as u64;
         let deadlines = self.retrying("load deadlines", || self.store.pending_deadlines()).await?;
-        let recovered = Recovered {
+        let mut recovered = Recovered {
             leases_repaired: repaired.load(Ordering::Relaxed),
             leases_unrepairable: unrepairable,
             deadlines_armed: deadlines.len(),
+            ..Recovered::default()
         };
         for chunk in deadlines.chunks(DEADLINES_PER_COMMAND_MAX) {
             self.timer.schedule_many(chunk.to_vec()).await;
+        }
+        if let Some(mirror) = self.learning.mirror() {
+            self.recover_progress(mirror, &mut recovered).await?;
         }
         tracing::info!(?recovered, repaired_ms, elapsed_ms = started.elapsed().as_millis() as u64, "recovered");
         Ok(recovered)
@@ -90,6 +113,46 @@ impl Core {
         Ok(unrepairable)
     }
 
+    /// Joins the progress Redis holds into the database, page by page (see the module doc).
+    /// Fails only when the database keeps failing for `RECOVERY_RETRY_FOR`.
+    async fn recover_progress(&self, mirror: &ProgressMirror, recovered: &mut Recovered) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let (mut cursor, mut round_trips) = (0, 0);
+        let rows_per_round =
+            PROGRESS_ROWS_PER_CHANGE * PROGRESS_CHANGES_PER_ROUND_MAX.min(self.limits.mailbox_capacity);
+        loop {
+            let Some(page) = redis_page(mirror, cursor).await else {
+                tracing::warn!(?recovered, "redis did not answer; learning progress only redis kept is not recovered");
+                return Ok(());
+            };
+            round_trips += page.round_trips;
+            recovered.progress_skipped += page.skipped;
+            for round in page.writes.chunks(rows_per_round) {
+                let changes: Vec<Change> = round
+                    .chunks(PROGRESS_ROWS_PER_CHANGE)
+                    .map(|rows| Change { progress: rows.to_vec(), ..Change::default() })
+                    .collect();
+                // Joining is idempotent: a round that failed is simply submitted again.
+                let outcomes = self.retrying("recover learning progress", || self.commit_all(changes.clone())).await?;
+                assert!(outcomes.iter().all(Result::is_ok), "progress writes are never refused: {outcomes:?}");
+                recovered.progress_recovered += round.len();
+            }
+            if page.next_cursor == 0 {
+                break;
+            }
+            cursor = page.next_cursor;
+        }
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        tracing::info!(
+            rows = recovered.progress_recovered,
+            skipped = recovered.progress_skipped,
+            round_trips,
+            elapsed_ms,
+            "learning progress recovered from redis"
+        );
+        Ok(())
+    }
+
     /// Submits every change and waits for all of them; `Err` if any batch failed.
     async fn commit_all(&self, changes: Vec<Change>) -> Result<Vec<Result<(), Conflict>>, String> {
         let submitted = futures::future::join_all(changes.into_iter().map(|change| self.journal.submit(change))).await;
@@ -118,6 +181,26 @@ impl Core {
             }
         }
     }
+}
+
+/// One page of the Redis scan from `cursor`, tried `REDIS_ATTEMPTS_MAX` times; `None` if
+/// Redis never answered.
+async fn redis_page(mirror: &ProgressMirror, cursor: u64) -> Option<ScanPage> {
+    let mut backoff = BACKOFF_MIN;
+    for attempt in 1..=REDIS_ATTEMPTS_MAX {
+        match mirror.scan_page(cursor).await {
+            Ok(page) => return Some(page),
+            Err(error) => {
+                tracing::warn!(%error, attempt, cursor, "reading learning progress from redis failed");
+                if attempt < REDIS_ATTEMPTS_MAX {
+                    // Pacing retries against a failing Redis, not ordering events.
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+    None
 }
 
 /// The change that brings `lease` in line with its order, if it needs one.

@@ -4,10 +4,12 @@
 
 use crate::actors::coupon::ClaimFailure;
 use crate::actors::inventory::SkuError;
+use crate::actors::learning::LearningError;
 use crate::actors::order::LifecycleError;
 use crate::actors::user::PlaceError;
 use crate::domain::coupon::{ClaimError, TemplateRuleError};
 use crate::domain::inventory::InventoryError;
+use crate::domain::learning::HeartbeatError;
 use crate::domain::order::OrderError;
 use crate::domain::sale::{SaleError, SaleRuleError};
 use crate::domain::sku::SkuRuleError;
@@ -249,6 +251,22 @@ impl From<LifecycleError> for ApiError {
             LifecycleError::Stale => conflict("stale_version"),
             LifecycleError::Overloaded => ApiError::overloaded(),
             LifecycleError::Unavailable(reason) => ApiError::unavailable(reason),
+        }
+    }
+}
+
+impl From<HeartbeatError> for ApiError {
+    fn from(error: HeartbeatError) -> Self {
+        ApiError::unprocessable("invalid_heartbeat", error.to_string())
+    }
+}
+
+impl From<LearningError> for ApiError {
+    fn from(error: LearningError) -> Self {
+        match error {
+            LearningError::NotOwned(_) => ApiError::new(StatusCode::FORBIDDEN, "course_not_owned", error.to_string()),
+            LearningError::Overloaded => ApiError::overloaded(),
+            LearningError::Unavailable(reason) => ApiError::unavailable(reason),
         }
     }
 }

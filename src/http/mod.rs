@@ -6,6 +6,7 @@ pub mod auth;
 pub mod coupons;
 pub mod errors;
 pub mod health;
+pub mod learning;
 pub mod orders;
 pub mod payments;
 pub mod skus;
@@ -85,6 +86,10 @@ pub fn configure(
             .service(orders::finish)
             .service(orders::refund)
             .service(payments::callback)
+            .service(learning::list_lessons)
+            .service(learning::receive_heartbeat)
+            .service(learning::read_progress)
+            .service(learning::stats)
             .default_service(web::to(not_found));
     }
 }

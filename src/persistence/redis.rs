@@ -22,6 +22,10 @@
 //! SKU dirty, and the same round writes them all, `BATCH_SIZE_MAX` per round trip, each round
 //! trip allowed `REDIS_TIMEOUT` (10,000 SKUs: 10 round trips). Keys lost one by one (eviction
 //! under `maxmemory`) are not detected: Redis must not evict `tianji:sku:*` keys.
+//!
+//! `progress` holds the other thing tianji keeps in Redis: the learning write-behind's copy.
+
+pub mod progress;
 
 use crate::domain::inventory::Counters;
 use crate::domain::{Cents, SkuId};

@@ -338,6 +338,9 @@ impl TestApp {
 
 impl Drop for TestApp {
     fn drop(&mut self) {
+        // Stops the actors, which hold the core: the core, and its database pool with it, is
+        // dropped with the test's runtime instead of keeping its connections for the whole run.
+        self.core.stop();
         let skus = std::mem::take(&mut *self.skus.lock().unwrap());
         let Some(url) = self.redis.clone().filter(|_| !skus.is_empty()) else {
             return;
@@ -592,5 +595,86 @@ impl TestApp {
             .await
             .expect("request");
         status_and_json(response).await
+    }
+}
+
+/// Starts another server on the database of `app` with `extra` settings (a restart whose
+/// settings the test chooses, e.g. a learning flush that never fires on its own).
+pub async fn restart_with(app: &TestApp, extra: Vec<(&'static str, String)>) -> TestApp {
+    start(Arc::clone(&app.database), app.redis.clone(), extra).await
+}
+
+/// A stored `learning_lesson` row, as the test reads it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LessonRow {
+    pub holders: i64,
+    pub latest_section_id: i64,
+    pub position_sec: i64,
+    pub status: String,
+    pub updated_at_ms: i64,
+}
+
+impl TestApp {
+    /// Places one unit of each of `sku_ids` for `user_id` and pays the order; its id.
+    pub async fn bought(&self, user_id: i64, sku_ids: &[i64]) -> i64 {
+        let items: Vec<serde_json::Value> =
+            sku_ids.iter().map(|sku_id| serde_json::json!({"sku_id": sku_id, "quantity": 1})).collect();
+        let key = format!("k-{}", rand::random::<u64>());
+        let (status, order) = status_and_json(self.place_order(user_id, &key, items.into()).await).await;
+        assert_eq!(status, 201, "place: {order}");
+        let order_id = order["order_id"].as_i64().expect("order_id");
+        let pay_cents = order["pay_cents"].as_i64().expect("pay_cents");
+        let (status, order) = status_and_json(self.pay(order_id, &format!("t-{order_id}"), pay_cents).await).await;
+        assert_eq!((status, order["status"].as_str()), (200, Some("paid")), "pay: {order}");
+        order_id
+    }
+
+    /// `POST /v1/learning/heartbeats` as `user_id` with `body`.
+    pub async fn heartbeat(&self, user_id: i64, body: serde_json::Value) -> (u16, serde_json::Value) {
+        self.call(reqwest::Method::POST, "/v1/learning/heartbeats", &self.user_token(user_id), body).await
+    }
+
+    /// `GET /v1/learning/lessons` as `user_id`: the lessons listed (asserting the 200).
+    pub async fn lessons(&self, user_id: i64) -> Vec<serde_json::Value> {
+        let (status, body) = self
+            .call(reqwest::Method::GET, "/v1/learning/lessons", &self.user_token(user_id), serde_json::Value::Null)
+            .await;
+        assert_eq!(status, 200, "lessons: {body}");
+        body["lessons"].as_array().expect("lessons").clone()
+    }
+
+    /// `GET /v1/learning/progress?course_id=` as `user_id`.
+    pub async fn progress(&self, user_id: i64, course_id: i64) -> (u16, serde_json::Value) {
+        let path = format!("/v1/learning/progress?course_id={course_id}");
+        self.call(reqwest::Method::GET, &path, &self.user_token(user_id), serde_json::Value::Null).await
+    }
+
+    /// `GET /v1/admin/learning/stats` as an admin (asserting the 200).
+    pub async fn learning_stats(&self) -> serde_json::Value {
+        let (status, body) = self
+            .call(reqwest::Method::GET, "/v1/admin/learning/stats", &self.admin_token(), serde_json::Value::Null)
+            .await;
+        assert_eq!(status, 200, "learning stats: {body}");
+        body
+    }
+
+    /// The stored lesson row of a user and course, if there is one.
+    pub async fn lesson_row(&self, user_id: i64, course_id: i64) -> Option<LessonRow> {
+        sqlx::query(
+            "SELECT holders, latest_section_id, position_sec, status, updated_at FROM learning_lesson \
+             WHERE user_id = ? AND course_id = ?",
+        )
+        .bind(user_id)
+        .bind(course_id)
+        .fetch_optional(&self.db)
+        .await
+        .expect("lesson row")
+        .map(|row| LessonRow {
+            holders: row.get("holders"),
+            latest_section_id: row.get("latest_section_id"),
+            position_sec: row.get("position_sec"),
+            status: row.get("status"),
+            updated_at_ms: row.get("updated_at"),
+        })
     }
 }

@@ -4,6 +4,8 @@ mod faults;
 mod flash_sale;
 mod helpers;
 mod idempotency;
+mod learning;
+mod learning_recovery;
 mod leases;
 mod lifecycle;
 mod promotion;

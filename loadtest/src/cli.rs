@@ -34,9 +34,9 @@ pub enum Preset {
     Catalog,
     /// Several SKUs, 1..=2 or 3 units per attempt; over HTTP: place, pay, cancel, read.
     Mixed,
-    /// Seckill coupon claims (`engines` only): one template of 10,000 coupons, 50,000 claims of
-    /// one coupon each, 256 concurrent, per-user limit 1, a tenth of the claims made again by a
-    /// user who claimed just before (`--repeat-claims`).
+    /// Seckill coupon claims: one template of 10,000 coupons, 50,000 claims of one coupon each,
+    /// 256 concurrent, per-user limit 1; under `engines` a tenth of the claims made again by a
+    /// user who claimed just before (`--repeat-claims`), over HTTP the `--users` in turn.
     Coupons,
 }
 
@@ -304,6 +304,9 @@ pub enum Scenario {
     Catalog,
     /// Place, pay through the signed callback or cancel, read back.
     Mixed,
+    /// Claim one coupon per attempt (`POST /v1/coupons/receive`): templates are the SKUs,
+    /// their totals the stock, the users in turn.
+    Coupons,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -330,6 +333,9 @@ pub struct HttpArgs {
     /// Distinct users tokens are minted for.
     #[arg(long, default_value_t = 10_000)]
     pub users: u32,
+    /// Scenario coupons: coupons of a template one user may hold (1 to 1,000).
+    #[arg(long, default_value_t = 1)]
+    pub per_user_limit: i64,
     /// The server's database, to verify against after the run (mysql://, mariadb:// or
     /// sqlite:), e.g. mysql://root@127.0.0.1:3306/tianji or sqlite:///data/tianji.db?mode=ro.
     #[arg(long)]
@@ -357,16 +363,13 @@ pub struct HttpArgs {
 }
 
 impl HttpArgs {
-    /// The scenario named, else the preset's; the coupons preset has none over HTTP yet.
-    pub fn scenario(&self) -> anyhow::Result<Scenario> {
-        if let Some(scenario) = self.scenario {
-            return Ok(scenario);
-        }
-        Ok(match self.load.preset {
+    /// The scenario named, else the preset's.
+    pub fn scenario(&self) -> Scenario {
+        self.scenario.unwrap_or(match self.load.preset {
             Preset::FlashSale => Scenario::FlashSale,
             Preset::Catalog => Scenario::Catalog,
             Preset::Mixed => Scenario::Mixed,
-            Preset::Coupons => anyhow::bail!("preset coupons runs under `engines` only (no HTTP claim scenario yet)"),
+            Preset::Coupons => Scenario::Coupons,
         })
     }
 }
@@ -462,13 +465,40 @@ mod tests {
     fn the_http_scenario_follows_the_preset_unless_named() {
         let cli = parse(&["t", "http", "--target", "http://127.0.0.1:1", "--preset", "catalog"]);
         let Command::Http(args) = cli else { panic!("http") };
-        assert_eq!(args.scenario().expect("the preset's"), Scenario::Catalog);
+        assert_eq!(args.scenario(), Scenario::Catalog);
         let cli = parse(&["t", "http", "--target", "http://127.0.0.1:1", "--scenario", "mixed"]);
         let Command::Http(args) = cli else { panic!("http") };
-        assert_eq!(args.scenario().expect("named"), Scenario::Mixed);
+        assert_eq!(args.scenario(), Scenario::Mixed);
+    }
+
+    #[test]
+    fn the_http_coupons_preset_claims_with_the_per_user_limit_asked() {
         let cli = parse(&["t", "http", "--target", "http://127.0.0.1:1", "--preset", "coupons"]);
         let Command::Http(args) = cli else { panic!("http") };
-        assert!(args.scenario().is_err(), "no HTTP claim scenario yet");
+        assert_eq!((args.scenario(), args.per_user_limit), (Scenario::Coupons, 1));
+        let coupons = args.load.workload(Mode::Http).expect("valid");
+        assert_eq!(
+            (coupons.sku_count, coupons.stock_per_sku, coupons.attempts, coupons.concurrency, coupons.max_quantity),
+            (1, 10_000, 50_000, 256, 1)
+        );
+        let cli = parse(&[
+            "t",
+            "http",
+            "--target",
+            "http://127.0.0.1:1",
+            "--preset",
+            "coupons",
+            "--stock",
+            "500000",
+            "--per-user-limit",
+            "1000",
+            "--rate",
+            "3000",
+        ]);
+        let Command::Http(args) = cli else { panic!("http") };
+        let open = args.load.workload(Mode::Http).expect("valid");
+        assert_eq!((open.stock_per_sku, args.per_user_limit), (500_000, 1_000));
+        assert_eq!(open.arrival, Arrival::Open { rate_per_s: 3_000.0 });
     }
 
     #[test]

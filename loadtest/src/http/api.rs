@@ -63,6 +63,22 @@ pub struct OrderReply {
     pub items: Vec<OrderItemReply>,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct TemplateReply {
+    pub template_id: i64,
+    pub total: i64,
+    /// Coupons committed to users.
+    pub issued: i64,
+    pub per_user_limit: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CouponReply {
+    pub coupon_id: i64,
+    pub template_id: i64,
+    pub status: String,
+}
+
 #[derive(Debug, Deserialize)]
 struct ErrorReply {
     code: String,
@@ -76,6 +92,28 @@ pub enum Answer<T> {
     SoldOut,
     /// Anything else; the text names the status and code (or the transport failure).
     Failed(String),
+}
+
+/// What a coupon claim came back with: its two refusals apart from the rest.
+#[derive(Debug)]
+pub enum Claim {
+    /// 201 with the coupon.
+    Claimed(CouponReply),
+    /// 409 sold_out: the template has issued its total.
+    SoldOut,
+    /// 409 limit_reached: the user holds the template's per-user limit.
+    LimitReached,
+    /// Anything else, named as for `Answer::Failed`.
+    Failed(String),
+}
+
+/// The refusal a claim's error answer stands for, if it is one of the two expected ones.
+pub fn claim_refusal(status: u16, code: &str) -> Option<Claim> {
+    match (status, code) {
+        (409, "sold_out") => Some(Claim::SoldOut),
+        (409, "limit_reached") => Some(Claim::LimitReached),
+        _ => None,
+    }
 }
 
 #[derive(Serialize)]
@@ -114,10 +152,16 @@ fn transport(error: reqwest::Error) -> String {
     }
 }
 
-async fn failure(response: reqwest::Response) -> String {
-    let status = response.status();
+/// The status and error code of an error answer.
+async fn error_code(response: reqwest::Response) -> (u16, String) {
+    let status = response.status().as_u16();
     let code = response.json::<ErrorReply>().await.map(|e| e.code).unwrap_or_else(|_| "no error code".into());
-    format!("{} {code}", status.as_u16())
+    (status, code)
+}
+
+async fn failure(response: reqwest::Response) -> String {
+    let (status, code) = error_code(response).await;
+    format!("{status} {code}")
 }
 
 /// Reads a 2xx JSON answer as `T`, a 409 `insufficient_stock` as `SoldOut`, the rest as failed.
@@ -193,6 +237,67 @@ impl Api {
         classify(sent, StatusCode::OK).await
     }
 
+    /// An `amount_off` template of `total` coupons (100 cents off, no minimum spend), valid
+    /// until `valid_until` (RFC 3339).
+    pub async fn create_template(
+        &self,
+        name: &str,
+        total: i64,
+        per_user_limit: i64,
+        valid_until: &str,
+    ) -> Answer<TemplateReply> {
+        let body = serde_json::json!({
+            "name": name,
+            "kind": "amount_off",
+            "discount_cents": 100,
+            "min_spend_cents": 0,
+            "total": total,
+            "per_user_limit": per_user_limit,
+            "valid_until": valid_until,
+        });
+        let sent = self
+            .client
+            .post(format!("{}/v1/admin/coupon-templates", self.base))
+            .header("Authorization", &self.admin_token)
+            .json(&body)
+            .send()
+            .await;
+        classify(sent, StatusCode::CREATED).await
+    }
+
+    pub async fn template(&self, template_id: i64) -> Answer<TemplateReply> {
+        let sent = self
+            .client
+            .get(format!("{}/v1/coupon-templates/{template_id}", self.base))
+            .header("Authorization", &self.admin_token)
+            .send()
+            .await;
+        classify(sent, StatusCode::OK).await
+    }
+
+    /// Claims one coupon of the template as the user.
+    pub async fn receive(&self, user: usize, template_id: i64) -> Claim {
+        let sent = self
+            .client
+            .post(format!("{}/v1/coupons/receive", self.base))
+            .header("Authorization", self.user_token(user))
+            .json(&serde_json::json!({ "template_id": template_id }))
+            .send()
+            .await;
+        let response = match sent {
+            Ok(response) => response,
+            Err(error) => return Claim::Failed(transport(error)),
+        };
+        if response.status() == StatusCode::CREATED {
+            return match response.json::<CouponReply>().await {
+                Ok(coupon) => Claim::Claimed(coupon),
+                Err(error) => Claim::Failed(format!("unreadable answer: {}", error.without_url())),
+            };
+        }
+        let (status, code) = error_code(response).await;
+        claim_refusal(status, &code).unwrap_or_else(|| Claim::Failed(format!("{status} {code}")))
+    }
+
     /// Cancels a pending order as its owner; any 2xx is success.
     pub async fn cancel(&self, user: usize, order_id: i64) -> Answer<()> {
         let sent = self
@@ -246,6 +351,15 @@ mod tests {
             sign("Jefe", b"what do ya want for nothing?"),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+    }
+
+    #[test]
+    fn only_the_two_claim_refusals_are_refusals() {
+        assert!(matches!(claim_refusal(409, "sold_out"), Some(Claim::SoldOut)));
+        assert!(matches!(claim_refusal(409, "limit_reached"), Some(Claim::LimitReached)));
+        assert!(claim_refusal(409, "not_started").is_none());
+        assert!(claim_refusal(409, "insufficient_stock").is_none());
+        assert!(claim_refusal(503, "sold_out").is_none());
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! The reference endpoint: a minimal actix-web JSON handler at `POST /v1/orders` that parses
-//! the same body tianji gets and answers 201 with a small order, touching nothing else (no
-//! token check, no actor, no database). Driven with the same load as tianji, it is the ceiling
-//! of HTTP + JSON on this machine; the report gives tianji / bare.
+//! The reference endpoints: minimal actix-web JSON handlers at `POST /v1/orders` and
+//! `POST /v1/coupons/receive` that parse the same body tianji gets and answer 201 with a small
+//! order or coupon, touching nothing else (no token check, no actor, no database). Driven with
+//! the same load as tianji, it is the ceiling of HTTP + JSON on this machine; the report gives
+//! tianji / bare.
 //!
 //! It runs on 127.0.0.1:0 in its own thread with its own actix System, and is stopped by the
 //! run that started it. Its threads carry names starting with `THREAD_NAME_PREFIXES`, so their
@@ -36,6 +37,24 @@ struct PlaceBody {
     items: Vec<Item>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReceiveBody {
+    template_id: i64,
+}
+
+async fn receive(next_id: web::Data<AtomicI64>, body: web::Json<ReceiveBody>) -> HttpResponse {
+    let coupon_id = next_id.fetch_add(1, Ordering::Relaxed);
+    HttpResponse::Created().json(serde_json::json!({
+        "coupon_id": coupon_id,
+        "coupon_id_str": coupon_id.to_string(),
+        "template_id": body.template_id,
+        "status": "unused",
+        "order_id": null,
+        "valid_until": "2099-12-31T23:59:59.000Z",
+    }))
+}
+
 async fn place(next_id: web::Data<AtomicI64>, body: web::Json<PlaceBody>) -> HttpResponse {
     let order_id = next_id.fetch_add(1, Ordering::Relaxed);
     let quantity: i64 = body.items.iter().map(|item| item.quantity).sum();
@@ -67,6 +86,7 @@ impl BareServer {
                         .app_data(next_id.clone())
                         .app_data(web::JsonConfig::default().limit(BODY_SIZE_MAX_BYTES))
                         .route("/v1/orders", web::post().to(place))
+                        .route("/v1/coupons/receive", web::post().to(receive))
                 })
                 .workers(workers)
                 .bind(("127.0.0.1", 0));

@@ -1,8 +1,9 @@
 //! `http`: end to end against a running `tianji serve` on a loopback address. Creates the
-//! run's SKUs through the admin API, drives the scenario (closed or open loop) with keep-alive
-//! connections, checks the end state through the API (and the database, SQLite or MariaDB, when
-//! given), then drives a bare actix-web handler that the tool starts itself with the same load,
-//! and reports tianji / bare: requests/s and CPU time per request side by side.
+//! run's SKUs (or, scenario `coupons`, coupon templates) through the admin API, drives the
+//! scenario (closed or open loop) with keep-alive connections, checks the end state through the
+//! API (and the database, SQLite or MariaDB, when given), then drives a bare actix-web handler
+//! that the tool starts itself with the same load, and reports tianji / bare: requests/s and
+//! CPU time per request side by side.
 //!
 //! CPU time is measured over each driven phase: for tianji, of the server process, of MariaDB
 //! and of this process (the client); for bare, of its server threads and of the rest of this
@@ -10,20 +11,23 @@
 
 pub mod api;
 pub mod bare;
+pub mod coupons;
 pub mod scenarios;
 pub mod verify;
 
 use crate::check::{check, CheckResult};
 use crate::cli::{HttpArgs, Mode, Scenario};
-use crate::cpu::{CpuMeter, Probe, Source};
-use crate::driver::{drive, Measurement, Outcome};
+use crate::cpu::{CpuMeter, CpuReading, Probe, Source};
+use crate::driver::{drive, Attempt, Measurement, Outcome};
 use crate::process::{self, url_port, MYSQLD_NAMES};
 use crate::report::{ratios, Report, Summary};
 use crate::target::require_loopback;
 use crate::workload::Workload;
-use api::{Answer, Api};
+use api::{Answer, Api, Claim};
+use coupons::{ClaimLedger, CouponContext};
 use futures::StreamExt;
 use scenarios::{Ledger, ScenarioContext};
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -98,7 +102,7 @@ async fn run(args: &HttpArgs) -> anyhow::Result<Report> {
     if let Some(url) = &args.database_url {
         check_database_url(url)?;
     }
-    let scenario = args.scenario()?;
+    let scenario = args.scenario();
     let jwt_secret = secret(&args.jwt_secret, &args.jwt_secret_file, "the JWT secret")?
         .ok_or_else(|| anyhow::anyhow!("give --jwt-secret or --jwt-secret-file"))?;
     let payment_secret = secret(&args.payment_secret, &args.payment_secret_file, "the payment secret")?;
@@ -109,49 +113,133 @@ async fn run(args: &HttpArgs) -> anyhow::Result<Report> {
         anyhow::bail!("--replay-fraction must be between 0 and 1");
     }
     let workload = args.load.workload(Mode::Http)?;
+    if scenario == Scenario::Coupons && workload.max_quantity != 1 {
+        anyhow::bail!("scenario coupons claims one coupon per attempt: --max-quantity must be 1");
+    }
     let started_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let api = Arc::new(build_api(args, target.as_str(), &jwt_secret, workload.concurrency)?);
-    let name = format!("tianji-{}", scenario_name(scenario));
-    eprintln!("http {name} against {}: {}", api.base, workload.describe());
-    let sku_ids = create_skus(&api, &workload).await?;
+    let described = describe_workload(args, scenario, &workload);
+    eprintln!("http {} against {}: {described}", scenario_name(scenario), api.base);
+    let mut run_notes = Vec::new();
+    let row = match scenario {
+        Scenario::Coupons => run_coupons(args, &api, &target, &workload, &mut run_notes).await?,
+        _ => run_orders(args, scenario, payment_secret, &api, &target, &workload, &mut run_notes).await?,
+    };
+    let mut results = vec![row];
+    report_row(&results[0]);
+    if !args.no_bare {
+        results.push(run_bare(args, scenario, &workload).await?);
+        report_row(&results[1]);
+    }
+    Ok(Report {
+        command: format!("http {}", scenario_name(scenario)),
+        workload: format!("{described} against {}", api.base),
+        ratios: ratios(&results, BARE_NAME),
+        results,
+        started_at,
+        notes: run_notes,
+    })
+}
+
+fn describe_workload(args: &HttpArgs, scenario: Scenario, workload: &Workload) -> String {
+    match scenario {
+        Scenario::Coupons => format!(
+            "coupon claims: templates are the SKUs, their totals the units, per-user limit {}, {} users in turn; {}",
+            args.per_user_limit,
+            args.users,
+            workload.describe()
+        ),
+        _ => workload.describe(),
+    }
+}
+
+/// Drives `attempt` under `workload` while the server's CPU (and MariaDB's, and this
+/// process's) is measured.
+async fn drive_measured<F, Fut>(
+    args: &HttpArgs,
+    target: &reqwest::Url,
+    name: &str,
+    workload: &Workload,
+    run_notes: &mut Vec<String>,
+    attempt: F,
+) -> anyhow::Result<(Measurement, Vec<CpuReading>)>
+where
+    F: Fn(Attempt) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Outcome> + Send + 'static,
+{
+    let meter = CpuMeter::start(server_probes(args, target, run_notes));
+    run_notes.iter().for_each(|note| eprintln!("{note}"));
+    let measurement = drive(name, workload, attempt).await?;
+    Ok((measurement, meter.stop()))
+}
+
+/// Scenarios flash-sale, catalog and mixed: orders placed (and paid, cancelled, read).
+async fn run_orders(
+    args: &HttpArgs,
+    scenario: Scenario,
+    payment_secret: Option<String>,
+    api: &Arc<Api>,
+    target: &reqwest::Url,
+    workload: &Workload,
+    run_notes: &mut Vec<String>,
+) -> anyhow::Result<Summary> {
+    let sku_ids = create_skus(api, workload).await?;
     let context = Arc::new(ScenarioContext {
-        api: Arc::clone(&api),
+        api: Arc::clone(api),
         sku_ids,
         run_id: hex::encode(rand::random::<[u8; 6]>()),
         replay_fraction: args.replay_fraction,
         payment_secret: payment_secret.filter(|_| scenario == Scenario::Mixed),
         ledger: Ledger::default(),
     });
-    let mut run_notes = Vec::new();
-    let meter = CpuMeter::start(server_probes(args, &target, &mut run_notes));
-    run_notes.iter().for_each(|note| eprintln!("{note}"));
+    let name = format!("tianji-{}", scenario_name(scenario));
     let driven = Arc::clone(&context);
-    let measurement = drive(&name, &workload, move |attempt| {
+    let (measurement, cpu) = drive_measured(args, target, &name, workload, run_notes, move |attempt| {
         let context = Arc::clone(&driven);
         async move { context.attempt(attempt).await }
     })
     .await?;
-    let cpu = meter.stop();
-    let result = verify_run(&context, &workload, &measurement, args.database_url.as_deref()).await?;
+    let result = verify_run(&context, workload, &measurement, args.database_url.as_deref()).await?;
     let notes = vec![format!(
         "{} idempotency replays sent; SKUs {}",
         context.ledger.replays.load(Ordering::Relaxed),
         describe_skus(&context.sku_ids)
     )];
-    let mut results = vec![Summary::new(&measurement, &result, notes).with_cpu(&cpu)];
-    report_row(&results[0]);
-    if !args.no_bare {
-        results.push(run_bare(args, &workload).await?);
-        report_row(&results[1]);
-    }
-    Ok(Report {
-        command: format!("http {}", scenario_name(scenario)),
-        workload: format!("{} against {}", workload.describe(), api.base),
-        ratios: ratios(&results, BARE_NAME),
-        results,
-        started_at,
-        notes: run_notes,
+    Ok(Summary::new(&measurement, &result, notes).with_cpu(&cpu))
+}
+
+/// Scenario coupons: one claim per attempt of the run's templates.
+async fn run_coupons(
+    args: &HttpArgs,
+    api: &Arc<Api>,
+    target: &reqwest::Url,
+    workload: &Workload,
+    run_notes: &mut Vec<String>,
+) -> anyhow::Result<Summary> {
+    let started = Instant::now();
+    let templates =
+        coupons::create_templates(api, workload.sku_count, workload.stock_per_sku, args.per_user_limit).await?;
+    eprintln!("created {} coupon templates in {:.1} s", templates.len(), started.elapsed().as_secs_f64());
+    let context =
+        Arc::new(CouponContext { api: Arc::clone(api), ledger: ClaimLedger::new(templates.len()), templates });
+    let name = format!("tianji-{}", scenario_name(Scenario::Coupons));
+    let driven = Arc::clone(&context);
+    let (measurement, cpu) = drive_measured(args, target, &name, workload, run_notes, move |attempt| {
+        let context = Arc::clone(&driven);
+        async move { context.attempt(attempt).await }
     })
+    .await?;
+    let result = verify_coupons(&context, &measurement, args.database_url.as_deref()).await?;
+    let (claimed, sold_out, at_limit) = context.ledger.counts();
+    let notes = vec![format!(
+        "{claimed} claimed (201), {sold_out} refused sold_out (409), {at_limit} refused limit_reached (409), \
+         {} other; templates {} of {} coupons, per-user limit {}",
+        measurement.errors,
+        describe_skus(&context.template_ids()),
+        workload.stock_per_sku,
+        args.per_user_limit
+    )];
+    Ok(Summary::new(&measurement, &result, notes).with_cpu(&cpu))
 }
 
 fn report_row(row: &Summary) {
@@ -184,6 +272,7 @@ fn scenario_name(scenario: Scenario) -> &'static str {
         Scenario::FlashSale => "flash-sale",
         Scenario::Catalog => "catalog",
         Scenario::Mixed => "mixed",
+        Scenario::Coupons => "coupons",
     }
 }
 
@@ -212,6 +301,36 @@ async fn create_skus(api: &Api, workload: &Workload) -> anyhow::Result<Vec<i64>>
     }
     eprintln!("created {} SKUs in {:.1} s", sku_ids.len(), started.elapsed().as_secs_f64());
     Ok(sku_ids)
+}
+
+/// Every check of a coupons run, through the API and then the database.
+async fn verify_coupons(
+    context: &CouponContext,
+    measurement: &Measurement,
+    database_url: Option<&str>,
+) -> anyhow::Result<CheckResult> {
+    let started = Instant::now();
+    let claims = context.ledger.per_template(&context.templates);
+    let mut result = CheckResult::default();
+    let (claimed, sold_out, at_limit) = context.ledger.counts();
+    if (claimed, sold_out + at_limit) != (measurement.ok, measurement.rejected) {
+        result.problem(format!(
+            "the ledger holds {claimed} claims and {} refusals, the driver counted {} and {}",
+            sold_out + at_limit,
+            measurement.ok,
+            measurement.rejected
+        ));
+    }
+    let through_api = coupons::check_api(&context.api, &claims, measurement.errors).await;
+    (result.units_taken, result.order_rows) = (through_api.units_taken, through_api.order_rows);
+    result = verify::merge(result, through_api, "api");
+    if let Some(url) = database_url {
+        let in_database = coupons::check_database(url, &claims, measurement.errors).await?;
+        (result.units_taken, result.order_rows) = (in_database.units_taken, in_database.order_rows);
+        result = verify::merge(result, in_database, "db");
+    }
+    eprintln!("verified in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(result)
 }
 
 /// Every check of the run, through the API and then the database.
@@ -251,7 +370,7 @@ async fn verify_run(
 
 /// The same load against the bare reference handler, which runs in this process: its threads
 /// are measured apart from the client's.
-async fn run_bare(args: &HttpArgs, workload: &Workload) -> anyhow::Result<Summary> {
+async fn run_bare(args: &HttpArgs, scenario: Scenario, workload: &Workload) -> anyhow::Result<Summary> {
     let server = bare::BareServer::start(args.bare_workers.clamp(1, 64))?;
     let meter = CpuMeter::start(vec![
         Probe::new("bare server threads", Source::Threads(bare::THREAD_NAME_PREFIXES)),
@@ -271,6 +390,13 @@ async fn run_bare(args: &HttpArgs, workload: &Workload) -> anyhow::Result<Summar
     let measured = drive(BARE_NAME, workload, move |attempt| {
         let api = Arc::clone(&api);
         async move {
+            if scenario == Scenario::Coupons {
+                return match api.receive(0, attempt.sku_index as i64 + 1).await {
+                    Claim::Claimed(_) => Outcome::Ok { units: 1 },
+                    Claim::SoldOut | Claim::LimitReached => Outcome::Rejected,
+                    Claim::Failed(message) => Outcome::Error(message),
+                };
+            }
             let key = format!("bare-{}", attempt.seq);
             match api.place(0, &key, attempt.sku_index as i64 + 1, attempt.quantity).await {
                 Answer::Done(_) => Outcome::Ok { units: attempt.quantity },

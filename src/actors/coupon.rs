@@ -8,7 +8,7 @@
 //! `(user_id, template_id, seq)` key are the last line of defence: a stale view of this actor
 //! can only refuse a claim, never over-issue.
 
-use super::{ask, Core, Refusal, Reply};
+use super::{ask, schedule_idle_checks, Core, Refusal, Reply};
 use crate::domain::coupon::{ClaimError, Coupon, CouponStatus};
 use crate::domain::{CouponId, TemplateId, UserId};
 use crate::persistence::{CouponIssue, StoreError, TemplateState};
@@ -101,8 +101,7 @@ impl Actor for TemplateActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let every = (self.core.limits.idle_timeout / 4).max(std::time::Duration::from_millis(10));
-        ctx.run_interval(every, |actor, ctx| actor.tick(ctx));
+        schedule_idle_checks(ctx, self.core.limits.idle_timeout, Self::tick);
     }
 
     fn stopped(&mut self, ctx: &mut Self::Context) {

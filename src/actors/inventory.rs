@@ -16,7 +16,7 @@
 //! and only the order's own close (cancel, timeout) lets its units go.
 
 use super::registry::ActorRef;
-use super::{ask, ActorLimits, Core, Refusal, Reply};
+use super::{ask, schedule_idle_checks, ActorLimits, Core, Refusal, Reply};
 use crate::domain::inventory::{InventoryError, Ledger, Quantity, Reservation};
 use crate::domain::lease::CounterDelta;
 use crate::domain::sale::{Sale, SaleError, SalePatch, SaleRuleError};
@@ -242,8 +242,7 @@ impl Actor for InventoryActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.core.snapshots.publish(self.committed.clone());
-        let every = (self.limits().idle_timeout / 4).max(std::time::Duration::from_millis(10));
-        ctx.run_interval(every, |actor, ctx| actor.tick(ctx));
+        schedule_idle_checks(ctx, self.limits().idle_timeout, Self::tick);
     }
 
     fn stopped(&mut self, ctx: &mut Self::Context) {

@@ -131,6 +131,21 @@ where
     Addr::new(sender)
 }
 
+/// The shortest interval between two idle checks, so a tiny idle timeout (in tests) does not
+/// keep an actor's thread busy.
+pub const IDLE_CHECK_INTERVAL_MIN: Duration = Duration::from_millis(10);
+
+/// Schedules `tick` every quarter of `idle_timeout` (at least `IDLE_CHECK_INTERVAL_MIN`), so an
+/// actor idle past its timeout stops within a quarter of it more. Called from `started`; `tick`
+/// decides whether the actor is idle and may stop.
+pub fn schedule_idle_checks<A>(ctx: &mut Context<A>, idle_timeout: Duration, tick: fn(&mut A, &mut Context<A>))
+where
+    A: Actor<Context = Context<A>>,
+{
+    let every = (idle_timeout / 4).max(IDLE_CHECK_INTERVAL_MIN);
+    ctx.run_interval(every, tick);
+}
+
 /// A fixed set of arbiters (threads with their own event loop) that actors are spread over.
 pub struct ArbiterPool {
     arbiters: Vec<Arbiter>,

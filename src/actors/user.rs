@@ -28,7 +28,7 @@ use super::coupon::{ClaimFailure, IssueSettled};
 use super::inventory::{Grant, SkuError};
 use super::learning::{lessons_at_activation, Lessons};
 use super::registry::ActorRef;
-use super::{ask, Core, Refusal, Reply};
+use super::{ask, schedule_idle_checks, Core, Refusal, Reply};
 use crate::domain::coupon::{ClaimError, Coupon, CouponRules, CouponStep, DiscountError};
 use crate::domain::inventory::InventoryError;
 use crate::domain::order::{NewOrderHeader, Order, OrderError, PlaceOrder};
@@ -455,8 +455,7 @@ impl Actor for UserActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let every = (self.core.limits.idle_timeout / 4).max(std::time::Duration::from_millis(10));
-        ctx.run_interval(every, |actor, ctx| actor.tick(ctx));
+        schedule_idle_checks(ctx, self.core.limits.idle_timeout, Self::tick);
     }
 
     fn stopped(&mut self, ctx: &mut Self::Context) {

@@ -5,6 +5,7 @@
 
 use super::auth::{Admin, Caller};
 use super::errors::ApiError;
+use super::query::{optional_status, page_limit};
 use super::time::{format_ms, parse_ms, parse_optional_ms};
 use super::AppState;
 use crate::domain::coupon::{Coupon, CouponKind, CouponStatus, CouponView, TemplateDraft, TemplateInput};
@@ -181,17 +182,8 @@ pub async fn list(
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();
-    let view = match query.status.as_deref() {
-        None | Some("") => None,
-        Some(name) => Some(
-            CouponView::parse(name)
-                .ok_or_else(|| ApiError::unprocessable("invalid_status", format!("unknown coupon status {name:?}")))?,
-        ),
-    };
-    let limit = query.limit.unwrap_or(PAGE_SIZE_DEFAULT);
-    if !(1..=PAGE_SIZE_MAX).contains(&limit) {
-        return Err(ApiError::unprocessable("invalid_limit", format!("limit must be between 1 and {PAGE_SIZE_MAX}")));
-    }
+    let view = optional_status(query.status.as_deref(), "coupon", CouponView::parse)?;
+    let limit = page_limit(query.limit, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX)?;
     let coupons = state.core.list_coupons(caller.user_id, view, limit).await?;
     assert!(coupons.len() <= limit as usize, "a page holds at most its limit");
     let coupons = coupons.iter().map(|(coupon, view)| CouponBody::new(coupon, *view)).collect();

@@ -9,6 +9,7 @@ pub mod health;
 pub mod learning;
 pub mod orders;
 pub mod payments;
+pub mod query;
 pub mod skus;
 pub mod time;
 

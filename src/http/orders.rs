@@ -3,6 +3,7 @@
 
 use super::auth::{Admin, Caller};
 use super::errors::ApiError;
+use super::query::{optional_status, page_limit, parse_optional};
 use super::time::format_ms;
 use super::AppState;
 use crate::actors::user::Placed;
@@ -178,24 +179,11 @@ pub async fn list(
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();
-    let status = match query.status.as_deref() {
-        None | Some("") => None,
-        Some(name) => Some(
-            OrderStatus::parse(name)
-                .ok_or_else(|| ApiError::unprocessable("invalid_status", format!("unknown order status {name:?}")))?,
-        ),
-    };
-    let limit = query.limit.unwrap_or(PAGE_SIZE_DEFAULT);
-    if !(1..=PAGE_SIZE_MAX).contains(&limit) {
-        return Err(ApiError::unprocessable("invalid_limit", format!("limit must be between 1 and {PAGE_SIZE_MAX}")));
-    }
-    let before = match query.cursor.as_deref() {
-        None | Some("") => None,
-        Some(cursor) => Some(
-            decode_cursor(cursor)
-                .ok_or_else(|| ApiError::bad_request("invalid_cursor", "cursor is not one this API gave out"))?,
-        ),
-    };
+    let status = optional_status(query.status.as_deref(), "order", OrderStatus::parse)?;
+    let limit = page_limit(query.limit, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX)?;
+    let before = parse_optional(query.cursor.as_deref(), decode_cursor, |_| {
+        ApiError::bad_request("invalid_cursor", "cursor is not one this API gave out")
+    })?;
     let orders = state.core.list_orders(caller.user_id, status, before, limit).await?;
     let next_cursor = (orders.len() == limit as usize).then(|| orders.last().map(|o| encode_cursor(o.id))).flatten();
     Ok(HttpResponse::Ok().json(OrderPage { orders: orders.iter().map(OrderBody::from).collect(), next_cursor }))

@@ -357,6 +357,28 @@ impl Drop for TestApp {
     }
 }
 
+/// Each story as two tests, `<story>::sqlite` and `<story>::mariadb`. A story is an
+/// `async fn(Backend)` of the module the macro is used in (which must have `Backend` in scope).
+macro_rules! on_both_backends {
+    ($($story:ident),* $(,)?) => {$(
+        mod $story {
+            use super::*;
+
+            #[actix_web::test]
+            async fn sqlite() {
+                super::$story(Backend::Sqlite).await
+            }
+
+            #[actix_web::test]
+            async fn mariadb() {
+                super::$story(Backend::MySql).await
+            }
+        }
+    )*};
+}
+
+pub(crate) use on_both_backends;
+
 /// Polls `check` until it holds or `timeout` passes; for effects that are asynchronous by
 /// design (lease expiry, write-behind), never for ordering between requests.
 pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool

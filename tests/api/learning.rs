@@ -8,7 +8,7 @@
 //! ids, so nothing another run left in the shared Redis meets them.
 
 use crate::helpers::{
-    restart_with, spawn_with, status_and_json, AppOptions, Backend, LessonRow, TestApp, TestDatabase,
+    on_both_backends, restart_with, spawn_with, status_and_json, AppOptions, Backend, LessonRow, TestApp, TestDatabase,
 };
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -24,25 +24,6 @@ use tianji::domain::sale::Sale;
 use tianji::domain::sku::SkuDraft;
 use tianji::domain::{Cents, IdempotencyKey, PlaceOrder, SkuId, UserId};
 use tianji::persistence::redis::Snapshots;
-
-/// Each story as two tests, `<story>::sqlite` and `<story>::mariadb`.
-macro_rules! on_both_backends {
-    ($($story:ident),* $(,)?) => {$(
-        mod $story {
-            use super::*;
-
-            #[actix_web::test]
-            async fn sqlite() {
-                super::$story(Backend::Sqlite).await
-            }
-
-            #[actix_web::test]
-            async fn mariadb() {
-                super::$story(Backend::MySql).await
-            }
-        }
-    )*};
-}
 
 on_both_backends!(
     an_order_opens_its_courses_when_paid_and_a_cancelled_one_never,

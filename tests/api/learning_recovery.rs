@@ -16,10 +16,9 @@
 use crate::helpers::{
     eventually, redis_url, spawn_with, AppOptions, Backend, TestDatabase, JWT_SECRET, PAYMENT_SECRET,
 };
+use crate::process::ServerProcess;
 use serde_json::json;
 use sqlx::{AnyPool, Row};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tianji::domain::learning::{LessonStatus, Progress};
@@ -35,62 +34,32 @@ const BEATS: [(i64, i64); 4] = [(1, 15), (1, 30), (2, 15), (3, 45)];
 /// The heartbeats of a later session, after the ones above.
 const LATER_BEATS: [(i64, i64); 2] = [(4, 15), (4, 30)];
 
-/// A `tianji serve` child process, killed when dropped.
+/// A `tianji serve` child process (killed when dropped) and a client that buys and studies
+/// through it.
 struct Server {
-    child: Child,
-    address: String,
+    process: ServerProcess,
     http: reqwest::Client,
     keys: JwtKeys,
 }
 
 impl Server {
     fn start(database_url: &str, settings: &[(&str, String)]) -> Server {
-        let data_dir = std::env::temp_dir().join(format!("tianji-learning-recovery-{}", std::process::id()));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tianji"))
-            .arg("serve")
-            .env("TIANJI_BIND", "127.0.0.1:0")
-            .env("TIANJI_DATABASE_URL", database_url)
-            .env("TIANJI_DATA_DIR", data_dir)
-            .env("TIANJI_JWT_SECRET", JWT_SECRET)
-            .env("TIANJI_PAYMENT_SECRET", PAYMENT_SECRET)
-            .env("TIANJI_HTTP_WORKERS", "2")
-            .env("TIANJI_ACTOR_THREADS", "2")
-            .env_remove("TIANJI_REDIS_URL")
-            .env("RUST_LOG", "error")
-            .envs(settings.iter().map(|(name, value)| (*name, value.as_str())))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the tianji binary starts");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
-        let port: u16 = line
-            .trim()
-            .strip_prefix("tianji listening on port ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("tianji did not start: {line:?}"));
+        let settings: Vec<(&str, &str)> = settings.iter().map(|(name, value)| (*name, value.as_str())).collect();
         Server {
-            child,
-            address: format!("http://127.0.0.1:{port}"),
+            process: ServerProcess::start("learning-recovery", database_url, &settings),
             http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client"),
             keys: JwtKeys::new(JWT_SECRET),
         }
     }
 
     /// SIGKILL: no shutdown hook, no flush, nothing the process gets to finish.
-    fn kill(mut self) {
-        self.child.kill().expect("kill");
-        self.child.wait().expect("reap");
+    fn kill(self) {
+        self.process.kill();
     }
 
     /// SIGTERM, then waits for the process to end on its own.
-    fn terminate(mut self) {
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
-        assert!(sent.success(), "SIGTERM to {pid}");
-        let status = self.child.wait().expect("reap");
-        assert!(status.success(), "tianji stopped on SIGTERM with {status}");
+    fn terminate(self) {
+        self.process.terminate();
     }
 
     fn token(&self, user_id: i64, role: Role) -> String {
@@ -101,7 +70,7 @@ impl Server {
     async fn create_course(&self) -> i64 {
         let response = self
             .http
-            .post(format!("{}/v1/admin/skus", self.address))
+            .post(format!("{}/v1/admin/skus", self.process.address))
             .bearer_auth(self.token(1, Role::Admin))
             .json(&json!({"name": "Rust course", "price_cents": 1_999, "stock": 100}))
             .send()
@@ -115,7 +84,7 @@ impl Server {
     async fn buy(&self, user_id: i64, course_id: i64) {
         let placed = self
             .http
-            .post(format!("{}/v1/orders", self.address))
+            .post(format!("{}/v1/orders", self.process.address))
             .bearer_auth(self.token(user_id, Role::User))
             .header("Idempotency-Key", format!("buy-{course_id}"))
             .json(&json!({"items": [{"sku_id": course_id, "quantity": 1}]}))
@@ -130,7 +99,7 @@ impl Server {
         .to_string();
         let paid = self
             .http
-            .post(format!("{}/v1/payments/callback", self.address))
+            .post(format!("{}/v1/payments/callback", self.process.address))
             .header("content-type", "application/json")
             .header("X-Tianji-Signature", PaymentKey::new(PAYMENT_SECRET).sign(body.as_bytes()))
             .body(body)
@@ -145,7 +114,7 @@ impl Server {
         for (section_id, position_sec) in beats {
             let response = self
                 .http
-                .post(format!("{}/v1/learning/heartbeats", self.address))
+                .post(format!("{}/v1/learning/heartbeats", self.process.address))
                 .bearer_auth(self.token(user_id, Role::User))
                 .json(&json!({"course_id": course_id, "section_id": section_id, "position_sec": position_sec}))
                 .send()
@@ -159,7 +128,7 @@ impl Server {
     async fn progress(&self, user_id: i64, course_id: i64) -> (i64, i64, String) {
         let response = self
             .http
-            .get(format!("{}/v1/learning/progress?course_id={course_id}", self.address))
+            .get(format!("{}/v1/learning/progress?course_id={course_id}", self.process.address))
             .bearer_auth(self.token(user_id, Role::User))
             .send()
             .await
@@ -168,13 +137,6 @@ impl Server {
         let body: serde_json::Value = response.json().await.expect("json");
         let field = |name: &str| body[name].as_i64().unwrap_or_else(|| panic!("{name} in {body}"));
         (field("latest_section_id"), field("position_sec"), body["status"].as_str().expect("status").to_owned())
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -8,6 +8,7 @@ mod learning;
 mod learning_recovery;
 mod leases;
 mod lifecycle;
+mod process;
 mod promotion;
 mod promotion_http;
 mod proxy;

@@ -7,7 +7,7 @@
 //! exact counts from the replies, then reads the database itself, and ends with `audit`, which
 //! checks the promotion invariants over every row.
 
-use crate::helpers::{Backend, TestDatabase};
+use crate::helpers::{on_both_backends, Backend, TestDatabase};
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Row};
 use std::collections::{HashMap, HashSet};
@@ -32,25 +32,6 @@ const DAY_MS: i64 = 24 * HOUR_MS;
 const PAY_TIMEOUT: Duration = Duration::from_secs(3_600);
 /// Generous, so a loaded CI machine answers slowly rather than `Unavailable`.
 const DATABASE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Each story as two tests, `<story>::sqlite` and `<story>::mariadb`.
-macro_rules! on_both_backends {
-    ($($story:ident),* $(,)?) => {$(
-        mod $story {
-            use super::*;
-
-            #[actix_web::test]
-            async fn sqlite() {
-                super::$story(Backend::Sqlite).await
-            }
-
-            #[actix_web::test]
-            async fn mariadb() {
-                super::$story(Backend::MySql).await
-            }
-        }
-    )*};
-}
 
 on_both_backends!(
     thousands_of_users_race_for_the_last_coupons,

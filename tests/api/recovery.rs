@@ -8,12 +8,11 @@
 //! against what the clients saw.
 
 use crate::helpers::{rfc3339_from_now, Backend, TestDatabase, JWT_SECRET, PAYMENT_SECRET};
+use crate::process::ServerProcess;
 use rand::Rng;
 use serde_json::json;
 use sqlx::{AnyPool, Row};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tianji::domain::UserId;
@@ -35,60 +34,8 @@ const TEMPLATES: [(i64, i64, i64, i64); 2] = [(300, 1_000, 60, 4), (500, 1_500, 
 const CLAIM_PERCENT: u32 = 15;
 /// Chance, in percent, that a buyer holding a coupon places its order with it.
 const COUPON_ORDER_PERCENT: u32 = 60;
-
-/// A `tianji serve` child process, killed when dropped.
-struct Server {
-    child: Child,
-    address: String,
-}
-
-impl Server {
-    fn start(database_url: &str) -> Server {
-        Server::start_with(database_url, &[])
-    }
-
-    fn start_with(database_url: &str, settings: &[(&str, &str)]) -> Server {
-        let data_dir = std::env::temp_dir().join(format!("tianji-recovery-{}", std::process::id()));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tianji"))
-            .arg("serve")
-            .env("TIANJI_BIND", "127.0.0.1:0")
-            .env("TIANJI_DATABASE_URL", database_url)
-            .env("TIANJI_DATA_DIR", data_dir)
-            .env("TIANJI_JWT_SECRET", JWT_SECRET)
-            .env("TIANJI_PAYMENT_SECRET", PAYMENT_SECRET)
-            .env("TIANJI_HTTP_WORKERS", "2")
-            .env("TIANJI_ACTOR_THREADS", "2")
-            .env_remove("TIANJI_REDIS_URL")
-            .env("RUST_LOG", "error")
-            .envs(settings.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the tianji binary starts");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
-        let port: u16 = line
-            .trim()
-            .strip_prefix("tianji listening on port ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("tianji did not start: {line:?}"));
-        Server { child, address: format!("http://127.0.0.1:{port}") }
-    }
-
-    /// SIGKILL: no shutdown hook, no flush, nothing the process gets to finish.
-    fn kill(mut self) {
-        self.child.kill().expect("kill");
-        self.child.wait().expect("reap");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// Names the server's data directory.
+const SERVER_NAME: &str = "recovery";
 
 /// What a client last had acknowledged for an order, the step it sent without an answer, and
 /// the coupon it placed the order with.
@@ -483,7 +430,7 @@ async fn audit_coupons(db: &AnyPool, ledger: &Ledger, round: usize) {
 async fn killed_at_random_moments(backend: Backend) {
     let database = TestDatabase::create(backend).await;
     let keys = JwtKeys::new(JWT_SECRET);
-    let mut server = Server::start(&database.url);
+    let mut server = ServerProcess::start(SERVER_NAME, &database.url, &[]);
     let skus = create_skus(&server.address, &keys).await;
     let templates = create_templates(&server.address, &keys).await;
     let db = sqlx::any::AnyPoolOptions::new().max_connections(2).connect(&database.url).await.unwrap();
@@ -510,7 +457,7 @@ async fn killed_at_random_moments(backend: Backend) {
         ledger = std::mem::take(&mut *clients.ledger.lock().unwrap());
         assert!(!ledger.orders.is_empty(), "round {round}: no order was acknowledged before the kill");
 
-        server = Server::start(&database.url);
+        server = ServerProcess::start(SERVER_NAME, &database.url, &[]);
         audit(&db, &ledger, &skus, round).await;
         eprintln!(
             "round {round}: killed after {kill_after:?}; {} acknowledged orders ({} with a coupon) and {} coupons \
@@ -542,7 +489,7 @@ async fn deadlines_that_passed_while_down_close_right_after_start() {
     let database = TestDatabase::create(Backend::MySql).await;
     let keys = JwtKeys::new(JWT_SECRET);
     let pay_timeout = [("TIANJI_PAY_TIMEOUT", "2s")];
-    let server = Server::start_with(&database.url, &pay_timeout);
+    let server = ServerProcess::start(SERVER_NAME, &database.url, &pay_timeout);
     let skus = create_skus(&server.address, &keys).await;
     let token = keys.mint(UserId::new(5), Role::User, Duration::from_secs(600));
     let http = reqwest::Client::new();
@@ -566,7 +513,7 @@ async fn deadlines_that_passed_while_down_close_right_after_start() {
     let until_past = latest_deadline - tianji::domain::ids::wall_clock_ms() as i64 + 100;
     tokio::time::sleep(Duration::from_millis(until_past.max(0) as u64)).await;
 
-    let restarted = Server::start_with(&database.url, &pay_timeout);
+    let restarted = ServerProcess::start(SERVER_NAME, &database.url, &pay_timeout);
     let started_ms = tianji::domain::ids::wall_clock_ms() as i64;
     let closed = crate::helpers::eventually(Duration::from_secs(5), || async {
         // Closed first, units back right after: wait for both.

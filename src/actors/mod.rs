@@ -195,6 +195,10 @@ pub struct Core {
     template_loader: Batcher<TemplateId, Option<TemplateState>>,
     /// SKU ids that do not exist, so a flood of them does not reach the database.
     unknown_skus: DashSet<SkuId>,
+    /// Users whose actor was activating when a step of theirs committed (see `Core::user`).
+    /// An entry lives from that commit until the user's activation ends, so the set holds at
+    /// most the users whose activation was in flight (or failed) at such a moment.
+    users_behind: DashSet<UserId>,
     /// Idempotency-Keys held by all user actors.
     user_keys_held: AtomicUsize,
     arbiters: ArbiterPool,
@@ -271,6 +275,7 @@ impl Core {
             orders: Registry::default(),
             templates: Registry::default(),
             unknown_skus: DashSet::new(),
+            users_behind: DashSet::new(),
             user_keys_held: AtomicUsize::new(0),
             arbiters: ArbiterPool::start(arbiter_count),
             limits,

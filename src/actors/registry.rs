@@ -73,6 +73,11 @@ impl<K: Eq + Hash + Copy, A: Actor> Registry<K, A> {
         Some(ActorRef { cell })
     }
 
+    /// Whether an actor of `key` is being activated right now (its state is being read).
+    pub fn is_activating(&self, key: K) -> bool {
+        self.actors.get(&key).is_some_and(|cell| cell.get().is_none())
+    }
+
     /// Called by an actor as it stops: drops its entry, unless a newer actor took the key.
     pub fn forget(&self, key: K, addr: &Addr<A>) {
         self.actors.remove_if(&key, |_, held| held.get().is_none_or(|a| a == addr));

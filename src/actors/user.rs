@@ -147,6 +147,10 @@ pub fn replay(order: Order, request_hash: &str) -> Result<Placed, PlaceError> {
     }
 }
 
+/// Reads of a user's state one activation makes at most when steps of the user keep
+/// committing while it reads; past them the actor starts and is told to read again.
+pub const ACTIVATION_READS_MAX: usize = 3;
+
 /// Retries of one key that wait for its placement in flight, and claims of one template that
 /// wait for the claim in flight; past it they get 503.
 pub const WAITERS_PER_KEY_MAX: usize = 64;
@@ -326,9 +330,10 @@ impl UserActor {
             }
             core.place_new(me, user_id, order_id, saga_key, request, coupon).await
         };
-        ctx.spawn(saga.into_actor(self).map(move |outcome, actor, _ctx| {
+        ctx.spawn(saga.into_actor(self).map(move |outcome, actor, ctx| {
             actor.settle_holds(&outcome, order_id, coupon.map(|c| c.id));
-            actor.finish(key, outcome.result, reply)
+            actor.finish(key, outcome.result, reply);
+            actor.stop_if_stale(ctx);
         }));
     }
 
@@ -434,7 +439,16 @@ impl UserActor {
                 Some(waiter) => actor.start_claim(template_id, waiter, ctx),
                 None => drop(actor.claim_queue.remove(&template_id)),
             }
+            actor.stop_if_stale(ctx);
         }));
+    }
+
+    /// A stale actor stops as soon as nothing is in flight, so the next request of the user
+    /// activates one that reads the truth, instead of serving from memory that may be behind.
+    fn stop_if_stale(&mut self, ctx: &mut Context<Self>) {
+        if self.stale && !self.busy() {
+            ctx.stop();
+        }
     }
 
     fn busy(&self) -> bool {
@@ -553,7 +567,7 @@ impl Handler<Claim> for UserActor {
 impl Handler<OrderSettled> for UserActor {
     type Result = ();
 
-    fn handle(&mut self, notice: OrderSettled, _ctx: &mut Self::Context) {
+    fn handle(&mut self, notice: OrderSettled, ctx: &mut Self::Context) {
         for (sku_id, units) in notice.returned {
             self.give_back_units(sku_id, units);
         }
@@ -569,6 +583,22 @@ impl Handler<OrderSettled> for UserActor {
             // this activation never held): read the wallet again.
             Some(Err(_)) | None => self.stale = true,
         }
+        self.stop_if_stale(ctx);
+    }
+}
+
+/// A committed step of the user's reached the node while the user's actor was reading its
+/// state: the actor may have read the database before that commit, so it reads again.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Reload;
+
+impl Handler<Reload> for UserActor {
+    type Result = ();
+
+    fn handle(&mut self, _reload: Reload, ctx: &mut Self::Context) {
+        self.stale = true;
+        self.stop_if_stale(ctx);
     }
 }
 
@@ -576,16 +606,36 @@ impl Handler<OrderSettled> for UserActor {
 impl Core {
     /// The live actor of a user, activated from the store (batched with the other activations
     /// of the moment) if need be.
+    ///
+    /// A notice of a committed order step (`order_settled`) that finds the user's actor still
+    /// activating cannot reach it, and the state it read may predate the commit: the user is
+    /// then remembered in `users_behind`. The activation reads again when that happened while
+    /// it read; if it happened after the read, before the actor was registered, the actor is
+    /// told to read again (`Reload`: it stops as soon as nothing is in flight and the next
+    /// request activates a new one).
     pub(crate) async fn user(self: &Arc<Self>, user_id: UserId) -> Result<ActorRef<UserActor>, StoreError> {
-        self.users
+        let load =
+            || async { self.user_loader.submit(user_id).await.map_err(|e| StoreError::Unavailable(e.to_string())) };
+        let user = self
+            .users
             .get_or_activate(user_id, || async {
-                let state =
-                    self.user_loader.submit(user_id).await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                let mut state = load().await?;
+                for _ in 0..ACTIVATION_READS_MAX {
+                    if self.users_behind.remove(&user_id).is_none() {
+                        break;
+                    }
+                    state = load().await?;
+                }
                 let actor = UserActor::new(Arc::clone(self), user_id, state);
                 let arbiter = self.arbiters.for_key(user_id.get());
-                Ok(super::start_on(&arbiter, self.limits.mailbox_capacity, actor))
+                Ok::<_, StoreError>(super::start_on(&arbiter, self.limits.mailbox_capacity, actor))
             })
-            .await
+            .await?;
+        if !self.users_behind.is_empty() && self.users_behind.remove(&user_id).is_some() {
+            // A notice past the mailbox bound on purpose, like `OrderSettled`.
+            user.addr().do_send(Reload);
+        }
+        Ok(user)
     }
 
     /// Places an order for `user_id` under `key`, at most once per key (see the module doc).
@@ -620,6 +670,9 @@ impl Core {
     ) {
         if purchases.is_empty() && coupon.is_none() && lessons.is_none() {
             return;
+        }
+        if self.users.is_activating(user_id) {
+            self.users_behind.insert(user_id);
         }
         if let Some(user) = self.users.get(user_id) {
             let returned = purchases.iter().map(|p| (p.sku_id, -p.units)).collect();

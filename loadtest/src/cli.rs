@@ -38,6 +38,11 @@ pub enum Preset {
     /// 256 concurrent, per-user limit 1; under `engines` a tenth of the claims made again by a
     /// user who claimed just before (`--repeat-claims`), over HTTP the `--users` in turn.
     Coupons,
+    /// Learners sending progress heartbeats: 100,000 learners (`--learners`) each owning one
+    /// course, first paced at one heartbeat per learner every 15 s (`--cadence`, open loop for
+    /// the time limit: 20 s in process, 60 s over HTTP), then at the maximum rate (closed loop,
+    /// 256 concurrent); `--phases` picks either.
+    Heartbeats,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +127,19 @@ impl Preset {
                 max_quantity: 1,
                 distribution: KeyDistribution::Uniform,
                 time_limit: Duration::from_secs(15),
+            },
+            // One "SKU" (the course); an attempt is one heartbeat. The attempts bound the
+            // closed-loop phase, which the time limit ends first; the paced phase plans
+            // learners / cadence x time limit. Over HTTP at least one 60 s database flush falls
+            // inside the paced phase.
+            (Preset::Heartbeats, mode) => PresetValues {
+                sku_count: 1,
+                stock_per_sku: 1,
+                attempts: 10_000_000,
+                concurrency: 256,
+                max_quantity: 1,
+                distribution: KeyDistribution::Uniform,
+                time_limit: Duration::from_secs(if mode == Mode::Http { 60 } else { 20 }),
             },
         }
     }
@@ -225,6 +243,10 @@ pub enum EngineName {
     RedisClaimDurable,
     /// Coupons: a conditional UPDATE of `issued` and the coupon INSERT in one transaction.
     MysqlConditional,
+    /// Heartbeats: one autocommitted `UPDATE learning_lesson` per heartbeat on MariaDB.
+    NaiveUpdate,
+    /// Heartbeats: one Redis `HSET` per heartbeat.
+    RedisHset,
 }
 
 impl EngineName {
@@ -234,6 +256,8 @@ impl EngineName {
             EngineName::TianjiActor | EngineName::TianjiMemory => true,
             EngineName::RedisLua | EngineName::RedisLuaDurable | EngineName::MysqlRowLock => !claims_coupons,
             EngineName::RedisClaim | EngineName::RedisClaimDurable | EngineName::MysqlConditional => claims_coupons,
+            // Heartbeat engines run only the heartbeats preset, which selects its own engines.
+            EngineName::NaiveUpdate | EngineName::RedisHset => false,
         }
     }
 
@@ -266,6 +290,12 @@ pub struct EnginesArgs {
     /// port, else the only process named redis-server).
     #[arg(long)]
     pub redis_pid: Option<u32>,
+    #[command(flatten)]
+    pub heartbeats: HeartbeatArgs,
+    /// Heartbeats: how often tianji-actor and tianji-memory flush progress to the database
+    /// (default: the server's, 60 s); a final flush ends every phase and is counted in it.
+    #[arg(long)]
+    pub learning_flush: Option<humantime::Duration>,
 }
 
 impl EnginesArgs {
@@ -307,6 +337,9 @@ pub enum Scenario {
     /// Claim one coupon per attempt (`POST /v1/coupons/receive`): templates are the SKUs,
     /// their totals the stock, the users in turn.
     Coupons,
+    /// Heartbeats of `--learners` learners, each owning the run's course (see preset
+    /// heartbeats).
+    Heartbeats,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -360,6 +393,14 @@ pub struct HttpArgs {
     /// Skip the bare reference endpoint.
     #[arg(long)]
     pub no_bare: bool,
+    #[command(flatten)]
+    pub heartbeats: HeartbeatArgs,
+    /// Scenario heartbeats: how each learner comes to own the course: `api` places and pays
+    /// one order per learner (needs the payment secret); `database` inserts the
+    /// `learning_lesson` rows through --database-url (MariaDB) while no heartbeat has reached
+    /// the server, faster for 100,000 learners.
+    #[arg(long, value_enum, default_value_t = LearnerSeed::Api)]
+    pub seed_learners: LearnerSeed,
 }
 
 impl HttpArgs {
@@ -370,7 +411,62 @@ impl HttpArgs {
             Preset::Catalog => Scenario::Catalog,
             Preset::Mixed => Scenario::Mixed,
             Preset::Coupons => Scenario::Coupons,
+            Preset::Heartbeats => Scenario::Heartbeats,
         })
+    }
+}
+
+/// Which part of a heartbeats run to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HeartbeatPhase {
+    /// Open loop: every learner one heartbeat per `--cadence`, for the time limit.
+    Paced,
+    /// Closed loop at the maximum rate.
+    Max,
+}
+
+/// How the learners of an HTTP heartbeats run come to own the course.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LearnerSeed {
+    /// One order placed and paid (signed callback) per learner.
+    Api,
+    /// `learning_lesson` rows inserted directly into the server's MariaDB.
+    Database,
+}
+
+/// The most learners a heartbeats run may simulate.
+pub const LEARNERS_MAX: u64 = 10_000_000;
+
+/// What the heartbeats preset (and scenario) takes beside the load flags.
+#[derive(Args, Debug, Clone)]
+pub struct HeartbeatArgs {
+    /// Heartbeats: learners, each owning one course.
+    #[arg(long, default_value_t = 100_000)]
+    pub learners: u64,
+    /// Heartbeats: how often each learner sends one in the paced phase.
+    #[arg(long, default_value = "15s")]
+    pub cadence: humantime::Duration,
+    /// Heartbeats: the phases to run, in order (default: paced, then max).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub phases: Vec<HeartbeatPhase>,
+}
+
+impl HeartbeatArgs {
+    /// The learners, checked.
+    pub fn learners(&self) -> anyhow::Result<u64> {
+        if !(1..=LEARNERS_MAX).contains(&self.learners) {
+            anyhow::bail!("--learners must be between 1 and {LEARNERS_MAX}, got {}", self.learners);
+        }
+        Ok(self.learners)
+    }
+
+    /// The phases asked for, else paced then max.
+    pub fn phases(&self) -> Vec<HeartbeatPhase> {
+        if self.phases.is_empty() {
+            vec![HeartbeatPhase::Paced, HeartbeatPhase::Max]
+        } else {
+            self.phases.clone()
+        }
     }
 }
 
@@ -456,7 +552,9 @@ mod tests {
                 "mysql-row-lock",
                 "redis-claim",
                 "redis-claim-durable",
-                "mysql-conditional"
+                "mysql-conditional",
+                "naive-update",
+                "redis-hset"
             ]
         );
     }

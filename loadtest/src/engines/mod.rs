@@ -11,8 +11,15 @@
 //! (the "SKU", its total the stock): `tianji_claims.rs` (the same actors), `redis_claim.rs`
 //! (the seckill script, with or without the durable coupon insert), `mysql_conditional.rs`
 //! (one conditional UPDATE and INSERT per claim), all audited alike by `claims.rs`.
+//! Under the `heartbeats` preset an attempt is one learner's progress heartbeat
+//! (`heartbeats_run.rs`): tianji's actors with the write-behind (`heartbeats_tianji.rs`), one
+//! UPDATE or one HSET per heartbeat (`heartbeats_baselines.rs`), audited by `heartbeats.rs`.
 
 pub mod claims;
+pub mod heartbeats;
+pub mod heartbeats_baselines;
+pub mod heartbeats_run;
+pub mod heartbeats_tianji;
 pub mod mysql_conditional;
 pub mod redis_claim;
 pub mod redis_lua;
@@ -72,6 +79,9 @@ pub struct Setup<'a> {
 }
 
 pub async fn run(args: &EnginesArgs) -> anyhow::Result<Report> {
+    if args.load.preset == crate::cli::Preset::Heartbeats {
+        return heartbeats_run::run(args).await;
+    }
     require_loopback("--mysql-url", &args.mysql_url, &["mysql", "mariadb"])?;
     require_loopback("--redis-url", &args.redis_url, &["redis"])?;
     let workload = args.load.workload(crate::cli::Mode::Engines)?;
@@ -159,6 +169,9 @@ async fn start_engine(name: EngineName, coupons: bool, setup: &Setup<'_>) -> any
         (EngineName::RedisClaim, _) => Arc::new(redis_claim::RedisClaimEngine::start(setup, false).await?),
         (EngineName::RedisClaimDurable, _) => Arc::new(redis_claim::RedisClaimEngine::start(setup, true).await?),
         (EngineName::MysqlConditional, _) => Arc::new(mysql_conditional::ConditionalEngine::start(setup).await?),
+        (EngineName::NaiveUpdate | EngineName::RedisHset, _) => {
+            anyhow::bail!("{} runs preset heartbeats only", name.spelled())
+        }
     })
 }
 

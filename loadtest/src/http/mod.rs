@@ -12,6 +12,7 @@
 pub mod api;
 pub mod bare;
 pub mod coupons;
+pub mod heartbeats;
 pub mod scenarios;
 pub mod verify;
 
@@ -106,6 +107,9 @@ async fn run(args: &HttpArgs) -> anyhow::Result<Report> {
     let jwt_secret = secret(&args.jwt_secret, &args.jwt_secret_file, "the JWT secret")?
         .ok_or_else(|| anyhow::anyhow!("give --jwt-secret or --jwt-secret-file"))?;
     let payment_secret = secret(&args.payment_secret, &args.payment_secret_file, "the payment secret")?;
+    if scenario == Scenario::Heartbeats {
+        return heartbeats::run(args, &target, &jwt_secret, payment_secret.as_deref()).await;
+    }
     if scenario == Scenario::Mixed && payment_secret.is_none() {
         anyhow::bail!("scenario mixed pays orders: give --payment-secret or --payment-secret-file");
     }
@@ -273,6 +277,7 @@ fn scenario_name(scenario: Scenario) -> &'static str {
         Scenario::Catalog => "catalog",
         Scenario::Mixed => "mixed",
         Scenario::Coupons => "coupons",
+        Scenario::Heartbeats => "heartbeats",
     }
 }
 

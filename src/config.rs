@@ -4,6 +4,9 @@
 
 use crate::actors::ActorLimits;
 use crate::domain::ids::WORKER_ID_MAX;
+use crate::http::auth::TokenRules;
+use crate::http::clients::ClientLimits;
+use crate::http::limits::{Rate, RateLimitSettings};
 use secrecy::{ExposeSecret, SecretString};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -12,6 +15,10 @@ use std::time::Duration;
 
 /// Shortest accepted secret, in bytes.
 pub const SECRET_LEN_MIN: usize = 32;
+
+/// Requests in flight before new ones are refused: ~8x what a node holds at its measured peak
+/// (~7,000 orders/s x ~70 ms p99 = ~500); a queue deeper than this only adds latency.
+pub const IN_FLIGHT_MAX_DEFAULT: usize = 4_096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -48,6 +55,18 @@ const SETTINGS: &[&str] = &[
     "TIANJI_USER_KEYS_TOTAL_MAX",
     "TIANJI_LEARNING_FLUSH",
     "TIANJI_LEARNING_REDIS_FLUSH",
+    "TIANJI_RATE_ORDERS",
+    "TIANJI_RATE_COUPONS",
+    "TIANJI_RATE_HEARTBEATS",
+    "TIANJI_RATE_KEYS_MAX",
+    "TIANJI_IN_FLIGHT_MAX",
+    "TIANJI_JWT_ISSUER",
+    "TIANJI_JWT_AUDIENCE",
+    "TIANJI_JWT_LIFETIME_MAX",
+    "TIANJI_BODY_READ_TIMEOUT",
+    "TIANJI_HEADER_READ_TIMEOUT",
+    "TIANJI_KEEP_ALIVE",
+    "TIANJI_CONNECTIONS_MAX",
 ];
 
 #[derive(Debug, Clone)]
@@ -65,6 +84,14 @@ pub struct Settings {
     pub http_workers: usize,
     pub actor_threads: usize,
     pub limits: ActorLimits,
+    /// What a bearer token must satisfy beyond its signature.
+    pub tokens: TokenRules,
+    /// Timeouts and the connection limit that keep slow and greedy clients from starving others.
+    pub clients: ClientLimits,
+    /// Per-user token buckets on the order, coupon and heartbeat routes.
+    pub rate_limits: RateLimitSettings,
+    /// Requests served at once before new ones are refused with 503.
+    pub in_flight_max: usize,
 }
 
 impl Settings {
@@ -173,6 +200,15 @@ impl Settings {
                 1 << 30,
             )?,
         };
+        let rate_defaults = RateLimitSettings::default();
+        let rate_limits = RateLimitSettings {
+            orders: parse_rate(get, "TIANJI_RATE_ORDERS", rate_defaults.orders)?,
+            coupons: parse_rate(get, "TIANJI_RATE_COUPONS", rate_defaults.coupons)?,
+            heartbeats: parse_rate(get, "TIANJI_RATE_HEARTBEATS", rate_defaults.heartbeats)?,
+            keys_max: parse_number(get, "TIANJI_RATE_KEYS_MAX", rate_defaults.keys_max, 1_024, 1 << 26)?,
+        };
+        let tokens = token_rules(get)?;
+        let clients = client_limits(get)?;
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         Ok(Settings {
             bind: get("TIANJI_BIND").unwrap_or("127.0.0.1:8080").parse().map_err(|e| invalid("TIANJI_BIND", e))?,
@@ -192,6 +228,10 @@ impl Settings {
             database_url,
             redis_url,
             limits,
+            tokens,
+            clients,
+            rate_limits,
+            in_flight_max: parse_number(get, "TIANJI_IN_FLIGHT_MAX", IN_FLIGHT_MAX_DEFAULT, 1, 1 << 20)?,
         })
     }
 
@@ -222,6 +262,40 @@ impl Settings {
     pub fn payment_secret(&self) -> &str {
         self.payment_secret.as_ref().expect("ensure_secrets ran before the secret is used").expose_secret()
     }
+}
+
+fn token_rules<'a>(get: impl Fn(&str) -> Option<&'a str> + Copy) -> Result<TokenRules, ConfigError> {
+    let defaults = TokenRules::default();
+    Ok(TokenRules {
+        issuer: get("TIANJI_JWT_ISSUER").map(str::to_owned),
+        audience: get("TIANJI_JWT_AUDIENCE").map(str::to_owned),
+        lifetime_max: parse_duration(
+            get,
+            "TIANJI_JWT_LIFETIME_MAX",
+            defaults.lifetime_max,
+            Duration::from_secs(60),
+            Duration::from_secs(366 * 86_400),
+        )?,
+    })
+}
+
+fn client_limits<'a>(get: impl Fn(&str) -> Option<&'a str> + Copy) -> Result<ClientLimits, ConfigError> {
+    let defaults = ClientLimits::default();
+    let timeout = |name: &str, default: Duration| {
+        parse_duration(get, name, default, Duration::from_millis(100), Duration::from_secs(600))
+    };
+    Ok(ClientLimits {
+        body_read_timeout: timeout("TIANJI_BODY_READ_TIMEOUT", defaults.body_read_timeout)?,
+        header_read_timeout: timeout("TIANJI_HEADER_READ_TIMEOUT", defaults.header_read_timeout)?,
+        keep_alive: parse_duration(
+            get,
+            "TIANJI_KEEP_ALIVE",
+            defaults.keep_alive,
+            Duration::ZERO,
+            Duration::from_secs(600),
+        )?,
+        connections_max: parse_number(get, "TIANJI_CONNECTIONS_MAX", defaults.connections_max, 1, 1_000_000)?,
+    })
 }
 
 fn is_mysql(url: &str) -> bool {
@@ -260,6 +334,18 @@ fn parse_number<'a>(
         return Err(invalid(name, format!("must be between {min} and {max}, got {value}")));
     }
     Ok(value)
+}
+
+/// `off`, or a rate such as `5/s,10` (see `Rate::parse`).
+fn parse_rate<'a>(
+    get: impl Fn(&str) -> Option<&'a str>,
+    name: &str,
+    default: Option<Rate>,
+) -> Result<Option<Rate>, ConfigError> {
+    match get(name) {
+        Some(raw) => Rate::parse(raw).map_err(|reason| invalid(name, reason)),
+        None => Ok(default),
+    }
 }
 
 fn parse_duration<'a>(
@@ -348,6 +434,29 @@ mod tests {
         assert_eq!(limits.learning_redis_flush, Duration::from_millis(250));
         assert_eq!(error_names(&[("TIANJI_LEARNING_FLUSH", "0s")]), "TIANJI_LEARNING_FLUSH");
         assert_eq!(error_names(&[("TIANJI_LEARNING_REDIS_FLUSH", "1ms")]), "TIANJI_LEARNING_REDIS_FLUSH");
+    }
+
+    #[test]
+    fn rate_limits_have_defaults_and_can_be_turned_off() {
+        let defaults = Settings::from_values(&BTreeMap::new()).unwrap();
+        assert_eq!(defaults.rate_limits, RateLimitSettings::default());
+        assert_eq!(defaults.in_flight_max, IN_FLIGHT_MAX_DEFAULT);
+        let pairs = [
+            ("TIANJI_RATE_ORDERS", "off"),
+            ("TIANJI_RATE_COUPONS", "2/s,4"),
+            ("TIANJI_RATE_HEARTBEATS", "0"),
+            ("TIANJI_RATE_KEYS_MAX", "2048"),
+            ("TIANJI_IN_FLIGHT_MAX", "64"),
+        ];
+        let settings = Settings::from_values(&values(&pairs)).expect("valid settings");
+        assert_eq!(settings.rate_limits.orders, None);
+        assert_eq!(settings.rate_limits.coupons, Rate::per_second(2, 4));
+        assert_eq!(settings.rate_limits.heartbeats, None);
+        assert_eq!((settings.rate_limits.keys_max, settings.in_flight_max), (2048, 64));
+        assert_eq!(error_names(&[("TIANJI_RATE_ORDERS", "fast")]), "TIANJI_RATE_ORDERS");
+        assert_eq!(error_names(&[("TIANJI_RATE_HEARTBEATS", "1/s,0")]), "TIANJI_RATE_HEARTBEATS");
+        assert_eq!(error_names(&[("TIANJI_RATE_KEYS_MAX", "10")]), "TIANJI_RATE_KEYS_MAX");
+        assert_eq!(error_names(&[("TIANJI_IN_FLIGHT_MAX", "0")]), "TIANJI_IN_FLIGHT_MAX");
     }
 
     #[test]

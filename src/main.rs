@@ -24,7 +24,7 @@ enum Command {
     Serve,
     /// Run pending migrations and exit.
     Migrate,
-    /// Print a JWT signed with the configured secret.
+    /// Print a JWT signed with the configured secret, with the configured issuer and audience.
     Token {
         /// The user id the token is for.
         #[arg(long)]
@@ -32,7 +32,7 @@ enum Command {
         /// Give the token the admin role.
         #[arg(long)]
         admin: bool,
-        /// How long the token is valid (e.g. 1h, 30m).
+        /// How long the token is valid (e.g. 1h, 30m); at most TIANJI_JWT_LIFETIME_MAX.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
     },
@@ -82,6 +82,14 @@ async fn migrate(settings: Settings) -> anyhow::Result<()> {
 fn token(settings: &Settings, user: i64, admin: bool, ttl: Duration) -> anyhow::Result<()> {
     let user_id = UserId::parse(user).ok_or_else(|| anyhow::anyhow!("--user must be a positive id"))?;
     let role = if admin { Role::Admin } else { Role::User };
-    println!("{}", JwtKeys::new(settings.jwt_secret()).mint(user_id, role, ttl));
+    let keys = JwtKeys::with_rules(settings.jwt_secret(), settings.tokens.clone());
+    let lifetime_max = keys.rules().lifetime_max;
+    anyhow::ensure!(
+        ttl <= lifetime_max,
+        "--ttl {} is longer than TIANJI_JWT_LIFETIME_MAX ({}): the server would refuse the token",
+        humantime::format_duration(ttl),
+        humantime::format_duration(lifetime_max)
+    );
+    println!("{}", keys.mint(user_id, role, ttl));
     Ok(())
 }

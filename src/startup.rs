@@ -3,13 +3,18 @@
 
 use crate::actors::Core;
 use crate::config::Settings;
+use crate::http::clients::ConnectionGate;
 use crate::http::{self, auth::JwtKeys, payments::PaymentKey, AppState};
+use crate::http::{in_flight::InFlight, in_flight::InFlightCap, limits::RateLimits};
 use crate::persistence;
 use crate::persistence::redis::{progress::ProgressMirror, Snapshots};
 use actix_web::dev::Server;
+use actix_web::http::KeepAlive;
+use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use std::net::TcpListener;
 use std::sync::Arc;
+use utoipa_actix_web::AppExt;
 
 pub struct Application {
     port: u16,
@@ -37,14 +42,33 @@ impl Application {
             core.mirror_learning(ProgressMirror::open(url)?);
         }
         core.recover().await?;
-        let state = web::Data::new(AppState { core: Arc::clone(&core) });
-        let keys = web::Data::new(JwtKeys::new(settings.jwt_secret()));
+        let limits = RateLimits::new(&settings.rate_limits);
+        let state = web::Data::new(AppState { core: Arc::clone(&core), limits });
+        let in_flight = InFlight::new(settings.in_flight_max);
+        let keys = web::Data::new(JwtKeys::with_rules(settings.jwt_secret(), settings.tokens.clone()));
+        let clients = settings.clients;
+        let gate = ConnectionGate::new(clients.connections_max);
+        let accept_max_per_worker = gate.accept_max_per_worker(settings.http_workers);
         let payment_key = web::Data::new(PaymentKey::new(settings.payment_secret()));
         let listener = TcpListener::bind(settings.bind)?;
         let port = listener.local_addr()?.port();
         let server = HttpServer::new(move || {
-            App::new().configure(http::configure(state.clone(), keys.clone(), payment_key.clone()))
+            App::new()
+                .into_utoipa_app()
+                .openapi(http::openapi::base())
+                .configure(http::configure(state.clone(), keys.clone(), payment_key.clone()))
+                .openapi_service(http::openapi::serve)
+                .into_app()
+                .wrap(InFlightCap::new(Arc::clone(&in_flight)))
+                // Outermost: a slow or oversized body is refused before any other layer sees it.
+                .wrap(from_fn(move |request, next| http::clients::guard(clients, request, next)))
         })
+        .on_connect(move |_, connection| gate.admit(connection))
+        .client_request_timeout(clients.header_read_timeout)
+        .client_disconnect_timeout(http::clients::DISCONNECT_TIMEOUT)
+        .keep_alive(keep_alive(clients.keep_alive))
+        .max_connections(accept_max_per_worker)
+        .backlog(http::clients::BACKLOG_MAX)
         .workers(settings.http_workers)
         .listen(listener)?
         .run();
@@ -73,6 +97,14 @@ impl Application {
             Err(error) => tracing::error!(%error, "learning progress not flushed at shutdown"),
         }
         Ok(())
+    }
+}
+
+fn keep_alive(idle: std::time::Duration) -> KeepAlive {
+    if idle.is_zero() {
+        KeepAlive::Disabled
+    } else {
+        KeepAlive::Timeout(idle)
     }
 }
 

@@ -4,58 +4,92 @@
 //! answered only once it is committed.
 
 use super::auth::{Admin, Caller};
-use super::errors::ApiError;
+use super::errors::{ApiError, ErrorBody};
+use super::json::JsonBody;
+use super::limits::{Coupons, RateLimited};
+use super::openapi::{
+    Forbidden, Malformed, PayloadTooLarge, RateLimited as RateLimitedResponse, Unauthorized, Unavailable,
+    UnsupportedMediaType,
+};
 use super::query::{optional_status, page_limit};
-use super::time::{format_ms, parse_ms, parse_optional_ms};
+use super::time::{format_ms, parse_ms, parse_optional_ms, Time};
 use super::AppState;
 use crate::domain::coupon::{Coupon, CouponKind, CouponStatus, CouponView, TemplateDraft, TemplateInput};
 use crate::domain::{Cents, CouponId, OrderId, TemplateId};
 use crate::persistence::TemplateState;
 use actix_web::{get, post, web, HttpResponse};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 /// The most coupons one listing returns.
 pub const PAGE_SIZE_MAX: u32 = 100;
 pub const PAGE_SIZE_DEFAULT: u32 = 50;
 
-#[derive(Deserialize)]
+/// A coupon template. `amount_off` takes `discount_cents` (and neither percent field);
+/// `percent_off` takes `percent_off` and optionally `max_discount_cents` (not `discount_cents`).
+/// The claim window, when set, is not empty, and `valid_until` is after the claim start and
+/// not before the claim end.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTemplate {
+    /// 1 to 200 characters, not all blank.
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     name: String,
+    #[schema(pattern = "^(amount_off|percent_off)$", example = "amount_off")]
     kind: String,
+    #[schema(minimum = 1, maximum = 1e12)]
     discount_cents: Option<i64>,
+    #[schema(minimum = 1, maximum = 100)]
     percent_off: Option<i64>,
+    #[schema(minimum = 1, maximum = 1e12)]
     max_discount_cents: Option<i64>,
+    #[schema(minimum = 0, maximum = 1e12)]
     min_spend_cents: i64,
+    #[schema(minimum = 1, maximum = 100000000)]
     total: i64,
+    #[schema(minimum = 1, maximum = 1000)]
     per_user_limit: i64,
+    #[schema(value_type = Option<Time>)]
     claim_starts_at: Option<String>,
+    #[schema(value_type = Option<Time>)]
     claim_ends_at: Option<String>,
+    #[schema(value_type = Time)]
     valid_until: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReceiveBody {
+    #[schema(minimum = 1)]
     template_id: i64,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    /// Only coupons with this status; empty or absent for all.
+    #[param(pattern = "^(unused|locked|used|expired)?$")]
     status: Option<String>,
+    /// At most this many coupons (default 50).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct TemplateBody {
+    #[schema(value_type = i64)]
     template_id: TemplateId,
     template_id_str: String,
     name: String,
+    /// `amount_off` or `percent_off`.
     kind: &'static str,
+    #[schema(value_type = Option<i64>)]
     discount_cents: Option<Cents>,
     percent_off: Option<i64>,
+    #[schema(value_type = Option<i64>)]
     max_discount_cents: Option<Cents>,
+    #[schema(value_type = i64)]
     min_spend_cents: Cents,
     total: i64,
     /// Coupons committed to users.
@@ -94,12 +128,16 @@ impl From<TemplateState> for TemplateBody {
 
 /// A coupon as its holder sees it: `status` is the view (`expired` for an unused coupon past
 /// its validity), `order_id` the order that holds it, if any.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct CouponBody {
+    #[schema(value_type = i64)]
     coupon_id: CouponId,
     coupon_id_str: String,
+    #[schema(value_type = i64)]
     template_id: TemplateId,
+    /// `unused`, `locked`, `used` or `expired`.
     status: &'static str,
+    #[schema(value_type = Option<i64>)]
     order_id: Option<OrderId>,
     valid_until: String,
 }
@@ -117,8 +155,8 @@ impl CouponBody {
     }
 }
 
-#[derive(Serialize)]
-struct CouponPage {
+#[derive(Serialize, ToSchema)]
+pub struct CouponPage {
     coupons: Vec<CouponBody>,
 }
 
@@ -126,11 +164,28 @@ fn template_not_found(raw: i64) -> ApiError {
     ApiError::not_found("template_not_found", format!("coupon template {raw} does not exist"))
 }
 
+#[utoipa::path(
+    tag = "coupons",
+    request_body = CreateTemplate,
+    security(("admin_token" = [])),
+    responses(
+        (status = 201, description = "Created", body = TemplateBody),
+        (status = 400, response = Malformed),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, description = "`invalid_name`, `invalid_kind`, `invalid_discount` (a field of the other \
+            kind, or the kind's own missing or out of range), `invalid_min_spend`, `invalid_total`, \
+            `invalid_per_user_limit`, `invalid_time`, `invalid_window`", body = ErrorBody),
+        (status = 503, response = Unavailable),
+    )
+)]
 #[post("/v1/admin/coupon-templates")]
 pub async fn create_template(
     state: web::Data<AppState>,
     _admin: Admin,
-    body: web::Json<CreateTemplate>,
+    body: JsonBody<CreateTemplate>,
 ) -> Result<HttpResponse, ApiError> {
     let input = TemplateInput {
         name: &body.name,
@@ -150,6 +205,17 @@ pub async fn create_template(
     Ok(HttpResponse::Created().json(TemplateBody::from(template)))
 }
 
+#[utoipa::path(
+    tag = "coupons",
+    params(("template_id" = i64, Path, minimum = 1, description = "A coupon template id (snowflake).")),
+    security(("user_token" = []), ("admin_token" = [])),
+    responses(
+        (status = 200, description = "The template with the coupons issued so far", body = TemplateBody),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`template_not_found`", body = ErrorBody),
+        (status = 503, response = Unavailable),
+    )
+)]
 #[get("/v1/coupon-templates/{template_id}")]
 pub async fn get_template(
     state: web::Data<AppState>,
@@ -162,11 +228,28 @@ pub async fn get_template(
     Ok(HttpResponse::Ok().json(TemplateBody::from(template)))
 }
 
+#[utoipa::path(
+    tag = "coupons",
+    request_body = ReceiveBody,
+    security(("user_token" = []), ("admin_token" = [])),
+    responses(
+        (status = 201, description = "The coupon, committed to the caller", body = CouponBody),
+        (status = 400, response = Malformed),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`template_not_found`", body = ErrorBody),
+        (status = 409, description = "`not_started`, `ended`, `sold_out`, `limit_reached`", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, description = "`invalid_template_id`", body = ErrorBody),
+        (status = 429, response = RateLimitedResponse),
+        (status = 503, response = Unavailable),
+    )
+)]
 #[post("/v1/coupons/receive")]
 pub async fn receive(
     state: web::Data<AppState>,
-    caller: Caller,
-    body: web::Json<ReceiveBody>,
+    caller: RateLimited<Coupons>,
+    body: JsonBody<ReceiveBody>,
 ) -> Result<HttpResponse, ApiError> {
     let template_id = TemplateId::parse(body.template_id)
         .ok_or_else(|| ApiError::unprocessable("invalid_template_id", "template_id must be a positive id"))?;
@@ -175,6 +258,17 @@ pub async fn receive(
     Ok(HttpResponse::Created().json(CouponBody::new(&coupon, CouponView::Unused)))
 }
 
+#[utoipa::path(
+    tag = "coupons",
+    params(ListQuery),
+    security(("user_token" = []), ("admin_token" = [])),
+    responses(
+        (status = 200, description = "The caller's coupons, newest first", body = CouponPage),
+        (status = 401, response = Unauthorized),
+        (status = 422, description = "`invalid_query`, `invalid_status`, `invalid_limit`", body = ErrorBody),
+        (status = 503, response = Unavailable),
+    )
+)]
 #[get("/v1/coupons")]
 pub async fn list(
     state: web::Data<AppState>,

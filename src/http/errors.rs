@@ -29,10 +29,14 @@ pub struct ApiError {
     pub message: String,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    code: &'a str,
-    message: &'a str,
+/// The body of every error response.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// A stable snake_case code; each response documents the codes it can carry.
+    #[schema(example = "insufficient_stock")]
+    pub code: String,
+    /// For people; clients branch on `code`.
+    pub message: String,
 }
 
 impl ApiError {
@@ -96,7 +100,7 @@ impl ResponseError for ApiError {
         if matches!(self.status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) {
             response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS.to_string()));
         }
-        response.json(Body { code: self.code, message: &self.message })
+        response.json(ErrorBody { code: self.code.to_owned(), message: self.message.clone() })
     }
 }
 

@@ -1,19 +1,37 @@
 //! Liveness and readiness. `/readyz` is ready only while the database answers within the
 //! database timeout, so it turns not-ready within about a second of an outage.
 
+use super::errors::ErrorBody;
 use super::AppState;
 use actix_web::{get, web, HttpResponse};
+use serde::Serialize;
 use serde_json::json;
 
-#[get("/healthz")]
-pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "ok"}))
+/// `{"status": "ok"}` or `{"status": "ready"}`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct HealthBody {
+    #[schema(example = "ok")]
+    status: &'static str,
 }
 
+#[utoipa::path(tag = "health", responses((status = 200, description = "The process serves", body = HealthBody)))]
+#[get("/healthz")]
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(HealthBody { status: "ok" })
+}
+
+#[utoipa::path(
+    tag = "health",
+    responses(
+        (status = 200, description = "The database answers", body = HealthBody),
+        (status = 503, description = "`not_ready`: the database does not answer within its timeout", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+    )
+)]
 #[get("/readyz")]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     match state.core.ready().await {
-        Ok(()) => HttpResponse::Ok().json(json!({"status": "ready"})),
+        Ok(()) => HttpResponse::Ok().json(HealthBody { status: "ready" }),
         Err(error) => {
             tracing::warn!(%error, "not ready: database unreachable");
             HttpResponse::ServiceUnavailable()

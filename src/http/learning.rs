@@ -5,7 +5,13 @@
 //! README for the loss window). Admins read the write-behind's counters.
 
 use super::auth::{Admin, Caller};
-use super::errors::ApiError;
+use super::errors::{ApiError, ErrorBody};
+use super::json::JsonBody;
+use super::limits::{Heartbeats, RateLimited};
+use super::openapi::{
+    Forbidden, Malformed, PayloadTooLarge, RateLimited as RateLimitedResponse, Unauthorized, Unavailable,
+    UnsupportedMediaType,
+};
 use super::time::format_ms;
 use super::AppState;
 use crate::actors::learning::Lesson;
@@ -14,21 +20,54 @@ use crate::domain::SkuId;
 use actix_web::{get, post, web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::Ordering;
+use utoipa::{IntoParams, ToSchema};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ProgressQuery {
+    /// The course (its SKU id).
+    #[param(minimum = 1)]
     course_id: i64,
+}
+
+/// A heartbeat as a player sends it, with the ranges `Heartbeat::parse` enforces.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatBody {
+    /// The course (its SKU id); the caller must own it.
+    #[schema(minimum = 1)]
+    course_id: i64,
+    #[schema(minimum = 1, maximum = 1000000)]
+    section_id: i64,
+    /// Seconds into the section.
+    #[schema(minimum = 0, maximum = 86400)]
+    position_sec: i64,
+    /// `true` when the player reports the course completed.
+    finished: Option<bool>,
+}
+
+impl HeartbeatBody {
+    fn input(&self) -> HeartbeatInput {
+        HeartbeatInput {
+            course_id: self.course_id,
+            section_id: self.section_id,
+            position_sec: self.position_sec,
+            finished: self.finished,
+        }
+    }
 }
 
 /// One course's progress as a player sees it; `updated_at` is the latest heartbeat (or the
 /// opening) the service accepted.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct ProgressBody {
+    #[schema(value_type = i64)]
     course_id: SkuId,
     course_id_str: String,
     latest_section_id: i64,
     position_sec: i64,
+    /// `not_started`, `learning` or `finished`.
     status: &'static str,
     updated_at: String,
 }
@@ -53,14 +92,14 @@ impl From<&Lesson> for ProgressBody {
     }
 }
 
-#[derive(Serialize)]
-struct LessonPage {
+#[derive(Serialize, ToSchema)]
+pub struct LessonPage {
     lessons: Vec<ProgressBody>,
 }
 
 /// The write-behind's figures since this node started, and the rows it holds now.
-#[derive(Serialize)]
-struct StatsBody {
+#[derive(Serialize, ToSchema)]
+pub struct StatsBody {
     heartbeats: u64,
     rows_flushed: u64,
     flushes: u64,
@@ -71,6 +110,15 @@ struct StatsBody {
     redis_pending_rows: usize,
 }
 
+#[utoipa::path(
+    tag = "learning",
+    security(("user_token" = []), ("admin_token" = [])),
+    responses(
+        (status = 200, description = "The courses the caller owns, with their progress", body = LessonPage),
+        (status = 401, response = Unauthorized),
+        (status = 503, response = Unavailable),
+    )
+)]
 #[get("/v1/learning/lessons")]
 pub async fn list_lessons(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
     let lessons = state.core.lessons(caller.user_id).await?;
@@ -78,17 +126,45 @@ pub async fn list_lessons(state: web::Data<AppState>, caller: Caller) -> Result<
     Ok(HttpResponse::Ok().json(LessonPage { lessons }))
 }
 
+#[utoipa::path(
+    tag = "learning",
+    request_body = HeartbeatBody,
+    security(("user_token" = []), ("admin_token" = [])),
+    responses(
+        (status = 202, description = "Accepted in memory (written behind); the merged progress", body = ProgressBody),
+        (status = 400, response = Malformed),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "`course_not_owned`", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, description = "`invalid_heartbeat`: a course, section or position out of range", body = ErrorBody),
+        (status = 429, response = RateLimitedResponse),
+        (status = 503, response = Unavailable),
+    )
+)]
 #[post("/v1/learning/heartbeats")]
 pub async fn receive_heartbeat(
     state: web::Data<AppState>,
-    caller: Caller,
-    body: web::Json<HeartbeatInput>,
+    caller: RateLimited<Heartbeats>,
+    body: JsonBody<HeartbeatBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let heartbeat = Heartbeat::parse(&body)?;
+    let heartbeat = Heartbeat::parse(&body.input())?;
     let progress = state.core.heartbeat(caller.user_id, heartbeat).await?;
     Ok(HttpResponse::Accepted().json(ProgressBody::new(heartbeat.course_id, &progress)))
 }
 
+#[utoipa::path(
+    tag = "learning",
+    params(ProgressQuery),
+    security(("user_token" = []), ("admin_token" = [])),
+    responses(
+        (status = 200, description = "The caller's progress on the course", body = ProgressBody),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "`course_not_owned`", body = ErrorBody),
+        (status = 422, description = "`invalid_query`, `invalid_course_id`", body = ErrorBody),
+        (status = 503, response = Unavailable),
+    )
+)]
 #[get("/v1/learning/progress")]
 pub async fn read_progress(
     state: web::Data<AppState>,
@@ -101,6 +177,16 @@ pub async fn read_progress(
     Ok(HttpResponse::Ok().json(ProgressBody::new(course_id, &progress)))
 }
 
+#[utoipa::path(
+    tag = "learning",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The write-behind's counters since this node started", body = StatsBody),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 503, response = Unavailable),
+    )
+)]
 #[get("/v1/admin/learning/stats")]
 pub async fn stats(state: web::Data<AppState>, _admin: Admin) -> HttpResponse {
     let stats = state.core.learning_stats();

@@ -2,49 +2,93 @@
 //! buyer's coupons) and reading one back.
 
 use super::auth::{Admin, Caller};
-use super::errors::ApiError;
+use super::errors::{ApiError, ErrorBody};
+use super::json::JsonBody;
+use super::limits::{Orders, RateLimited};
+use super::openapi::{
+    Forbidden, PayloadTooLarge, RateLimited as RateLimitedResponse, Unauthorized, Unavailable, UnsupportedMediaType,
+};
 use super::query::{optional_status, page_limit, parse_optional};
 use super::time::format_ms;
 use super::AppState;
 use crate::actors::user::Placed;
 use crate::domain::order::{Order, OrderItem};
-use crate::domain::{Cents, CouponId, IdempotencyKey, OrderEvent, OrderId, OrderStatus, PlaceOrder, UserId};
+use crate::domain::{Cents, CouponId, IdempotencyKey, OrderEvent, OrderId, OrderStatus, PlaceOrder, SkuId, UserId};
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
 /// Set on a response that returns an order placed by an earlier request with the same key.
 pub const REPLAYED_HEADER: &str = "Idempotency-Replayed";
 
-#[derive(Deserialize)]
+/// An order: 1 to 50 lines, each SKU once.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlaceOrderBody {
+    #[schema(min_items = 1, max_items = 50)]
     items: Vec<ItemRequest>,
     /// One of the buyer's unused coupons to apply.
+    #[schema(minimum = 1)]
     coupon_id: Option<i64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ItemRequest {
+    #[schema(minimum = 1)]
     sku_id: i64,
+    #[schema(minimum = 1, maximum = 10000)]
     quantity: i64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct OrderBody {
+    #[schema(value_type = i64)]
     order_id: OrderId,
     order_id_str: String,
+    #[schema(value_type = i64)]
     user_id: UserId,
+    /// `pending_payment`, `paid`, `closed`, `finished` or `refunded`.
     status: &'static str,
-    items: Vec<OrderItem>,
+    items: Vec<OrderItemBody>,
+    #[schema(value_type = i64)]
     total_cents: Cents,
+    #[schema(value_type = i64)]
     discount_cents: Cents,
+    #[schema(value_type = i64)]
     pay_cents: Cents,
+    #[schema(value_type = Option<i64>)]
     coupon_id: Option<CouponId>,
     pay_deadline: String,
     created_at: String,
+}
+
+/// One line of an order, with its name and price as they were when ordered.
+#[derive(Serialize, ToSchema)]
+pub struct OrderItemBody {
+    #[schema(value_type = i64)]
+    sku_id: SkuId,
+    name: String,
+    #[schema(value_type = i64)]
+    price_cents: Cents,
+    quantity: i64,
+    /// What the buyer pays for this line after its share of the discount.
+    #[schema(value_type = i64)]
+    pay_cents: Cents,
+}
+
+impl From<&OrderItem> for OrderItemBody {
+    fn from(item: &OrderItem) -> Self {
+        OrderItemBody {
+            sku_id: item.sku_id,
+            name: item.name.clone(),
+            price_cents: item.price_cents,
+            quantity: item.quantity,
+            pay_cents: item.pay_cents,
+        }
+    }
 }
 
 impl From<&Order> for OrderBody {
@@ -54,7 +98,7 @@ impl From<&Order> for OrderBody {
             order_id_str: order.id.to_string(),
             user_id: order.user_id,
             status: order.status.as_str(),
-            items: order.items.clone(),
+            items: order.items.iter().map(OrderItemBody::from).collect(),
             total_cents: order.total_cents,
             discount_cents: order.discount_cents,
             pay_cents: order.pay_cents,
@@ -79,12 +123,39 @@ fn parse_coupon_id(raw: i64) -> Result<CouponId, ApiError> {
     CouponId::parse(raw).ok_or_else(|| ApiError::unprocessable("invalid_coupon_id", "coupon_id must be a positive id"))
 }
 
+#[utoipa::path(
+    tag = "orders",
+    request_body = PlaceOrderBody,
+    params(
+        ("Idempotency-Key" = String, Header, pattern = "^[!-~]{1,64}$",
+            description = "1 to 64 printable ASCII characters; a retry with the same key and body returns the same order"),
+    ),
+    security(("user_token" = []), ("admin_token" = [])),
+    responses(
+        (status = 201, description = "The order, placed now or by an earlier request with the same key \
+            (then with `Idempotency-Replayed: true`)", body = OrderBody,
+            headers(("Idempotency-Replayed" = String, description = "`true` when the order was placed earlier"))),
+        (status = 400, description = "`malformed_request`, `missing_idempotency_key`, `invalid_idempotency_key`",
+            body = ErrorBody),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`sku_not_found`", body = ErrorBody),
+        (status = 409, description = "`insufficient_stock`, `sale_not_started`, `sale_ended`, \
+            `purchase_limit_reached`, `coupon_unavailable`", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, description = "`invalid_items`, `invalid_sku_id`, `duplicate_sku`, `invalid_quantity`, \
+            `invalid_amount`, `invalid_coupon_id`, `coupon_min_spend_not_met`, `idempotency_key_reused` (the key \
+            was used with another body)", body = ErrorBody),
+        (status = 429, response = RateLimitedResponse),
+        (status = 503, response = Unavailable),
+    )
+)]
 #[post("/v1/orders")]
 pub async fn place(
     state: web::Data<AppState>,
-    caller: Caller,
+    caller: RateLimited<Orders>,
     request: HttpRequest,
-    body: web::Json<PlaceOrderBody>,
+    body: JsonBody<PlaceOrderBody>,
 ) -> Result<HttpResponse, ApiError> {
     let key = idempotency_key(&request)?;
     let items: Vec<(i64, i64)> = body.items.iter().map(|i| (i.sku_id, i.quantity)).collect();
@@ -98,6 +169,17 @@ pub async fn place(
     Ok(response.json(OrderBody::from(placed.order())))
 }
 
+#[utoipa::path(
+    tag = "orders",
+    params(("order_id" = i64, Path, minimum = 1, description = "An order id (snowflake).")),
+    security(("user_token" = []), ("admin_token" = [])),
+    responses(
+        (status = 200, description = "The order (its owner's or, for an admin, anyone's)", body = OrderBody),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`order_not_found` (also for someone else's order)", body = ErrorBody),
+        (status = 503, response = Unavailable),
+    )
+)]
 #[get("/v1/orders/{order_id}")]
 pub async fn get(state: web::Data<AppState>, caller: Caller, path: web::Path<i64>) -> Result<HttpResponse, ApiError> {
     let not_found = || ApiError::not_found("order_not_found", "no such order");
@@ -122,6 +204,20 @@ async fn act(
     Ok(HttpResponse::Ok().json(OrderBody::from(&order)))
 }
 
+/// PendingPayment -> Closed, by the order's owner; its units and coupon go back.
+#[utoipa::path(
+    tag = "orders",
+    params(("order_id" = i64, Path, minimum = 1, description = "An order id (snowflake).")),
+    security(("user_token" = []), ("admin_token" = [])),
+    responses(
+        (status = 200, description = "The order after the transition", body = OrderBody),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`order_not_found`", body = ErrorBody),
+        (status = 409, description = "`invalid_transition` (the order's status does not allow it), \
+            `stale_version`", body = ErrorBody),
+        (status = 503, response = Unavailable),
+    )
+)]
 #[post("/v1/orders/{order_id}/cancel")]
 pub async fn cancel(
     state: web::Data<AppState>,
@@ -131,11 +227,41 @@ pub async fn cancel(
     act(&state, path.into_inner(), OrderEvent::Cancel, Some(caller.user_id)).await
 }
 
+/// Paid -> Finished (the goods are delivered).
+#[utoipa::path(
+    tag = "orders",
+    params(("order_id" = i64, Path, minimum = 1, description = "An order id (snowflake).")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The order after the transition", body = OrderBody),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, description = "`order_not_found`", body = ErrorBody),
+        (status = 409, description = "`invalid_transition` (the order's status does not allow it), \
+            `stale_version`", body = ErrorBody),
+        (status = 503, response = Unavailable),
+    )
+)]
 #[post("/v1/orders/{order_id}/finish")]
 pub async fn finish(state: web::Data<AppState>, _admin: Admin, path: web::Path<i64>) -> Result<HttpResponse, ApiError> {
     act(&state, path.into_inner(), OrderEvent::Finish, None).await
 }
 
+/// Paid or Finished -> Refunded.
+#[utoipa::path(
+    tag = "orders",
+    params(("order_id" = i64, Path, minimum = 1, description = "An order id (snowflake).")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The order after the transition", body = OrderBody),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, description = "`order_not_found`", body = ErrorBody),
+        (status = 409, description = "`invalid_transition` (the order's status does not allow it), \
+            `stale_version`", body = ErrorBody),
+        (status = 503, response = Unavailable),
+    )
+)]
 #[post("/v1/orders/{order_id}/refund")]
 pub async fn refund(state: web::Data<AppState>, _admin: Admin, path: web::Path<i64>) -> Result<HttpResponse, ApiError> {
     act(&state, path.into_inner(), OrderEvent::Refund, None).await
@@ -145,16 +271,22 @@ pub async fn refund(state: web::Data<AppState>, _admin: Admin, path: web::Path<i
 pub const PAGE_SIZE_MAX: u32 = 100;
 pub const PAGE_SIZE_DEFAULT: u32 = 20;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    /// Only orders with this status; empty or absent for all.
+    #[param(pattern = "^(pending_payment|paid|closed|finished|refunded)?$")]
     status: Option<String>,
+    /// At most this many orders (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
+    /// The `next_cursor` of the previous page; opaque.
     cursor: Option<String>,
 }
 
-#[derive(Serialize)]
-struct OrderPage {
+#[derive(Serialize, ToSchema)]
+pub struct OrderPage {
     orders: Vec<OrderBody>,
     /// Pass as `cursor` for the next page; `null` on the last one.
     next_cursor: Option<String>,
@@ -172,6 +304,18 @@ fn decode_cursor(cursor: &str) -> Option<OrderId> {
     OrderId::parse(text.strip_prefix("o:")?.parse().ok()?)
 }
 
+#[utoipa::path(
+    tag = "orders",
+    params(ListQuery),
+    security(("user_token" = []), ("admin_token" = [])),
+    responses(
+        (status = 200, description = "The caller's orders, newest first", body = OrderPage),
+        (status = 400, description = "`invalid_cursor`: not a cursor this API gave out", body = ErrorBody),
+        (status = 401, response = Unauthorized),
+        (status = 422, description = "`invalid_query`, `invalid_status`, `invalid_limit`", body = ErrorBody),
+        (status = 503, response = Unavailable),
+    )
+)]
 #[get("/v1/orders")]
 pub async fn list(
     state: web::Data<AppState>,

@@ -1,8 +1,11 @@
 //! The payment provider's callback. The body is authenticated before it is parsed: its
 //! HMAC-SHA256 under `TIANJI_PAYMENT_SECRET`, hex in `X-Tianji-Signature`, is compared in
 //! constant time. Repeats of a callback (same `out_trade_no`) get the first answer again.
+//! The body is already whole and bounded when the handler runs: `clients::guard` refuses an
+//! oversized body (413, by `Content-Length` before reading it) or a slow one (408) first.
 
-use super::errors::ApiError;
+use super::errors::{ApiError, ErrorBody};
+use super::openapi::{PayloadTooLarge, Unavailable};
 use super::orders::OrderBody;
 use super::AppState;
 use crate::domain::{Cents, OrderId};
@@ -43,15 +46,44 @@ impl PaymentKey {
     }
 }
 
-#[derive(Deserialize)]
+/// The provider's report of a payment.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Callback {
+pub struct Callback {
+    #[schema(minimum = 1)]
     order_id: i64,
+    /// The provider's trade number: 1 to 64 printable ASCII characters. Repeats get the first answer.
+    #[schema(pattern = "^[!-~]{1,64}$")]
     out_trade_no: String,
+    /// Must equal the order's `pay_cents`.
+    #[schema(minimum = 0)]
     amount_cents: i64,
+    /// 1 to 32 bytes, e.g. `wechat`.
+    #[schema(min_length = 1, max_length = 32)]
     channel: String,
 }
 
+#[utoipa::path(
+    tag = "payments",
+    request_body = Callback,
+    params(
+        ("X-Tianji-Signature" = String, Header, pattern = "^[0-9a-fA-F]{64}$",
+            description = "hex(HMAC-SHA256(payment secret, raw body))"),
+    ),
+    responses(
+        (status = 200, description = "The paid order (or the first answer to this `out_trade_no`)", body = OrderBody),
+        (status = 400, description = "`malformed_request`, `amount_mismatch` (not the order's `pay_cents`)",
+            body = ErrorBody),
+        (status = 401, description = "`bad_signature`: the signature is missing or does not match the body",
+            body = ErrorBody),
+        (status = 404, description = "`order_not_found`", body = ErrorBody),
+        (status = 409, description = "`order_closed` (the payment is kept as `refund_required`), `already_paid`, \
+            `out_trade_no_reused`, `invalid_transition`, `stale_version`", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, description = "`invalid_out_trade_no`, `invalid_channel`", body = ErrorBody),
+        (status = 503, response = Unavailable),
+    )
+)]
 #[post("/v1/payments/callback")]
 pub async fn callback(
     state: web::Data<AppState>,
@@ -64,7 +96,8 @@ pub async fn callback(
         return Err(ApiError::unauthorized_with("bad_signature", "X-Tianji-Signature does not match the body"));
     }
     let callback: Callback = serde_json::from_slice(&body)
-        .map_err(|error| ApiError::bad_request("malformed_request", format!("invalid callback body: {error}")))?;
+        .map_err(|error| ApiError::bad_request("malformed_request", format!("invalid callback body: {error}")))
+        .and_then(super::json::parse)?;
     let trade_no_ok = !callback.out_trade_no.is_empty()
         && callback.out_trade_no.len() <= OUT_TRADE_NO_LEN_MAX
         && callback.out_trade_no.bytes().all(|b| b.is_ascii_graphic());

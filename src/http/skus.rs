@@ -4,8 +4,10 @@
 //! from the database once).
 
 use super::auth::{Admin, Caller};
-use super::errors::ApiError;
-use super::time::{format_ms, parse_ms, parse_optional_ms};
+use super::errors::{ApiError, ErrorBody};
+use super::json::JsonBody;
+use super::openapi::{Forbidden, Malformed, PayloadTooLarge, Unauthorized, Unavailable, UnsupportedMediaType};
+use super::time::{format_ms, parse_ms, parse_optional_ms, Time};
 use super::AppState;
 use crate::domain::inventory::{Quantity, STOCK_QUANTITY_MAX};
 use crate::domain::sale::{Sale, SalePatch};
@@ -14,30 +16,44 @@ use crate::domain::{Cents, SkuId};
 use crate::persistence::redis::SkuSnapshot;
 use actix_web::{get, patch, post, web, HttpResponse};
 use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::ToSchema;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSku {
+    /// 1 to 200 characters, not all blank.
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     name: String,
+    #[schema(minimum = 0, maximum = 1e12)]
     price_cents: i64,
+    #[schema(minimum = 0, maximum = 1000000000)]
     stock: i64,
+    #[schema(minimum = 0, maximum = 1e12)]
     sale_price_cents: Option<i64>,
+    /// RFC 3339; before `sale_ends_at` when both are set.
+    #[schema(value_type = Option<Time>)]
     sale_starts_at: Option<String>,
+    #[schema(value_type = Option<Time>)]
     sale_ends_at: Option<String>,
+    #[schema(minimum = 1, maximum = 1000000)]
     per_user_limit: Option<i64>,
 }
 
 /// A PATCH of a SKU's sale: an absent field is left as it is, an explicit `null` clears it.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchSale {
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 1e12)]
     sale_price_cents: Option<Option<i64>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Time>)]
     sale_starts_at: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Time>)]
     sale_ends_at: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 1000000)]
     per_user_limit: Option<Option<i64>>,
 }
 
@@ -51,22 +67,28 @@ where
     Option::<T>::deserialize(deserializer).map(Some)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestockBody {
+    /// Units to add; the total stays at most 1,000,000,000.
+    #[schema(minimum = 1, maximum = 1000000000)]
     quantity: i64,
 }
 
-#[derive(Serialize)]
+/// A SKU's committed stock (`available + reserved + sold == total`) and its sale.
+#[derive(Serialize, ToSchema)]
 pub struct SkuBody {
+    #[schema(value_type = i64)]
     sku_id: SkuId,
     sku_id_str: String,
     name: String,
+    #[schema(value_type = i64)]
     price_cents: Cents,
     total: i64,
     available: i64,
     reserved: i64,
     sold: i64,
+    #[schema(value_type = Option<i64>)]
     sale_price_cents: Option<Cents>,
     sale_starts_at: Option<String>,
     sale_ends_at: Option<String>,
@@ -98,11 +120,28 @@ fn parse_sku_id(raw: i64) -> Result<SkuId, ApiError> {
     SkuId::parse(raw).ok_or_else(|| ApiError::not_found("sku_not_found", format!("sku {raw} does not exist")))
 }
 
+#[utoipa::path(
+    tag = "skus",
+    request_body = CreateSku,
+    security(("admin_token" = [])),
+    responses(
+        (status = 201, description = "Created", body = SkuBody),
+        (status = 400, response = Malformed),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, description = "`invalid_name`, `invalid_price`, `invalid_stock`, `invalid_time`, \
+            `invalid_sale_price`, `invalid_sale_window` (the end is not after the start), `invalid_per_user_limit`",
+            body = ErrorBody),
+        (status = 503, response = Unavailable),
+    )
+)]
 #[post("/v1/admin/skus")]
 pub async fn create(
     state: web::Data<AppState>,
     _admin: Admin,
-    body: web::Json<CreateSku>,
+    body: JsonBody<CreateSku>,
 ) -> Result<HttpResponse, ApiError> {
     let mut draft = SkuDraft::parse(&body.name, body.price_cents, body.stock)?;
     draft.sale = Sale::parse(
@@ -115,12 +154,30 @@ pub async fn create(
     Ok(HttpResponse::Created().json(SkuBody::from(snapshot)))
 }
 
+#[utoipa::path(
+    tag = "skus",
+    params(("sku_id" = i64, Path, minimum = 1, description = "A SKU id (snowflake).")),
+    request_body = RestockBody,
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The SKU after the restock", body = SkuBody),
+        (status = 400, response = Malformed),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, description = "`sku_not_found`", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, description = "`invalid_quantity` (out of range, or the total would pass 1,000,000,000)",
+            body = ErrorBody),
+        (status = 503, response = Unavailable),
+    )
+)]
 #[post("/v1/admin/skus/{sku_id}/restock")]
 pub async fn restock(
     state: web::Data<AppState>,
     _admin: Admin,
     path: web::Path<i64>,
-    body: web::Json<RestockBody>,
+    body: JsonBody<RestockBody>,
 ) -> Result<HttpResponse, ApiError> {
     let sku_id = parse_sku_id(path.into_inner())?;
     let quantity = Quantity::parse(body.quantity, STOCK_QUANTITY_MAX)?;
@@ -128,6 +185,17 @@ pub async fn restock(
     Ok(HttpResponse::Ok().json(SkuBody::from(snapshot)))
 }
 
+#[utoipa::path(
+    tag = "skus",
+    params(("sku_id" = i64, Path, minimum = 1, description = "A SKU id (snowflake).")),
+    security(("user_token" = []), ("admin_token" = [])),
+    responses(
+        (status = 200, description = "The SKU", body = SkuBody),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`sku_not_found`", body = ErrorBody),
+        (status = 503, response = Unavailable),
+    )
+)]
 #[get("/v1/skus/{sku_id}")]
 pub async fn get(state: web::Data<AppState>, _caller: Caller, path: web::Path<i64>) -> Result<HttpResponse, ApiError> {
     let sku_id = parse_sku_id(path.into_inner())?;
@@ -141,12 +209,30 @@ fn patched_ms(field: &'static str, change: Option<Option<String>>) -> Result<Opt
 }
 
 /// Changes the sale of a SKU; the merged sale is checked as a whole (`Sale::patch`).
+#[utoipa::path(
+    tag = "skus",
+    params(("sku_id" = i64, Path, minimum = 1, description = "A SKU id (snowflake).")),
+    request_body = PatchSale,
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The SKU with its new sale", body = SkuBody),
+        (status = 400, response = Malformed),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, description = "`sku_not_found`", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, description = "`invalid_time`, `invalid_sale_price`, `invalid_sale_window` (the merged \
+            sale ends before it starts), `invalid_per_user_limit`", body = ErrorBody),
+        (status = 503, response = Unavailable),
+    )
+)]
 #[patch("/v1/admin/skus/{sku_id}")]
 pub async fn update_sale(
     state: web::Data<AppState>,
     _admin: Admin,
     path: web::Path<i64>,
-    body: web::Json<PatchSale>,
+    body: JsonBody<PatchSale>,
 ) -> Result<HttpResponse, ApiError> {
     let sku_id = parse_sku_id(path.into_inner())?;
     let body = body.into_inner();

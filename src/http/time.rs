@@ -4,6 +4,29 @@
 
 use super::errors::ApiError;
 use std::time::{Duration, UNIX_EPOCH};
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::RefOr;
+
+/// What the OpenAPI document says a time field holds. The server reads any valid RFC 3339 UTC
+/// time from 1970 to 9999 (`parse_ms`); the pattern is narrower on days (up to the 28th) so that
+/// every string it matches is a real date, as a generated client or a fuzzer needs.
+pub const TIME_PATTERN: &str = r"^(19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,3})?Z$";
+
+/// The schema of a time in a body: an RFC 3339 string in UTC.
+pub struct Time;
+
+impl utoipa::PartialSchema for Time {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(TIME_PATTERN))
+            .description(Some("An RFC 3339 time in UTC, e.g. 2026-11-27T10:00:00Z"))
+            .examples(["2026-11-27T10:00:00Z"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Time {}
 
 /// Milliseconds since the Unix epoch of an RFC 3339 time (`2026-11-27T10:00:00Z`; a missing
 /// offset is read as UTC). The parser accepts years 1970 to 9999, so the result fits in `i64`.

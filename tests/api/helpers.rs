@@ -133,6 +133,11 @@ async fn start(database: Arc<TestDatabase>, redis: Option<String>, extra: Vec<(&
         ("TIANJI_PAYMENT_SECRET", PAYMENT_SECRET.to_owned()),
         ("TIANJI_HTTP_WORKERS", "2".to_owned()),
         ("TIANJI_ACTOR_THREADS", "2".to_owned()),
+        // Tests place orders as fast as the server answers: no per-user limits unless a test
+        // (rate_limits.rs) sets them in `extra`.
+        ("TIANJI_RATE_ORDERS", "off".to_owned()),
+        ("TIANJI_RATE_COUPONS", "off".to_owned()),
+        ("TIANJI_RATE_HEARTBEATS", "off".to_owned()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

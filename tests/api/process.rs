@@ -15,9 +15,9 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     /// Starts `tianji serve` on a random port over `database_url`, with the test secrets, two
-    /// HTTP workers, two actor threads and no Redis, then `settings` on top (a setting given
-    /// there wins). `name` names its data directory (`tianji-<name>-<test process id>` in the
-    /// temp dir). Returns once the process printed the port it listens on.
+    /// HTTP workers, two actor threads, no Redis and no per-user rate limits, then `settings` on
+    /// top (a setting given there wins). `name` names its data directory
+    /// (`tianji-<name>-<test process id>` in the temp dir). Returns once the process printed the port it listens on.
     pub fn start(name: &str, database_url: &str, settings: &[(&str, &str)]) -> ServerProcess {
         let data_dir = std::env::temp_dir().join(format!("tianji-{name}-{}", std::process::id()));
         let mut child = Command::new(env!("CARGO_BIN_EXE_tianji"))
@@ -29,6 +29,9 @@ impl ServerProcess {
             .env("TIANJI_PAYMENT_SECRET", PAYMENT_SECRET)
             .env("TIANJI_HTTP_WORKERS", "2")
             .env("TIANJI_ACTOR_THREADS", "2")
+            .env("TIANJI_RATE_ORDERS", "off")
+            .env("TIANJI_RATE_COUPONS", "off")
+            .env("TIANJI_RATE_HEARTBEATS", "off")
             .env_remove("TIANJI_REDIS_URL")
             .env("RUST_LOG", "error")
             .envs(settings.iter().copied())

@@ -23,8 +23,8 @@ const ROUNDS: usize = 3;
 const SKUS: usize = 3;
 const UNITS_PER_SKU: i64 = 2_000;
 const WORKERS: usize = 24;
-/// The first user id of those who claim the smallest template out at the end.
-const DRAINING_USERS_FIRST: i64 = 1_000_000;
+/// The first of the two users who claim the last template's one coupon at the end.
+const LAST_CLAIMANTS_FIRST: i64 = 1_000_000;
 const ATTEMPTS_PER_WORKER_MAX: usize = 500;
 /// The coupon templates, as `(discount_cents, min_spend_cents, total, per_user_limit)`. Every
 /// buyer claims a coupon of one of them at random right after its first placement of each round
@@ -242,23 +242,28 @@ async fn create_skus(address: &str, keys: &JwtKeys) -> Vec<i64> {
 }
 
 async fn create_templates(address: &str, keys: &JwtKeys) -> Vec<i64> {
-    let admin = keys.mint(UserId::new(1), Role::Admin, Duration::from_secs(600));
-    let http = reqwest::Client::new();
     let mut templates = Vec::new();
-    for (n, (discount_cents, min_spend_cents, total, per_user_limit)) in TEMPLATES.into_iter().enumerate() {
-        let response = http
-            .post(format!("{address}/v1/admin/coupon-templates"))
-            .bearer_auth(&admin)
-            .json(&json!({"name": format!("coupon {n}"), "kind": "amount_off", "discount_cents": discount_cents,
-                "min_spend_cents": min_spend_cents, "total": total, "per_user_limit": per_user_limit,
-                "valid_until": rfc3339_from_now(24 * 3_600)}))
-            .send()
-            .await
-            .expect("create coupon template");
-        assert_eq!(response.status(), 201);
-        templates.push(response.json::<serde_json::Value>().await.unwrap()["template_id"].as_i64().unwrap());
+    for (n, template) in TEMPLATES.into_iter().enumerate() {
+        templates.push(create_template(address, keys, template, &format!("coupon {n}")).await);
     }
     templates
+}
+
+/// Creates an amount_off template `(discount_cents, min_spend_cents, total, per_user_limit)`.
+async fn create_template(address: &str, keys: &JwtKeys, template: (i64, i64, i64, i64), name: &str) -> i64 {
+    let (discount_cents, min_spend_cents, total, per_user_limit) = template;
+    let admin = keys.mint(UserId::new(1), Role::Admin, Duration::from_secs(600));
+    let response = reqwest::Client::new()
+        .post(format!("{address}/v1/admin/coupon-templates"))
+        .bearer_auth(&admin)
+        .json(&json!({"name": name, "kind": "amount_off", "discount_cents": discount_cents,
+            "min_spend_cents": min_spend_cents, "total": total, "per_user_limit": per_user_limit,
+            "valid_until": rfc3339_from_now(24 * 3_600)}))
+        .send()
+        .await
+        .expect("create coupon template");
+    assert_eq!(response.status(), 201);
+    response.json::<serde_json::Value>().await.unwrap()["template_id"].as_i64().unwrap()
 }
 
 /// Checks the database against what the clients had acknowledged.
@@ -342,7 +347,8 @@ async fn audit_coupons(db: &AnyPool, ledger: &Ledger, round: usize) {
     .fetch_all(db)
     .await
     .unwrap();
-    assert_eq!(templates.len(), TEMPLATES.len(), "round {round}: coupon templates");
+    // The rounds' templates, and after them the last one.
+    assert!(templates.len() >= TEMPLATES.len(), "round {round}: coupon templates");
     for row in &templates {
         let (template_id, total, issued, limit, records): (i64, i64, i64, i64, i64) =
             (row.get("id"), row.get("total"), row.get("issued"), row.get("per_user_limit"), row.get("records"));
@@ -474,8 +480,9 @@ async fn killed_at_random_moments(backend: Backend) {
             ledger.sold_out
         );
     }
-    // However few claims the kills let through, the smallest template is then claimed out by
-    // new users on the restarted server, so the audit also sees a template sold out.
+    // However few claims and coupon orders the kills let through, the restarted server then
+    // sells out a template of one coupon and that coupon buys a paid order, so the audit also
+    // sees both.
     let clients = Clients {
         http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap(),
         address: server.address.clone(),
@@ -485,20 +492,46 @@ async fn killed_at_random_moments(backend: Backend) {
         templates: templates.clone(),
         ledger: Mutex::new(std::mem::take(&mut ledger)),
     };
-    let smallest = templates[1];
-    let total = TEMPLATES[1].2;
+    let last = create_template(&server.address, &keys, (100, 0, 1, 1), "last coupon").await;
+    let (winner, loser) = (LAST_CLAIMANTS_FIRST, LAST_CLAIMANTS_FIRST + 1);
+    let token = clients.keys.mint(UserId::new(winner), Role::User, Duration::from_secs(600));
+    let coupon_id = clients.claim(winner, &token, last).await.expect("claimed").expect("the one coupon");
     let sold_out_before = clients.ledger.lock().unwrap().sold_out;
-    for claimant in 0..(total * 4) {
-        let user = DRAINING_USERS_FIRST + claimant;
-        let token = clients.keys.mint(UserId::new(user), Role::User, Duration::from_secs(600));
-        let _ = clients.claim(user, &token, smallest).await;
-        if clients.ledger.lock().unwrap().sold_out > sold_out_before {
-            break;
-        }
-    }
+    let other = clients.keys.mint(UserId::new(loser), Role::User, Duration::from_secs(600));
+    assert_eq!(clients.claim(loser, &other, last).await, Ok(None), "the second claim of one coupon");
+    assert_eq!(clients.ledger.lock().unwrap().sold_out, sold_out_before + 1, "answered sold_out");
+    let body = json!({"items": [{"sku_id": skus[0], "quantity": 1}], "coupon_id": coupon_id});
+    let placed = clients
+        .http
+        .post(format!("{}/v1/orders", clients.address))
+        .bearer_auth(&token)
+        .header("Idempotency-Key", "last-coupon")
+        .json(&body)
+        .send()
+        .await
+        .expect("place");
+    let (status, order) = read(placed).await.expect("an answer");
+    assert_eq!(status, 201, "an order with coupon {coupon_id}: {order}");
+    let order_id = order["order_id"].as_i64().expect("order id");
+    clients.see(order_id, "pending_payment", None, Some(coupon_id));
+    clients.ledger.lock().unwrap().coupon_orders += 1;
+    let payment = json!({"order_id": order_id, "out_trade_no": format!("pay-{order_id}"),
+        "amount_cents": order["pay_cents"], "channel": "test"})
+    .to_string();
+    let paid = clients
+        .http
+        .post(format!("{}/v1/payments/callback", clients.address))
+        .header("content-type", "application/json")
+        .header("X-Tianji-Signature", clients.payments.sign(payment.as_bytes()))
+        .body(payment)
+        .send()
+        .await
+        .expect("pay");
+    assert_eq!(paid.status(), 200, "payment of order {order_id}");
+    clients.see(order_id, "paid", None, Some(coupon_id));
     ledger = std::mem::take(&mut *clients.ledger.lock().unwrap());
     audit(&db, &ledger, &skus, ROUNDS + 1).await;
-    assert!(ledger.sold_out > sold_out_before, "template {smallest} of {total} coupons never answered sold_out");
+    assert!(ledger.sold_out > 0, "no claim ran into sold_out");
     assert!(ledger.coupon_orders > 0, "no order was placed with a coupon");
     server.kill();
     db.close().await;

@@ -449,6 +449,11 @@ pub struct HeartbeatArgs {
     /// Heartbeats: the phases to run, in order (default: paced, then max).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub phases: Vec<HeartbeatPhase>,
+    /// Heartbeats: before the phases, a warm-up row: every learner's first heartbeat, open loop
+    /// at the paced rate (one full --cadence), so that the cold start (each learner's first
+    /// heartbeat activates its user) is measured apart and the paced row is steady state.
+    #[arg(long)]
+    pub warmup: bool,
 }
 
 impl HeartbeatArgs {

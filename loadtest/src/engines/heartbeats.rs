@@ -69,7 +69,9 @@ pub struct Phase {
 
 /// The phases `--phases` asks for, in order: `paced` is an open loop at `learners / cadence`
 /// for the time limit (`--rate` replaces the rate), `max` the preset's closed loop. An explicit
-/// `--rate` alone (no `--phases`) runs one open-loop phase at that rate.
+/// `--rate` alone (no `--phases`) runs one open-loop phase at that rate. `--warmup` puts a
+/// `warmup` phase first: the same open loop for exactly one heartbeat per learner (every
+/// learner's first, one full cadence), so the phases after it find every learner warm.
 pub fn phases(load: &LoadArgs, heartbeats: &HeartbeatArgs, mode: Mode) -> anyhow::Result<Vec<Phase>> {
     let learners = heartbeats.learners()?;
     let cadence_s = std::time::Duration::from(heartbeats.cadence).as_secs_f64();
@@ -77,13 +79,20 @@ pub fn phases(load: &LoadArgs, heartbeats: &HeartbeatArgs, mode: Mode) -> anyhow
         anyhow::bail!("--cadence must be positive");
     }
     let closed = LoadArgs { rate: None, duration: None, ..load.clone() }.workload(mode)?;
+    let in_flight_max = load.concurrency.unwrap_or(PACED_IN_FLIGHT_MAX).min(CONCURRENCY_MAX);
     let mut phases = Vec::new();
+    if heartbeats.warmup {
+        let rate_per_s = load.rate.unwrap_or(learners as f64 / cadence_s);
+        let one_round = std::time::Duration::from_secs_f64(learners as f64 / rate_per_s);
+        let open = closed.clone().open_loop(rate_per_s, one_round, Some(learners))?;
+        anyhow::ensure!(open.attempts == learners, "the warm-up plans {} heartbeats for {learners}", open.attempts);
+        phases.push(Phase { name: "warmup", workload: Workload { concurrency: in_flight_max, ..open } });
+    }
     for phase in heartbeats.phases() {
         phases.push(match phase {
             HeartbeatPhase::Paced => {
                 let rate_per_s = load.rate.unwrap_or(learners as f64 / cadence_s);
                 let duration = load.duration.map_or(closed.time_limit, Into::into);
-                let in_flight_max = load.concurrency.unwrap_or(PACED_IN_FLIGHT_MAX).min(CONCURRENCY_MAX);
                 let open = closed.clone().open_loop(rate_per_s, duration, load.attempts)?;
                 Phase { name: "paced", workload: Workload { concurrency: in_flight_max, ..open } }
             }
@@ -400,5 +409,24 @@ mod tests {
         );
         let (load, heartbeats) = heartbeat_args(&["--learners", "0"]);
         assert!(super::phases(&load, &heartbeats, Mode::Engines).is_err());
+    }
+
+    #[test]
+    fn a_warmup_sends_every_learner_its_first_heartbeat_before_the_phases() {
+        let (load, heartbeats) = heartbeat_args(&["--warmup"]);
+        let planned = super::phases(&load, &heartbeats, Mode::Engines).expect("valid");
+        assert_eq!(planned.iter().map(|p| p.name).collect::<Vec<_>>(), ["warmup", "paced", "max"]);
+        let warmup = &planned[0].workload;
+        assert_eq!(warmup.arrival, Arrival::Open { rate_per_s: 100_000.0 / 15.0 });
+        assert_eq!((warmup.attempts, warmup.concurrency), (100_000, PACED_IN_FLIGHT_MAX));
+        assert!(warmup.time_limit.abs_diff(std::time::Duration::from_secs(15)) < std::time::Duration::from_millis(1));
+        // Tickets 0..learners are beat 0 of every learner: the paced phase starts at beat 1.
+        assert_eq!(Schedule::new(100_000).beat(100_000), (0, 1));
+        for (learners, cadence) in [("7", "1s"), ("3", "7s"), ("99999", "13s")] {
+            let (load, heartbeats) =
+                heartbeat_args(&["--warmup", "--learners", learners, "--cadence", cadence, "--phases", "paced"]);
+            let planned = super::phases(&load, &heartbeats, Mode::Engines).expect("valid");
+            assert_eq!(planned[0].workload.attempts, learners.parse::<u64>().expect("a number"));
+        }
     }
 }

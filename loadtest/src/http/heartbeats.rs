@@ -15,20 +15,29 @@
 //! heartbeat can be read off. At the end every learner's progress is read through the API
 //! (the actor's memory) and audited: never behind an acknowledged heartbeat, never past a
 //! sent one.
+//!
+//! Each row also carries a timeline, second by second of the phase: the latency percentiles
+//! of the heartbeats planned in that second (from the planned send, as the row, and from the
+//! actual send), and the seconds in which the server's database flushes ended (its stats
+//! polled once a second), so a tail can be placed: the cold start, a flush, or spread out.
+//! `--warmup` runs every learner's first heartbeat as a row of its own before the others.
 
 use super::api::{mint_token, Answer, Api, OrderReply};
 use crate::check::CheckResult;
 use crate::cli::{HttpArgs, LearnerSeed, Mode};
 use crate::cpu::CpuMeter;
+use crate::driver::LATENCY_MAX_US;
 use crate::driver::{drive, Outcome};
 use crate::engines::heartbeats::{per_heartbeat, phases, position, LearnerAudit, Phase, Schedule, StatementCounts};
 use crate::engines::heartbeats_run::insert_lessons;
 use crate::report::{Report, Summary};
+use crate::workload::{planned_offset, Arrival, Workload};
 use futures::StreamExt;
+use hdrhistogram::Histogram;
 use serde::Deserialize;
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Learners are users `HTTP_LEARNER_USER_ID_BASE + index`: apart from the users of other
 /// scenarios and of the in-process engines (`engines::heartbeats_run::LEARNER_USER_ID_BASE`).
@@ -38,6 +47,156 @@ pub const HTTP_LEARNER_USER_ID_BASE: i64 = 2_000_000_000;
 pub const SETUP_CONCURRENCY: usize = 128;
 /// Seeding failures named before the run gives up.
 pub const SEED_FAILURES_LISTED_MAX: usize = 3;
+/// How often the server's learning stats are read during a phase, for the timeline.
+pub const STATS_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Significant digits of the per-second histograms (coarser than the row's: many of them).
+const TIMELINE_SIGNIFICANT_DIGITS: u8 = 2;
+
+/// Latency second by second of a phase. A heartbeat belongs to the second of its planned send
+/// (open loop; the plan counted from `started`, taken just before the driver starts its own
+/// clock, so at most microseconds early) or of its send (closed loop).
+pub struct LatencyTimeline {
+    started: Instant,
+    rate_per_s: Option<f64>,
+    /// Per second: (from the planned send, from the send), in microseconds.
+    seconds: Mutex<Vec<(Histogram<u64>, Histogram<u64>)>>,
+}
+
+/// One second of a `LatencyTimeline`, in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SecondLatency {
+    pub heartbeats: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+    /// p99 from the actual send: what the server and the network took, without the client's
+    /// own delay in sending.
+    pub p99_from_send_us: u64,
+}
+
+impl LatencyTimeline {
+    pub fn new(workload: &Workload) -> Self {
+        let rate_per_s = match workload.arrival {
+            Arrival::Open { rate_per_s } => Some(rate_per_s),
+            Arrival::Closed => None,
+        };
+        LatencyTimeline { started: Instant::now(), rate_per_s, seconds: Mutex::new(Vec::new()) }
+    }
+
+    /// Attempt `seq` (of the phase) sent at `sent` and answered at `answered`.
+    pub fn record(&self, seq: u64, sent: Instant, answered: Instant) {
+        let planned = self.rate_per_s.map_or(sent, |rate| self.started + planned_offset(seq, rate));
+        let second = planned.saturating_duration_since(self.started).as_secs() as usize;
+        let micros = |from: Instant| {
+            u64::try_from(answered.saturating_duration_since(from).as_micros()).unwrap_or(u64::MAX).max(1)
+        };
+        let mut seconds = self.seconds.lock().unwrap_or_else(|p| p.into_inner());
+        while seconds.len() <= second {
+            seconds.push((timeline_histogram(), timeline_histogram()));
+        }
+        let (from_planned, from_send) = &mut seconds[second];
+        from_planned.saturating_record(micros(planned));
+        from_send.saturating_record(micros(sent));
+    }
+
+    pub fn per_second(&self) -> Vec<SecondLatency> {
+        let seconds = self.seconds.lock().unwrap_or_else(|p| p.into_inner());
+        seconds
+            .iter()
+            .map(|(from_planned, from_send)| SecondLatency {
+                heartbeats: from_planned.len(),
+                p50_us: from_planned.value_at_quantile(0.50),
+                p99_us: from_planned.value_at_quantile(0.99),
+                max_us: from_planned.max(),
+                p99_from_send_us: from_send.value_at_quantile(0.99),
+            })
+            .collect()
+    }
+}
+
+fn timeline_histogram() -> Histogram<u64> {
+    // Constant, valid bounds: cannot fail.
+    Histogram::new_with_bounds(1, LATENCY_MAX_US, TIMELINE_SIGNIFICANT_DIGITS).expect("constant histogram bounds")
+}
+
+/// Milliseconds, short: "0.8", "12", "1450".
+fn short_ms(micros: u64) -> String {
+    if micros < 10_000 {
+        format!("{:.1}", micros as f64 / 1_000.0)
+    } else {
+        format!("{:.0}", micros as f64 / 1_000.0)
+    }
+}
+
+/// The timeline as the notes of a row: one list per figure, second by second, and the seconds
+/// whose p99 was past `TAIL_NAMED_AFTER_US`.
+pub fn timeline_notes(seconds: &[SecondLatency], flushes: &[FlushSeen]) -> Vec<String> {
+    let list = |figure: fn(&SecondLatency) -> String| seconds.iter().map(figure).collect::<Vec<_>>().join(" ");
+    let slow: Vec<String> = seconds
+        .iter()
+        .enumerate()
+        .filter(|(_, second)| second.p99_us > TAIL_NAMED_AFTER_US)
+        .map(|(at, second)| format!("{at}s ({} ms)", short_ms(second.p99_us)))
+        .collect();
+    let flushed: Vec<String> = flushes
+        .iter()
+        .map(|flush| format!("{}s (+{} rows, {} pending)", flush.second, flush.rows, flush.pending_rows))
+        .collect();
+    vec![
+        format!("timeline, p99 ms per second of the phase (from the planned send): {}", list(|s| short_ms(s.p99_us))),
+        format!("timeline, p99 ms per second (from the actual send): {}", list(|s| short_ms(s.p99_from_send_us))),
+        format!("timeline, p50 ms per second: {}", list(|s| short_ms(s.p50_us))),
+        format!("timeline, max ms per second: {}", list(|s| short_ms(s.max_us))),
+        format!(
+            "timeline: {} of {} seconds with p99 over {} ms: [{}]; database flushes seen ending in seconds: [{}]",
+            slow.len(),
+            seconds.len(),
+            TAIL_NAMED_AFTER_US / 1_000,
+            slow.join(", "),
+            flushed.join(", ")
+        ),
+    ]
+}
+
+/// A second whose p99 is past this is named in the timeline's summary: the target's p99.
+pub const TAIL_NAMED_AFTER_US: u64 = 10_000;
+
+/// A database flush of the server seen by polling its stats: in which second of the phase the
+/// counters moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlushSeen {
+    pub second: u64,
+    pub rows: u64,
+    pub pending_rows: u64,
+}
+
+/// Reads the server's learning stats every `STATS_POLL_INTERVAL` until `stop`, and returns the
+/// seconds (from `started`) in which flushed rows grew.
+async fn watch_flushes(
+    learners: Arc<Learners>,
+    started: Instant,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> Vec<FlushSeen> {
+    let mut seen = Vec::new();
+    let mut previous: Option<LearningStats> = None;
+    let mut ticks = tokio::time::interval(STATS_POLL_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return seen,
+            _ = ticks.tick() => {}
+        }
+        let Ok(now) = learning_stats(&learners.api).await else { continue };
+        if let Some(before) = previous {
+            let delta = before.since(&now);
+            if delta.rows_flushed > 0 {
+                let second = started.elapsed().as_secs();
+                seen.push(FlushSeen { second, rows: delta.rows_flushed, pending_rows: now.pending_rows });
+            }
+        }
+        previous = Some(now);
+    }
+}
 
 /// `GET /v1/admin/learning/stats`.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -94,7 +253,15 @@ struct Learners {
 }
 
 impl Learners {
-    async fn beat(&self, seq: u64) -> Outcome {
+    /// Sends global ticket `seq`, attempt `phase_seq` of the phase, timed into `timeline`.
+    async fn beat(&self, seq: u64, phase_seq: u64, timeline: &LatencyTimeline) -> Outcome {
+        let sent_at = Instant::now();
+        let outcome = self.send_beat(seq).await;
+        timeline.record(phase_seq, sent_at, Instant::now());
+        outcome
+    }
+
+    async fn send_beat(&self, seq: u64) -> Outcome {
         let (learner, beat) = self.schedule.beat(seq);
         let (section_id, position_sec) = position(beat);
         let body =
@@ -311,14 +478,23 @@ async fn measure_phase(
     let meter = CpuMeter::start(super::server_probes(args, target, &mut probe_notes));
     probe_notes.iter().for_each(|note| eprintln!("{note}"));
     let driven = Arc::clone(learners);
+    let timeline = Arc::new(LatencyTimeline::new(&phase.workload));
+    let (stop_watching, stop) = tokio::sync::oneshot::channel();
+    let watcher = tokio::spawn(watch_flushes(Arc::clone(learners), timeline.started, stop));
+    let timed = Arc::clone(&timeline);
     let measurement = drive(&name, &phase.workload, move |attempt| {
-        let learners = Arc::clone(&driven);
-        async move { learners.beat(tickets_base + attempt.seq).await }
+        let (learners, timeline) = (Arc::clone(&driven), Arc::clone(&timed));
+        async move { learners.beat(tickets_base + attempt.seq, attempt.seq, &timeline).await }
     })
     .await?;
     let cpu = meter.stop();
+    let _ = stop_watching.send(());
+    let flushes = watcher.await.unwrap_or_default();
     let stats = stats_before.since(&learning_stats(&learners.api).await?);
     let mut notes = vec![stats.note()];
+    let timeline_lines = timeline_notes(&timeline.per_second(), &flushes);
+    timeline_lines.iter().for_each(|line| eprintln!("{name} {line}"));
+    notes.extend(timeline_lines);
     if let (Some(pool), Some(before)) = (database, statements_before) {
         notes.push(before.since(&StatementCounts::read(pool).await?).note(measurement.ok));
     }
@@ -395,5 +571,39 @@ mod tests {
             "redis_rows_written":5,"pending_rows":6,"redis_pending_rows":7}"#;
         let parsed: LearningStats = serde_json::from_str(body).expect("the server's stats body");
         assert_eq!((parsed.heartbeats, parsed.redis_pending_rows), (1, 7));
+    }
+
+    #[test]
+    fn the_timeline_puts_each_heartbeat_in_the_second_of_its_planned_send() {
+        let open = Workload { arrival: Arrival::Open { rate_per_s: 10.0 }, ..test_workload() };
+        let timeline = LatencyTimeline::new(&open);
+        let at = |ms: u64| timeline.started + Duration::from_millis(ms);
+        // Seq 5 is planned at 0.5 s, sent at once, answered in 2 ms.
+        timeline.record(5, at(500), at(502));
+        // Seq 12 is planned at 1.2 s but sent 300 ms late and answered 1 ms later.
+        timeline.record(12, at(1_500), at(1_501));
+        let seconds = timeline.per_second();
+        assert_eq!(seconds.len(), 2);
+        assert_eq!((seconds[0].heartbeats, seconds[1].heartbeats), (1, 1));
+        assert!((1_990..=2_010).contains(&seconds[0].p99_us), "{:?}", seconds[0]);
+        assert!((299_000..=303_000).contains(&seconds[1].p99_us), "late sends count: {:?}", seconds[1]);
+        assert!((990..=1_010).contains(&seconds[1].p99_from_send_us), "{:?}", seconds[1]);
+        let flushes = [FlushSeen { second: 1, rows: 100, pending_rows: 3 }];
+        let notes = timeline_notes(&seconds, &flushes);
+        assert!(notes[0].ends_with("(from the planned send): 2.0 301"), "{}", notes[0]);
+        assert!(notes[4].contains("1 of 2 seconds with p99 over 10 ms: [1s (301 ms)]"), "{}", notes[4]);
+        assert!(notes[4].ends_with("[1s (+100 rows, 3 pending)]"), "{}", notes[4]);
+        // Closed loop: by the second of the send.
+        let closed = LatencyTimeline::new(&test_workload());
+        closed.record(0, closed.started + Duration::from_millis(2_100), closed.started + Duration::from_millis(2_104));
+        assert_eq!(closed.per_second().len(), 3);
+    }
+
+    fn test_workload() -> Workload {
+        use crate::cli::{Cli, Command};
+        use clap::Parser;
+        let line = ["t", "http", "--preset", "heartbeats", "--target", "http://127.0.0.1:1", "--jwt-secret", "s"];
+        let Command::Http(http) = Cli::try_parse_from(line).expect("valid").command else { panic!("http") };
+        http.load.workload(Mode::Http).expect("valid")
     }
 }

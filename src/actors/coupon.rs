@@ -85,6 +85,8 @@ pub struct TemplateActor {
     template: TemplateState,
     /// Coupons handed out and not yet settled.
     in_flight: i64,
+    /// The issued count may be behind the database: stop once nothing is in flight.
+    stale: bool,
     last_active: Instant,
     core: Arc<Core>,
 }
@@ -156,8 +158,14 @@ impl Handler<IssueSettled> for TemplateActor {
             IssueSettled::Refused { stale: false } => {}
             IssueSettled::Refused { stale: true } | IssueSettled::Unknown => {
                 tracing::warn!(template_id = %self.template.id, ?settled, "reloading the template's issued count");
-                ctx.stop();
+                self.stale = true;
             }
+        }
+        // A stale count is read again by the next activation, once every coupon handed out has
+        // settled here (their notices would be lost with the actor). Meanwhile the commit's
+        // check on `issued` refuses whatever the stale count allows too much.
+        if self.stale && self.in_flight == 0 {
+            ctx.stop();
         }
     }
 }
@@ -186,8 +194,13 @@ impl Core {
                 let loaded = self.template_loader.submit(template_id).await;
                 let template = loaded.map_err(|e| ClaimFailure::Unavailable(e.to_string()))?;
                 let template = template.ok_or(ClaimFailure::NotFound(template_id))?;
-                let actor =
-                    TemplateActor { template, in_flight: 0, last_active: Instant::now(), core: Arc::clone(self) };
+                let actor = TemplateActor {
+                    template,
+                    in_flight: 0,
+                    stale: false,
+                    last_active: Instant::now(),
+                    core: Arc::clone(self),
+                };
                 let arbiter = self.arbiters.for_key(template_id.get());
                 Ok(super::start_on(&arbiter, self.limits.mailbox_capacity, actor))
             })

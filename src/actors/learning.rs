@@ -31,7 +31,7 @@ use crate::domain::order::LessonStep;
 use crate::domain::{SkuId, UserId};
 use crate::persistence::group_commit::SubmitError;
 use crate::persistence::redis::progress::{MirrorError, ProgressMirror, UserProgress, USERS_PER_ROUND_TRIP_MAX};
-use crate::persistence::{Change, LessonRow, ProgressWrite, UserState};
+use crate::persistence::{Change, LessonRow, ProgressWrite, StoreError, UserState};
 use actix::prelude::*;
 use dashmap::DashMap;
 use std::collections::HashMap;
@@ -305,9 +305,23 @@ impl Handler<ReadProgress> for UserActor {
     }
 }
 
-/// Builds a user's `Lessons` at activation.
-pub(crate) fn lessons_at_activation(core: &Core, user_id: UserId, state: &UserState) -> Lessons {
-    Lessons::new(&state.lessons, &core.learning.pending_for(user_id))
+/// What the write-behind holds for a user, taken before the user's state is read: a flush
+/// that commits and settles during the read is then in one or the other.
+pub(crate) fn pending_before_read(core: &Core, user_id: UserId) -> Vec<(SkuId, Progress)> {
+    core.learning.pending_for(user_id)
+}
+
+/// Builds a user's `Lessons` at activation: the rows read, joined with what was pending before
+/// the read and what is pending now.
+pub(crate) fn lessons_at_activation(
+    core: &Core,
+    user_id: UserId,
+    state: &UserState,
+    pending_before: &[(SkuId, Progress)],
+) -> Lessons {
+    let mut unflushed = pending_before.to_vec();
+    unflushed.extend(core.learning.pending_for(user_id));
+    Lessons::new(&state.lessons, &unflushed)
 }
 
 /// The learning side of `Core`.
@@ -346,7 +360,13 @@ impl Core {
                     self.learning.database_settle(chunk);
                     written += chunk.len();
                 }
-                Ok(Err(conflict)) => unreachable!("progress writes are never refused: {conflict}"),
+                Ok(Err(conflict)) => {
+                    // The plan never refuses progress; if a later rule does, the rows stay
+                    // pending and the flusher goes on.
+                    tracing::error!(%conflict, rows = chunk.len(), "progress write refused; kept pending");
+                    failure = Some(SubmitError::Store(StoreError::Corrupt(format!("progress refused: {conflict}"))));
+                    break;
+                }
                 Err(error) => {
                     failure = Some(error);
                     break;

@@ -216,10 +216,12 @@ async fn step(core: &Arc<Core>, order: Order, event: OrderEvent, payment: Option
     };
     match core.journal.submit(change).await {
         Ok(Ok(())) => {
+            // The user's actor first: the sooner it hears, the narrower the window in which
+            // an activation that read after the commit registers before the notice.
+            core.order_settled(order.user_id, &purchases, coupon, lessons);
             if order.status == OrderStatus::PendingPayment {
                 core.timer.forget(order.id).await;
             }
-            core.order_settled(order.user_id, &purchases, coupon, lessons);
             tracing::info!(order_id = %order.id, from = %order.status, to = %to, "order transition");
             let next = Order { status: to, version: order.version + 1, ..order };
             (Ok(next.clone()), Some(next))

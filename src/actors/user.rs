@@ -26,11 +26,12 @@
 
 use super::coupon::{ClaimFailure, IssueSettled};
 use super::inventory::{Grant, SkuError};
-use super::learning::{lessons_at_activation, Lessons};
+use super::learning::{lessons_at_activation, pending_before_read, Lessons};
 use super::registry::ActorRef;
 use super::{ask, schedule_idle_checks, Core, Refusal, Reply};
 use crate::domain::coupon::{ClaimError, Coupon, CouponRules, CouponStep, DiscountError};
 use crate::domain::inventory::InventoryError;
+use crate::domain::learning::Progress;
 use crate::domain::order::{NewOrderHeader, Order, OrderError, PlaceOrder};
 use crate::domain::sale::{check_allowance, SaleError};
 use crate::domain::{Cents, CouponId, IdempotencyKey, OrderId, OrderLine, SkuId, TemplateId, UserId};
@@ -230,8 +231,8 @@ pub struct UserActor {
 }
 
 impl UserActor {
-    fn new(core: Arc<Core>, user_id: UserId, state: UserState) -> Self {
-        let lessons = lessons_at_activation(&core, user_id, &state);
+    fn new(core: Arc<Core>, user_id: UserId, state: UserState, pending_before: &[(SkuId, Progress)]) -> Self {
+        let lessons = lessons_at_activation(&core, user_id, &state, pending_before);
         let mut actor = UserActor {
             lessons,
             user_id,
@@ -619,6 +620,7 @@ impl Core {
         let user = self
             .users
             .get_or_activate(user_id, || async {
+                let pending = pending_before_read(self, user_id);
                 let mut state = load().await?;
                 for _ in 0..ACTIVATION_READS_MAX {
                     if self.users_behind.remove(&user_id).is_none() {
@@ -626,7 +628,7 @@ impl Core {
                     }
                     state = load().await?;
                 }
-                let actor = UserActor::new(Arc::clone(self), user_id, state);
+                let actor = UserActor::new(Arc::clone(self), user_id, state, &pending);
                 let arbiter = self.arbiters.for_key(user_id.get());
                 Ok::<_, StoreError>(super::start_on(&arbiter, self.limits.mailbox_capacity, actor))
             })

@@ -58,6 +58,7 @@ const SETTINGS: &[&str] = &[
     "TIANJI_RATE_ORDERS",
     "TIANJI_RATE_COUPONS",
     "TIANJI_RATE_HEARTBEATS",
+    "TIANJI_RATE_READS",
     "TIANJI_RATE_KEYS_MAX",
     "TIANJI_IN_FLIGHT_MAX",
     "TIANJI_JWT_ISSUER",
@@ -205,6 +206,7 @@ impl Settings {
             orders: parse_rate(get, "TIANJI_RATE_ORDERS", rate_defaults.orders)?,
             coupons: parse_rate(get, "TIANJI_RATE_COUPONS", rate_defaults.coupons)?,
             heartbeats: parse_rate(get, "TIANJI_RATE_HEARTBEATS", rate_defaults.heartbeats)?,
+            reads: parse_rate(get, "TIANJI_RATE_READS", rate_defaults.reads)?,
             keys_max: parse_number(get, "TIANJI_RATE_KEYS_MAX", rate_defaults.keys_max, 1_024, 1 << 26)?,
         };
         let tokens = token_rules(get)?;

@@ -6,7 +6,7 @@
 use super::auth::{Admin, Caller};
 use super::errors::{ApiError, ErrorBody};
 use super::json::JsonBody;
-use super::limits::{Coupons, RateLimited};
+use super::limits::{Coupons, RateLimited, Reads};
 use super::openapi::{
     Forbidden, Malformed, PayloadTooLarge, RateLimited as RateLimitedResponse, Unauthorized, Unavailable,
     UnsupportedMediaType,
@@ -266,13 +266,14 @@ pub async fn receive(
         (status = 200, description = "The caller's coupons, newest first", body = CouponPage),
         (status = 401, response = Unauthorized),
         (status = 422, description = "`invalid_query`, `invalid_status`, `invalid_limit`", body = ErrorBody),
+        (status = 429, response = RateLimitedResponse),
         (status = 503, response = Unavailable),
     )
 )]
 #[get("/v1/coupons")]
 pub async fn list(
     state: web::Data<AppState>,
-    caller: Caller,
+    caller: RateLimited<Reads>,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();

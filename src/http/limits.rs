@@ -105,18 +105,23 @@ pub struct RateLimitSettings {
     pub coupons: Option<Rate>,
     /// `POST /v1/learning/heartbeats`, per user.
     pub heartbeats: Option<Rate>,
+    /// Reads that go to the database (`GET /v1/orders`, `/v1/orders/{id}`, `/v1/coupons`), per
+    /// user.
+    pub reads: Option<Rate>,
     /// The most users one route class tracks at once.
     pub keys_max: usize,
 }
 
 impl Default for RateLimitSettings {
     /// For a real sale (see the README): a person orders or claims a few times a second at most
-    /// (a click, a retry), a player beats every 15 s.
+    /// (a click, a retry), a player beats every 15 s, a page of orders or coupons is read a few
+    /// times a second at most.
     fn default() -> Self {
         RateLimitSettings {
             orders: Rate::per_second(5, 10),
             coupons: Rate::per_second(5, 10),
             heartbeats: Rate::per_second(1, 5),
+            reads: Rate::per_second(20, 40),
             keys_max: 262_144,
         }
     }
@@ -223,6 +228,7 @@ pub struct RateLimits {
     orders: Option<UserBuckets>,
     coupons: Option<UserBuckets>,
     heartbeats: Option<UserBuckets>,
+    reads: Option<UserBuckets>,
 }
 
 impl RateLimits {
@@ -232,6 +238,7 @@ impl RateLimits {
             orders: buckets(settings.orders),
             coupons: buckets(settings.coupons),
             heartbeats: buckets(settings.heartbeats),
+            reads: buckets(settings.reads),
         }
     }
 }
@@ -248,6 +255,8 @@ pub struct Orders;
 pub struct Coupons;
 /// `POST /v1/learning/heartbeats`.
 pub struct Heartbeats;
+/// Reads that go to the database: `GET /v1/orders`, `/v1/orders/{id}`, `/v1/coupons`.
+pub struct Reads;
 
 impl RouteClass for Orders {
     const NAME: &'static str = "orders";
@@ -267,6 +276,13 @@ impl RouteClass for Heartbeats {
     const NAME: &'static str = "heartbeats";
     fn buckets(limits: &RateLimits) -> Option<&UserBuckets> {
         limits.heartbeats.as_ref()
+    }
+}
+
+impl RouteClass for Reads {
+    const NAME: &'static str = "reads";
+    fn buckets(limits: &RateLimits) -> Option<&UserBuckets> {
+        limits.reads.as_ref()
     }
 }
 

@@ -4,7 +4,7 @@
 use super::auth::{Admin, Caller};
 use super::errors::{ApiError, ErrorBody};
 use super::json::JsonBody;
-use super::limits::{Orders, RateLimited};
+use super::limits::{Orders, RateLimited, Reads};
 use super::openapi::{
     Forbidden, PayloadTooLarge, RateLimited as RateLimitedResponse, Unauthorized, Unavailable, UnsupportedMediaType,
 };
@@ -177,11 +177,16 @@ pub async fn place(
         (status = 200, description = "The order (its owner's or, for an admin, anyone's)", body = OrderBody),
         (status = 401, response = Unauthorized),
         (status = 404, description = "`order_not_found` (also for someone else's order)", body = ErrorBody),
+        (status = 429, response = RateLimitedResponse),
         (status = 503, response = Unavailable),
     )
 )]
 #[get("/v1/orders/{order_id}")]
-pub async fn get(state: web::Data<AppState>, caller: Caller, path: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+pub async fn get(
+    state: web::Data<AppState>,
+    caller: RateLimited<Reads>,
+    path: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
     let not_found = || ApiError::not_found("order_not_found", "no such order");
     let order_id = OrderId::parse(path.into_inner()).ok_or_else(not_found)?;
     let order = state.core.order(order_id).await?.ok_or_else(not_found)?;
@@ -313,13 +318,14 @@ fn decode_cursor(cursor: &str) -> Option<OrderId> {
         (status = 400, description = "`invalid_cursor`: not a cursor this API gave out", body = ErrorBody),
         (status = 401, response = Unauthorized),
         (status = 422, description = "`invalid_query`, `invalid_status`, `invalid_limit`", body = ErrorBody),
+        (status = 429, response = RateLimitedResponse),
         (status = 503, response = Unavailable),
     )
 )]
 #[get("/v1/orders")]
 pub async fn list(
     state: web::Data<AppState>,
-    caller: Caller,
+    caller: RateLimited<Reads>,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();

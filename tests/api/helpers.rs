@@ -138,6 +138,7 @@ async fn start(database: Arc<TestDatabase>, redis: Option<String>, extra: Vec<(&
         ("TIANJI_RATE_ORDERS", "off".to_owned()),
         ("TIANJI_RATE_COUPONS", "off".to_owned()),
         ("TIANJI_RATE_HEARTBEATS", "off".to_owned()),
+        ("TIANJI_RATE_READS", "off".to_owned()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

@@ -32,6 +32,7 @@ impl ServerProcess {
             .env("TIANJI_RATE_ORDERS", "off")
             .env("TIANJI_RATE_COUPONS", "off")
             .env("TIANJI_RATE_HEARTBEATS", "off")
+            .env("TIANJI_RATE_READS", "off")
             .env_remove("TIANJI_REDIS_URL")
             .env("RUST_LOG", "error")
             .envs(settings.iter().copied())

@@ -165,5 +165,25 @@ async fn every_limited_route_answers_429_with_retry_after() {
         assert_eq!(anonymous.status(), 401, "{path}: authentication comes before the limit");
     }
     let (status, _) = app.call(reqwest::Method::GET, "/v1/orders", &app.user_token(7), serde_json::Value::Null).await;
-    assert_eq!(status, 200, "reading is not limited");
+    assert_eq!(status, 200, "reads have a bucket of their own");
+}
+
+/// Reads that go to the database share one bucket per user: past it, 429 on each of them, and
+/// another user reads on.
+#[actix_web::test]
+async fn database_reads_share_a_bucket_per_user() {
+    let mut options = AppOptions::new(Backend::Sqlite);
+    options.extra.push(("TIANJI_RATE_READS", "1/m,2".to_owned()));
+    let app = spawn_with(options).await;
+    let app = &app;
+    let get = |path: &'static str, user: i64| async move {
+        app.call(reqwest::Method::GET, path, &app.user_token(user), serde_json::Value::Null).await
+    };
+    assert_eq!(get("/v1/orders", 7).await.0, 200);
+    assert_eq!(get("/v1/coupons", 7).await.0, 200);
+    for path in ["/v1/orders", "/v1/coupons", "/v1/orders/123"] {
+        let (status, error) = get(path, 7).await;
+        assert_eq!((status, error["code"].as_str()), (429, Some("rate_limited")), "{path}: {error}");
+    }
+    assert_eq!(get("/v1/orders", 8).await.0, 200, "user 8 has a bucket of its own");
 }

@@ -79,6 +79,19 @@ async fn read(response: reqwest::Response) -> Option<(u16, serde_json::Value)> {
 }
 
 impl Clients {
+    /// Clients of the server at `address`, carrying on `ledger`.
+    fn new(address: &str, skus: &[i64], templates: &[i64], ledger: Ledger) -> Clients {
+        Clients {
+            http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap(),
+            address: address.to_owned(),
+            keys: JwtKeys::new(JWT_SECRET),
+            payments: PaymentKey::new(PAYMENT_SECRET),
+            skus: skus.to_vec(),
+            templates: templates.to_vec(),
+            ledger: Mutex::new(ledger),
+        }
+    }
+
     fn see(&self, order_id: i64, status: &'static str, unanswered: Option<&'static str>, coupon: Option<i64>) {
         self.ledger.lock().unwrap().orders.insert(order_id, Seen { status, unanswered, coupon });
     }
@@ -445,15 +458,7 @@ async fn killed_at_random_moments(backend: Backend) {
     let mut ledger = Ledger::default();
 
     for round in 1..=ROUNDS {
-        let clients = Arc::new(Clients {
-            http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap(),
-            address: server.address.clone(),
-            keys: JwtKeys::new(JWT_SECRET),
-            payments: PaymentKey::new(PAYMENT_SECRET),
-            skus: skus.clone(),
-            templates: templates.clone(),
-            ledger: Mutex::new(std::mem::take(&mut ledger)),
-        });
+        let clients = Arc::new(Clients::new(&server.address, &skus, &templates, std::mem::take(&mut ledger)));
         let buyers: Vec<_> = (0..WORKERS).map(|w| actix_web::rt::spawn(Arc::clone(&clients).buyer(w))).collect();
         // The kill point: at random within 750 ms after the first acknowledged order (however
         // slowly a loaded machine gets the first one through).
@@ -483,15 +488,7 @@ async fn killed_at_random_moments(backend: Backend) {
     // However few claims and coupon orders the kills let through, the restarted server then
     // sells out a template of one coupon and that coupon buys a paid order, so the audit also
     // sees both.
-    let clients = Clients {
-        http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap(),
-        address: server.address.clone(),
-        keys: JwtKeys::new(JWT_SECRET),
-        payments: PaymentKey::new(PAYMENT_SECRET),
-        skus: skus.clone(),
-        templates: templates.clone(),
-        ledger: Mutex::new(std::mem::take(&mut ledger)),
-    };
+    let clients = Clients::new(&server.address, &skus, &templates, std::mem::take(&mut ledger));
     let last = create_template(&server.address, &keys, (100, 0, 1, 1), "last coupon").await;
     let (winner, loser) = (LAST_CLAIMANTS_FIRST, LAST_CLAIMANTS_FIRST + 1);
     let token = clients.keys.mint(UserId::new(winner), Role::User, Duration::from_secs(600));

@@ -304,6 +304,11 @@ impl Core {
         self.arbiters.stop();
     }
 
+    /// User actors live or activating now.
+    pub fn live_users(&self) -> usize {
+        self.users.len()
+    }
+
     /// A new snowflake id of this node.
     pub fn next_id(&self) -> i64 {
         self.ids.next_id()

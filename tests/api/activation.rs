@@ -1,12 +1,13 @@
-//! A user actor that activates while a step of the user's commits: the actor read its state
-//! before the commit, and the commit's notice found no live actor to tell. It must not go on
-//! serving the older state: told to read again, it is replaced by one that read the commit.
+//! A user actor that activates while something of the user's is written: a step whose notice
+//! finds no live actor to tell, or a learning flush that drops what it wrote from the
+//! write-behind. The actor read its state before that write; it must not serve the older state.
 //!
 //! The store is the memory store behind a gate that holds a user read after it has read, so
 //! the commit lands exactly between the read and the actor's start. (The later window, a commit
 //! after the read but before the actor is registered, is covered by `Reload`; it is not made
 //! reproducible here.)
 
+use crate::helpers::eventually;
 use async_trait::async_trait;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,6 +16,7 @@ use tianji::actors::user::Placed;
 use tianji::actors::{ActorLimits, Core};
 use tianji::domain::clock::ManualClock;
 use tianji::domain::coupon::{Coupon, CouponStatus};
+use tianji::domain::learning::{Heartbeat, HeartbeatInput};
 use tianji::domain::order::Order;
 use tianji::domain::sale::Sale;
 use tianji::domain::sku::SkuDraft;
@@ -123,9 +125,13 @@ impl Store for GatedStore {
 }
 
 fn core_on(store: &DynStore, clock: &Arc<ManualClock>, worker_id: u16) -> Arc<Core> {
+    core_with(store, clock, worker_id, ActorLimits::default())
+}
+
+fn core_with(store: &DynStore, clock: &Arc<ManualClock>, worker_id: u16, limits: ActorLimits) -> Arc<Core> {
     let snapshots = Arc::new(Snapshots::in_process());
     let pay_timeout = Duration::from_secs(3_600);
-    Core::start_with_clock(store.clone(), snapshots, ActorLimits::default(), worker_id, pay_timeout, 1, clock.clone())
+    Core::start_with_clock(store.clone(), snapshots, limits, worker_id, pay_timeout, 1, clock.clone())
 }
 
 /// The payment that opens a course commits while the buyer's actor is activating on the node
@@ -163,4 +169,49 @@ async fn a_user_actor_that_read_before_a_commit_reads_again() {
     assert_eq!(reads, 2, "one read before the commit, one after");
     placing.stop();
     paying.stop();
+}
+
+/// A user's actor passivated with progress still waiting for the database; it activates again
+/// and, while it reads, a flush writes that progress and drops it from the write-behind. The
+/// actor read the row before the flush, so only what was pending before its read tells it the
+/// progress: it must show that, never the older row.
+#[actix_web::test]
+async fn an_actor_that_read_before_a_flush_shows_the_flushed_progress() {
+    let gated = Arc::new(GatedStore::default());
+    let store: DynStore = gated.clone();
+    let clock = ManualClock::starting_at(1_800_000_000_000);
+    // Idle actors stop within about a second; the background flush never fires by itself.
+    let limits = ActorLimits {
+        idle_timeout: Duration::from_secs(1),
+        learning_flush: Duration::from_secs(3_600),
+        ..ActorLimits::default()
+    };
+    let core = core_with(&store, &clock, 1, limits);
+    let draft = SkuDraft { name: "Course".into(), price_cents: Cents::new(1_000), stock: 10, sale: Sale::default() };
+    let course = core.create_sku(draft).await.expect("sku created").sku_id;
+    let learner = UserId::new(9);
+    let key = IdempotencyKey::parse("k-1").expect("valid key");
+    let request = PlaceOrder::parse(&[(course.get(), 1)]).expect("valid lines");
+    let Ok(Placed::Created(order)) = core.place_order(learner, key, request).await else { panic!("placed") };
+    core.pay_order(order.id, "t-1".into(), order.pay_cents, "test".into()).await.expect("paid");
+    let input = HeartbeatInput { course_id: course.get(), section_id: 3, position_sec: 40, finished: None };
+    let beat = Heartbeat::parse(&input).expect("a valid heartbeat");
+    let accepted = core.heartbeat(learner, beat).await.expect("accepted");
+    assert_eq!(core.learning_pending_rows().0, 1, "the progress waits for the database");
+
+    let passivated = eventually(Duration::from_secs(10), || async { core.live_users() == 0 }).await;
+    assert!(passivated, "the learner's actor stopped when idle");
+    let open = gated.hold_next_user_read();
+    let reading = tokio::spawn({
+        let core = core.clone();
+        async move { core.progress(learner, course).await }
+    });
+    gated.read.notified().await;
+    // The row is read (not yet the heartbeat's progress): now the flush writes and settles it.
+    assert_eq!(core.flush_learning().await.expect("the flush commits"), 1);
+    assert_eq!(core.learning_pending_rows().0, 0);
+    open.send(()).expect("the read waits");
+    let shown = reading.await.expect("no panic").expect("owned");
+    assert_eq!(shown, accepted, "the activation shows the accepted progress, not the row it read");
+    core.stop();
 }

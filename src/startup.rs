@@ -92,26 +92,16 @@ impl Application {
         if let Err(error) = self.core.flush_learning_to_redis().await {
             tracing::warn!(%error, "learning progress not written to redis at shutdown");
         }
-        // Pooled connections opened by the HTTP workers went down with them: a flush that gets
-        // one fails and leaves its rows pending, so it is tried again, on another connection,
-        // until a connection of this runtime writes them.
-        for attempt in 1..=SHUTDOWN_FLUSH_ATTEMPTS_MAX {
-            match self.core.flush_learning().await {
-                Ok(rows) => {
-                    tracing::info!(rows, attempt, "learning progress flushed at shutdown");
-                    return Ok(());
-                }
-                Err(error) => tracing::warn!(%error, attempt, "learning flush at shutdown failed"),
+        match self.core.flush_learning().await {
+            Ok(rows) => tracing::info!(rows, "learning progress flushed at shutdown"),
+            Err(error) => {
+                let (kept, _) = self.core.learning_pending_rows();
+                tracing::error!(%error, kept, "learning progress not flushed at shutdown");
             }
         }
-        let (kept, _) = self.core.learning_pending_rows();
-        tracing::error!(kept, "learning progress not flushed at shutdown");
         Ok(())
     }
 }
-
-/// Tries of the learning flush at shutdown: more than the pool has connections.
-const SHUTDOWN_FLUSH_ATTEMPTS_MAX: u32 = 2 * crate::persistence::mysql::POOL_CONNECTIONS_MAX;
 
 fn keep_alive(idle: std::time::Duration) -> KeepAlive {
     if idle.is_zero() {

@@ -211,6 +211,8 @@ pub struct Core {
     timer: timer::DeadlineTimer,
     /// Merged learning progress not yet written.
     learning: learning::WriteBehind,
+    /// The runtime the core started on, where every store call runs (see `bounded`).
+    home: tokio::runtime::Handle,
 }
 
 /// The most coupons of one user a listing reads.
@@ -284,6 +286,7 @@ impl Core {
             pay_timeout,
             timer,
             learning: learning::WriteBehind::default(),
+            home: tokio::runtime::Handle::current(),
         });
         tokio::spawn(timer_task.run(Arc::downgrade(&core), Arc::clone(&core.clock)));
         tokio::spawn(learning::run_flusher(Arc::downgrade(&core), limits.learning_flush));
@@ -319,7 +322,7 @@ impl Core {
         if !self.journal.is_running() {
             return Err(StoreError::Unavailable("the write pipeline stopped".into()));
         }
-        self.bounded(self.store.ping()).await
+        self.bounded(|store| async move { store.ping().await }).await
     }
 
     /// Creates a SKU and answers with its committed state.
@@ -332,7 +335,8 @@ impl Core {
             sale: draft.sale,
             created_at_ms: self.clock.now_ms(),
         };
-        self.bounded(self.store.create_sku(&sku)).await?;
+        let stored = sku.clone();
+        self.bounded(|store| async move { store.create_sku(&stored).await }).await?;
         self.unknown_skus.remove(&sku.sku_id);
         tracing::info!(sku_id = %sku.sku_id, stock = sku.total, "sku created");
         self.sku_snapshot(sku.sku_id).await
@@ -341,7 +345,8 @@ impl Core {
     /// Creates a coupon template and answers with it as stored.
     pub async fn create_template(self: &Arc<Self>, draft: TemplateDraft) -> Result<TemplateState, StoreError> {
         let template = NewTemplate { id: TemplateId::new(self.next_id()), draft, created_at_ms: self.clock.now_ms() };
-        self.bounded(self.store.create_template(&template)).await?;
+        let stored = template.clone();
+        self.bounded(|store| async move { store.create_template(&stored).await }).await?;
         tracing::info!(template_id = %template.id, total = template.draft.total, "coupon template created");
         Ok(TemplateState { id: template.id, draft: template.draft, issued: 0 })
     }
@@ -361,7 +366,9 @@ impl Core {
         });
         // Unused and expired share a stored status and are told apart here, by the domain's
         // rule, so the read is wider than the page.
-        let coupons = self.bounded(self.store.list_coupons(user_id, stored, COUPONS_READ_MAX)).await?;
+        let coupons = self
+            .bounded(move |store| async move { store.list_coupons(user_id, stored, COUPONS_READ_MAX).await })
+            .await?;
         let now_ms = self.clock.now_ms();
         Ok(coupons
             .into_iter()
@@ -373,7 +380,7 @@ impl Core {
 
     /// An order as stored.
     pub async fn order(&self, order_id: OrderId) -> Result<Option<Order>, StoreError> {
-        self.bounded(self.store.find_order(order_id)).await
+        self.bounded(move |store| async move { store.find_order(order_id).await }).await
     }
 
     /// A user's orders, newest first, older than `before` when given.
@@ -384,15 +391,23 @@ impl Core {
         before: Option<OrderId>,
         limit: u32,
     ) -> Result<Vec<Order>, StoreError> {
-        self.bounded(self.store.list_orders(user_id, status, before, limit)).await
+        self.bounded(move |store| async move { store.list_orders(user_id, status, before, limit).await }).await
     }
 
-    /// `read`, or `Unavailable` once the database timeout passes.
-    pub(crate) async fn bounded<T>(
-        &self,
-        read: impl std::future::Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        crate::persistence::within(self.limits.database_timeout, read).await
+    /// `read` of the store, or `Unavailable` once the database timeout passes. It runs on the
+    /// core's own runtime, whoever asks (an HTTP worker, an actor's arbiter): a pooled
+    /// connection belongs to the runtime that opened it, and an HTTP worker's runtime goes
+    /// down at shutdown, before the last writes.
+    pub(crate) async fn bounded<T, Fut>(&self, read: impl FnOnce(DynStore) -> Fut) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        Fut: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let read = crate::persistence::within(self.limits.database_timeout, read(Arc::clone(&self.store)));
+        match self.home.spawn(read).await {
+            Ok(result) => result,
+            Err(error) => Err(StoreError::Unavailable(format!("the store task ended: {error}"))),
+        }
     }
 
     /// Remembers an id that names no SKU, within bounds.

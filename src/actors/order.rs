@@ -321,7 +321,8 @@ async fn stock_effects(core: &Arc<Core>, order: &Order, event: OrderEvent) -> Re
 
 /// A payment for `order`, idempotent on `out_trade_no` (see `domain::payment`).
 async fn pay(core: &Arc<Core>, order: Order, payment: Payment) -> Ending {
-    let known = match core.bounded(core.store.find_payment(&payment.out_trade_no)).await {
+    let out_trade_no = payment.out_trade_no.clone();
+    let known = match core.bounded(|store| async move { store.find_payment(&out_trade_no).await }).await {
         Ok(known) => known,
         Err(error) => return (Err(error.into()), Some(order)),
     };
@@ -388,7 +389,8 @@ impl Core {
     async fn session(self: &Arc<Self>, order_id: OrderId) -> Result<ActorRef<OrderSession>, LifecycleError> {
         self.orders
             .get_or_activate(order_id, || async {
-                let order = self.bounded(self.store.find_order(order_id)).await?.ok_or(LifecycleError::NotFound)?;
+                let read = move |store: crate::persistence::DynStore| async move { store.find_order(order_id).await };
+                let order = self.bounded(read).await?.ok_or(LifecycleError::NotFound)?;
                 Ok(self.start_session(order))
             })
             .await

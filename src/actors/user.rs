@@ -319,7 +319,9 @@ impl UserActor {
         let saga_key = key.clone();
         let saga = async move {
             if look_up_first {
-                let found = core.bounded(core.store.find_order_by_key(user_id, saga_key.as_str())).await;
+                let key = saga_key.as_str().to_owned();
+                let found =
+                    core.bounded(move |store| async move { store.find_order_by_key(user_id, &key).await }).await;
                 let result = match found {
                     Ok(Some(existing)) => Some(replay(existing, &request_hash)),
                     Ok(None) => None,
@@ -497,7 +499,8 @@ impl Handler<Place> for UserActor {
             Some(KeyState::Placed { order_id, order: None, .. }) => {
                 // Placed before this activation: the order is read once, then kept.
                 let (core, order_id) = (Arc::clone(&self.core), *order_id);
-                let read = async move { core.bounded(core.store.find_order(order_id)).await };
+                let read =
+                    async move { core.bounded(move |store| async move { store.find_order(order_id).await }).await };
                 ctx.spawn(read.into_actor(self).map(move |found, actor, _ctx| {
                     let answer = match found {
                         Ok(Some(order)) => {
@@ -861,8 +864,9 @@ impl Core {
             Ok(Err(Conflict::DuplicateKey)) => {
                 // An order under this key is older than the keys this actor holds: answer
                 // with it. (The pipeline has undone this placement's reservations.)
+                let (user_id, key) = (order.user_id, order.idempotency_key.clone());
                 let existing =
-                    self.bounded(self.store.find_order_by_key(order.user_id, &order.idempotency_key)).await?;
+                    self.bounded(move |store| async move { store.find_order_by_key(user_id, &key).await }).await?;
                 let existing =
                     existing.ok_or_else(|| PlaceError::Unavailable("order under this key vanished".into()))?;
                 replay(existing, &order.request_hash)

@@ -345,8 +345,8 @@ async fn sigterm_loses_nothing() {
     let player = Player::enrolled(&server).await;
     server.study(player.user_id, player.course_id, &BEATS).await;
     assert_eq!(stores.lesson(&player).await, (0, 0), "nothing flushed before the stop");
-    // Reads that the HTTP workers run themselves, many at once, so the pool holds connections
-    // those workers opened: they go down with the workers, before the flush at the stop.
+    // Reads that the HTTP workers ask for, many at once: had the workers opened pooled
+    // connections for them, those would go down with the workers, before the flush at the stop.
     let token = server.token(player.user_id, Role::User);
     let reads = (0..64)
         .map(|_| server.http.get(format!("{}/v1/orders?limit=5", server.process.address)).bearer_auth(&token).send());

@@ -2,11 +2,13 @@
 //! variables (which win), validated once at start. A bad value stops the start with a message
 //! that names the setting. Secrets are wrapped so they never print.
 
+use crate::actors::relay::RelaySettings;
 use crate::actors::ActorLimits;
 use crate::domain::ids::WORKER_ID_MAX;
 use crate::http::auth::TokenRules;
 use crate::http::clients::ClientLimits;
 use crate::http::limits::{Rate, RateLimitSettings};
+use crate::telemetry::{parse_otlp_endpoint, LogFormat, TelemetrySettings};
 use secrecy::{ExposeSecret, SecretString};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -19,6 +21,10 @@ pub const SECRET_LEN_MIN: usize = 32;
 /// Requests in flight before new ones are refused: ~8x what a node holds at its measured peak
 /// (~7,000 orders/s x ~70 ms p99 = ~500); a queue deeper than this only adds latency.
 pub const IN_FLIGHT_MAX_DEFAULT: usize = 4_096;
+
+/// How long a graceful stop waits for connections and requests by default: Kubernetes' default
+/// `terminationGracePeriodSeconds` (30 s) minus room for the writes that follow.
+pub const SHUTDOWN_TIMEOUT_DEFAULT: Duration = Duration::from_secs(25);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -34,7 +40,7 @@ fn invalid(name: &str, reason: impl ToString) -> ConfigError {
 
 /// Every setting, by its environment variable; the file uses the same names in lower case
 /// without the prefix (`pay_timeout = "15m"`).
-const SETTINGS: &[&str] = &[
+pub const SETTINGS: &[&str] = &[
     "TIANJI_BIND",
     "TIANJI_DATA_DIR",
     "TIANJI_DATABASE_URL",
@@ -68,6 +74,13 @@ const SETTINGS: &[&str] = &[
     "TIANJI_HEADER_READ_TIMEOUT",
     "TIANJI_KEEP_ALIVE",
     "TIANJI_CONNECTIONS_MAX",
+    "TIANJI_LOG_FORMAT",
+    "TIANJI_OTLP_ENDPOINT",
+    "TIANJI_EVENTS_STREAM",
+    "TIANJI_EVENTS_STREAM_LEN_MAX",
+    "TIANJI_EVENTS_BATCH_SIZE_MAX",
+    "TIANJI_EVENTS_INTERVAL",
+    "TIANJI_SHUTDOWN_TIMEOUT",
 ];
 
 #[derive(Debug, Clone)]
@@ -93,6 +106,12 @@ pub struct Settings {
     pub rate_limits: RateLimitSettings,
     /// Requests served at once before new ones are refused with 503.
     pub in_flight_max: usize,
+    /// How logs are written and where spans are exported.
+    pub telemetry: TelemetrySettings,
+    /// The relay of order events to the Redis Stream (runs only with `redis_url`).
+    pub events: RelaySettings,
+    /// How long SIGTERM waits for open connections and requests in flight before it cuts them.
+    pub shutdown_timeout: Duration,
 }
 
 impl Settings {
@@ -234,6 +253,15 @@ impl Settings {
             clients,
             rate_limits,
             in_flight_max: parse_number(get, "TIANJI_IN_FLIGHT_MAX", IN_FLIGHT_MAX_DEFAULT, 1, 1 << 20)?,
+            telemetry: telemetry_settings(get)?,
+            events: relay_settings(get)?,
+            shutdown_timeout: parse_duration(
+                get,
+                "TIANJI_SHUTDOWN_TIMEOUT",
+                SHUTDOWN_TIMEOUT_DEFAULT,
+                Duration::from_secs(1),
+                Duration::from_secs(3_600),
+            )?,
         })
     }
 
@@ -279,6 +307,53 @@ fn token_rules<'a>(get: impl Fn(&str) -> Option<&'a str> + Copy) -> Result<Token
             Duration::from_secs(366 * 86_400),
         )?,
     })
+}
+
+/// The longest accepted stream key, in bytes.
+const STREAM_KEY_LEN_MAX: usize = 256;
+
+fn relay_settings<'a>(get: impl Fn(&str) -> Option<&'a str> + Copy) -> Result<RelaySettings, ConfigError> {
+    let defaults = RelaySettings::default();
+    let stream_key = get("TIANJI_EVENTS_STREAM").unwrap_or(&defaults.stream_key);
+    if stream_key.len() > STREAM_KEY_LEN_MAX || !stream_key.bytes().all(|b| b.is_ascii_graphic()) {
+        let reason = format!("must be 1 to {STREAM_KEY_LEN_MAX} printable ASCII characters without spaces");
+        return Err(invalid("TIANJI_EVENTS_STREAM", reason));
+    }
+    Ok(RelaySettings {
+        stream_key: stream_key.to_owned(),
+        stream_len_max: parse_number(get, "TIANJI_EVENTS_STREAM_LEN_MAX", defaults.stream_len_max, 1_000, 1 << 32)?,
+        batch_size_max: parse_number(
+            get,
+            "TIANJI_EVENTS_BATCH_SIZE_MAX",
+            defaults.batch_size_max,
+            1,
+            crate::persistence::redis::events::EVENTS_PER_ROUND_TRIP_MAX,
+        )?,
+        interval: parse_duration(
+            get,
+            "TIANJI_EVENTS_INTERVAL",
+            defaults.interval,
+            Duration::from_millis(10),
+            Duration::from_secs(3_600),
+        )?,
+    })
+}
+
+/// `TIANJI_LOG_FORMAT` and `TIANJI_OTLP_ENDPOINT`; the endpoint only in a build that can export.
+fn telemetry_settings<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Result<TelemetrySettings, ConfigError> {
+    let log_format = match get("TIANJI_LOG_FORMAT") {
+        Some(raw) => LogFormat::parse(raw).map_err(|reason| invalid("TIANJI_LOG_FORMAT", reason))?,
+        None => LogFormat::default(),
+    };
+    let otlp_endpoint = match get("TIANJI_OTLP_ENDPOINT") {
+        Some(_) if !cfg!(feature = "otlp") => {
+            let reason = "this tianji was built without the `otlp` feature; build it with `--features otlp`";
+            return Err(invalid("TIANJI_OTLP_ENDPOINT", reason));
+        }
+        Some(raw) => Some(parse_otlp_endpoint(raw).map_err(|reason| invalid("TIANJI_OTLP_ENDPOINT", reason))?),
+        None => None,
+    };
+    Ok(TelemetrySettings { log_format, otlp_endpoint })
 }
 
 fn client_limits<'a>(get: impl Fn(&str) -> Option<&'a str> + Copy) -> Result<ClientLimits, ConfigError> {
@@ -439,6 +514,17 @@ mod tests {
     }
 
     #[test]
+    fn shutdown_timeout_has_a_default_and_bounds() {
+        let defaults = Settings::from_values(&BTreeMap::new()).unwrap();
+        assert_eq!(defaults.shutdown_timeout, SHUTDOWN_TIMEOUT_DEFAULT);
+        let settings = Settings::from_values(&values(&[("TIANJI_SHUTDOWN_TIMEOUT", "90s")])).unwrap();
+        assert_eq!(settings.shutdown_timeout, Duration::from_secs(90));
+        for bad in ["0s", "500ms", "2h", "later"] {
+            assert_eq!(error_names(&[("TIANJI_SHUTDOWN_TIMEOUT", bad)]), "TIANJI_SHUTDOWN_TIMEOUT", "{bad}");
+        }
+    }
+
+    #[test]
     fn rate_limits_have_defaults_and_can_be_turned_off() {
         let defaults = Settings::from_values(&BTreeMap::new()).unwrap();
         assert_eq!(defaults.rate_limits, RateLimitSettings::default());
@@ -459,6 +545,44 @@ mod tests {
         assert_eq!(error_names(&[("TIANJI_RATE_HEARTBEATS", "1/s,0")]), "TIANJI_RATE_HEARTBEATS");
         assert_eq!(error_names(&[("TIANJI_RATE_KEYS_MAX", "10")]), "TIANJI_RATE_KEYS_MAX");
         assert_eq!(error_names(&[("TIANJI_IN_FLIGHT_MAX", "0")]), "TIANJI_IN_FLIGHT_MAX");
+    }
+
+    #[test]
+    fn event_relay_settings_are_read_and_checked() {
+        let defaults = Settings::from_values(&BTreeMap::new()).unwrap().events;
+        assert_eq!(defaults, RelaySettings::default());
+        let pairs = [
+            ("TIANJI_EVENTS_STREAM", "test:events"),
+            ("TIANJI_EVENTS_STREAM_LEN_MAX", "5000"),
+            ("TIANJI_EVENTS_BATCH_SIZE_MAX", "64"),
+            ("TIANJI_EVENTS_INTERVAL", "250ms"),
+        ];
+        let events = Settings::from_values(&values(&pairs)).expect("valid settings").events;
+        assert_eq!(events.stream_key, "test:events");
+        assert_eq!((events.stream_len_max, events.batch_size_max), (5000, 64));
+        assert_eq!(events.interval, Duration::from_millis(250));
+        assert_eq!(error_names(&[("TIANJI_EVENTS_STREAM", "two words")]), "TIANJI_EVENTS_STREAM");
+        assert_eq!(error_names(&[("TIANJI_EVENTS_STREAM_LEN_MAX", "10")]), "TIANJI_EVENTS_STREAM_LEN_MAX");
+        assert_eq!(error_names(&[("TIANJI_EVENTS_BATCH_SIZE_MAX", "0")]), "TIANJI_EVENTS_BATCH_SIZE_MAX");
+        assert_eq!(error_names(&[("TIANJI_EVENTS_INTERVAL", "1ms")]), "TIANJI_EVENTS_INTERVAL");
+    }
+
+    #[test]
+    fn log_format_and_otlp_endpoint_are_read() {
+        let defaults = Settings::from_values(&BTreeMap::new()).unwrap().telemetry;
+        assert_eq!(defaults, TelemetrySettings { log_format: LogFormat::Text, otlp_endpoint: None });
+        let json = Settings::from_values(&values(&[("TIANJI_LOG_FORMAT", "json")])).unwrap();
+        assert_eq!(json.telemetry.log_format, LogFormat::Json);
+        assert_eq!(error_names(&[("TIANJI_LOG_FORMAT", "yaml")]), "TIANJI_LOG_FORMAT");
+        let endpoint = [("TIANJI_OTLP_ENDPOINT", "http://127.0.0.1:4318")];
+        if cfg!(feature = "otlp") {
+            let settings = Settings::from_values(&values(&endpoint)).unwrap();
+            assert_eq!(settings.telemetry.otlp_endpoint.as_deref(), Some("http://127.0.0.1:4318"));
+            assert_eq!(error_names(&[("TIANJI_OTLP_ENDPOINT", "collector:4318")]), "TIANJI_OTLP_ENDPOINT");
+        } else {
+            let error = Settings::from_values(&values(&endpoint)).unwrap_err().to_string();
+            assert!(error.contains("TIANJI_OTLP_ENDPOINT") && error.contains("`otlp` feature"), "{error}");
+        }
     }
 
     #[test]

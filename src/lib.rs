@@ -8,6 +8,8 @@ pub mod actors;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod metrics;
 pub mod persistence;
+pub mod reconcile;
 pub mod startup;
 pub mod telemetry;

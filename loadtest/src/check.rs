@@ -2,7 +2,9 @@
 //! what it acknowledged, per SKU, and nothing may be oversold.
 //!
 //! Pure: the caller reads the stored state (from MariaDB, Redis, the memory store or the HTTP
-//! API) into `SkuObserved` rows; this module compares them with the driver's counts.
+//! API) into `SkuObserved` rows; this module compares them with the driver's counts. Runs
+//! against a tianji database end with `reconcile`, tianji's own check of the stored state
+//! against itself: every difference it finds is a problem of the run.
 
 /// Problems listed in full before the rest are only counted.
 pub const PROBLEMS_LISTED_MAX: usize = 10;
@@ -56,6 +58,26 @@ impl CheckResult {
         }
         text
     }
+}
+
+/// How long reconciliation waits for a database connection or a row lock.
+pub const RECONCILE_DATABASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs tianji's reconciliation (without `--fix`, without Redis: snapshots are written behind)
+/// on the tianji database at `database_url` and records each difference as a problem. `Err`
+/// when it could not run (unreachable, not migrated).
+pub async fn reconcile(database_url: &str, result: &mut CheckResult) -> anyhow::Result<()> {
+    let options = tianji::reconcile::Options {
+        database_url: database_url.to_owned(),
+        redis_url: None,
+        fix: false,
+        database_timeout: RECONCILE_DATABASE_TIMEOUT,
+    };
+    let outcome = tianji::reconcile::run(&options).await?;
+    for difference in &outcome.left {
+        result.problem(format!("reconcile: {difference}"));
+    }
+    Ok(())
 }
 
 /// Compares the stored state with the acknowledged counts. Every slice is indexed by SKU

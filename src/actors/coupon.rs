@@ -8,7 +8,7 @@
 //! `(user_id, template_id, seq)` key are the last line of defence: a stale view of this actor
 //! can only refuse a claim, never over-issue.
 
-use super::{ask, schedule_idle_checks, Core, Refusal, Reply};
+use super::{schedule_idle_checks, Core, Refusal, Reply};
 use crate::domain::coupon::{ClaimError, Coupon, CouponStatus};
 use crate::domain::{CouponId, TemplateId, UserId};
 use crate::persistence::{CouponIssue, StoreError, TemplateState};
@@ -98,6 +98,8 @@ impl TemplateActor {
         }
     }
 }
+
+super::traced::handles_traced!(TemplateActor);
 
 impl Actor for TemplateActor {
     type Context = Context<Self>;
@@ -210,7 +212,7 @@ impl Core {
     /// A template with its committed issued count.
     pub async fn template_state(self: &Arc<Self>, template_id: TemplateId) -> Result<TemplateState, ClaimFailure> {
         let actor = self.template(template_id).await?;
-        ask(actor.addr(), |reply| GetTemplate { reply }).await
+        self.templates.ask(actor.addr(), |reply| GetTemplate { reply }).await
     }
 
     /// Asks the template's actor for a coupon.
@@ -221,7 +223,7 @@ impl Core {
         seq: i64,
     ) -> Result<(CouponIssue, super::registry::ActorRef<TemplateActor>), ClaimFailure> {
         let actor = self.template(template_id).await?;
-        let issue = ask(actor.addr(), |reply| Issue { user_id, seq, reply }).await?;
+        let issue = self.templates.ask(actor.addr(), |reply| Issue { user_id, seq, reply }).await?;
         Ok((issue, actor))
     }
 }

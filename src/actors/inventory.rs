@@ -16,7 +16,7 @@
 //! and only the order's own close (cancel, timeout) lets its units go.
 
 use super::registry::ActorRef;
-use super::{ask, schedule_idle_checks, ActorLimits, Core, Refusal, Reply};
+use super::{schedule_idle_checks, ActorLimits, Core, Refusal, Reply};
 use crate::domain::inventory::{InventoryError, Ledger, Quantity, Reservation};
 use crate::domain::lease::CounterDelta;
 use crate::domain::sale::{Sale, SaleError, SalePatch, SaleRuleError};
@@ -28,6 +28,7 @@ use crate::persistence::{
 use actix::prelude::*;
 use std::sync::Arc;
 use std::time::Instant;
+use tracing::Instrument;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SkuError {
@@ -237,6 +238,8 @@ impl InventoryActor {
     }
 }
 
+super::traced::handles_traced!(InventoryActor);
+
 impl Actor for InventoryActor {
     type Context = Context<Self>;
 
@@ -268,6 +271,8 @@ impl Handler<Reserve> for InventoryActor {
             let effect = self.change(Some(lease), |ledger| ledger.reserve(order_id, quantity, expires_at_ms))?;
             Ok(Grant { info: self.info.clone(), unit_price_cents, effect })
         });
+        let (sku_id, units, granted) = (self.info.sku_id, quantity.units(), result.is_ok());
+        tracing::debug!(%sku_id, %order_id, units, granted, "reservation asked");
         if let Err(Ok(unclaimed)) = reply.send(result) {
             self.take_back(&unclaimed.effect, ctx);
         }
@@ -357,7 +362,7 @@ impl Handler<UpdateSale> for InventoryActor {
         let write = SaleWrite { sku_id: self.info.sku_id, epoch: self.epoch, sale };
         let core = Arc::clone(&self.core);
         let submitted = async move { core.journal.submit(Change { sale: Some(write), ..Change::default() }).await };
-        ctx.wait(submitted.into_actor(self).map(move |outcome, actor, ctx| {
+        ctx.wait(submitted.in_current_span().into_actor(self).map(move |outcome, actor, ctx| {
             let answer = match outcome {
                 Ok(Ok(())) => {
                     actor.set_sale(sale);
@@ -500,11 +505,11 @@ impl Core {
         InventoryActor: Handler<M>,
     {
         let actor = self.sku(sku_id).await?;
-        match ask(actor.addr(), &build).await {
+        match self.skus.ask(actor.addr(), &build).await {
             Err(SkuError::Unavailable(reason)) if !actor.addr().connected() => {
                 tracing::debug!(%sku_id, %reason, "sku actor stopped; activating again");
                 let actor = self.sku(sku_id).await?;
-                ask(actor.addr(), build).await
+                self.skus.ask(actor.addr(), build).await
             }
             other => other,
         }
@@ -545,20 +550,23 @@ impl Core {
     pub async fn restock(self: &Arc<Self>, sku_id: SkuId, quantity: Quantity) -> Result<SkuSnapshot, SkuError> {
         let core = Arc::clone(self);
         // Spawned: a client that goes away does not leave the effect handed out and unsubmitted.
-        let written = tokio::spawn(async move {
-            let effect = core.ask_sku(sku_id, |reply| Restock { quantity, reply }).await?;
-            let change = crate::persistence::Change { skus: vec![effect.clone()], ..Default::default() };
-            match core.journal.submit(change).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(conflict)) => Err(SkuError::Unavailable(conflict.to_string())),
-                Err(error) => {
-                    if error.never_queued() {
-                        core.abandon([effect]);
+        let written = tokio::spawn(
+            async move {
+                let effect = core.ask_sku(sku_id, |reply| Restock { quantity, reply }).await?;
+                let change = crate::persistence::Change { skus: vec![effect.clone()], ..Default::default() };
+                match core.journal.submit(change).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(conflict)) => Err(SkuError::Unavailable(conflict.to_string())),
+                    Err(error) => {
+                        if error.never_queued() {
+                            core.abandon([effect]);
+                        }
+                        Err(SkuError::Unavailable(error.to_string()))
                     }
-                    Err(SkuError::Unavailable(error.to_string()))
                 }
             }
-        });
+            .in_current_span(),
+        );
         written.await.map_err(|_| SkuError::Unavailable("restock task failed".into()))??;
         // Asked after the commit: the actor has its notice by then (the pipeline sends notices
         // before it answers the batch's callers).

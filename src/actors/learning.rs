@@ -25,7 +25,7 @@
 //! last database flush (see the README).
 
 use super::user::UserActor;
-use super::{ask, Core, Refusal, Reply};
+use super::{Core, Refusal, Reply};
 use crate::domain::learning::{Heartbeat, Progress};
 use crate::domain::order::LessonStep;
 use crate::domain::{SkuId, UserId};
@@ -134,6 +134,8 @@ pub struct LearningStats {
     pub redis_failures: AtomicU64,
     /// User-course rows written to Redis.
     pub redis_rows_written: AtomicU64,
+    /// The exported counterparts of `heartbeats` and `rows_flushed`.
+    pub metrics: crate::metrics::LearningMetrics,
 }
 
 /// Merged progress waiting for one destination, one entry per user and course, joined on
@@ -283,6 +285,7 @@ impl Handler<Beat> for UserActor {
         if let Ok(progress) = merged {
             self.touch();
             core.learning.stats.heartbeats.fetch_add(1, Ordering::Relaxed);
+            core.learning.stats.metrics.heartbeats.increment(1);
             core.learning.record(self.user_id(), msg.heartbeat.course_id, progress);
         }
         let _ = msg.reply.send(merged);
@@ -329,19 +332,19 @@ impl Core {
     /// Merges a heartbeat on the user's actor; answered from memory.
     pub async fn heartbeat(self: &Arc<Self>, user_id: UserId, heartbeat: Heartbeat) -> Result<Progress, LearningError> {
         let user = self.user(user_id).await.map_err(|e| LearningError::Unavailable(e.to_string()))?;
-        ask(user.addr(), |reply| Beat { heartbeat, reply }).await
+        self.users.ask(user.addr(), |reply| Beat { heartbeat, reply }).await
     }
 
     /// The courses a user owns with their progress.
     pub async fn lessons(self: &Arc<Self>, user_id: UserId) -> Result<Vec<Lesson>, LearningError> {
         let user = self.user(user_id).await.map_err(|e| LearningError::Unavailable(e.to_string()))?;
-        ask(user.addr(), |reply| ReadLessons { reply }).await
+        self.users.ask(user.addr(), |reply| ReadLessons { reply }).await
     }
 
     /// The latest accepted progress of a user on an owned course.
     pub async fn progress(self: &Arc<Self>, user_id: UserId, course_id: SkuId) -> Result<Progress, LearningError> {
         let user = self.user(user_id).await.map_err(|e| LearningError::Unavailable(e.to_string()))?;
-        ask(user.addr(), |reply| ReadProgress { course_id, reply }).await
+        self.users.ask(user.addr(), |reply| ReadProgress { course_id, reply }).await
     }
 
     /// Writes everything the write-behind holds through the pipeline, `PROGRESS_ROWS_PER_CHANGE`
@@ -375,6 +378,7 @@ impl Core {
         }
         if written > 0 {
             self.learning.stats.rows_flushed.fetch_add(written as u64, Ordering::Relaxed);
+            self.learning.stats.metrics.rows_written.increment(written as u64);
             self.learning.stats.flushes.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(rows = written, "learning progress flushed");
         }

@@ -3,7 +3,8 @@
 //! `inventory.rs` (one per SKU), `user.rs` (one per user), `coupon.rs` (one per coupon
 //! template) and `order.rs` (one per order in use) hold their messages, state and handlers;
 //! `learning.rs` adds heartbeats to the user actor and writes their progress behind; `registry.rs` activates and forgets them;
-//! `timer.rs` holds the payment deadlines; `journal.rs` is the node's one write pipeline.
+//! `timer.rs` holds the payment deadlines; `journal.rs` is the node's one write pipeline;
+//! `traced.rs` carries the caller's span (and so its request id) into the actors.
 //! `Core` is the facade the HTTP layer talks to (commands and queries) and what the actors
 //! share. Actors run on dedicated arbiters (threads), apart from the HTTP workers, by key.
 
@@ -14,7 +15,9 @@ pub mod learning;
 pub mod order;
 pub mod recovery;
 pub mod registry;
+pub mod relay;
 pub mod timer;
+pub mod traced;
 pub mod user;
 
 use crate::domain::clock::{DynClock, SystemClock};
@@ -23,7 +26,8 @@ use crate::domain::order::Order;
 use crate::domain::sku::SkuDraft;
 use crate::domain::TemplateId;
 use crate::domain::{OrderId, OrderStatus, SkuId, Snowflake, UserId};
-use crate::persistence::group_commit::{BatchLimits, Batcher};
+use crate::metrics::{ActorKind, Placements};
+use crate::persistence::group_commit::{self, BatchLimits, Batcher};
 use crate::persistence::redis::{SkuSnapshot, Snapshots};
 use crate::persistence::{
     Change, Conflict, DynStore, NewSku, NewTemplate, SkuState, StoreError, TemplateState, UserState,
@@ -36,6 +40,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
+use traced::Traced;
 
 /// The bounds every actor works within.
 #[derive(Debug, Clone, Copy)]
@@ -98,17 +103,35 @@ pub enum Refusal {
 pub type Reply<T, E> = oneshot::Sender<Result<T, E>>;
 
 /// Sends a request built around a reply channel with `try_send` (never waiting on a full
-/// mailbox) and waits for the answer.
+/// mailbox) and waits for the answer. The actor handles it inside the caller's span (`Traced`).
 pub async fn ask<A, M, T, E>(addr: &Addr<A>, build: impl FnOnce(Reply<T, E>) -> M) -> Result<T, E>
 where
-    A: Actor + Handler<M>,
-    A::Context: ToEnvelope<A, M>,
+    A: Actor + Handler<Traced<M>>,
+    A::Context: ToEnvelope<A, Traced<M>>,
+    M: Message<Result = ()> + Send + 'static,
+    E: From<Refusal>,
+{
+    ask_counted(addr, &metrics::Counter::noop(), build).await
+}
+
+/// `ask`, counting a refusal by a full mailbox on `mailbox_rejections`.
+pub async fn ask_counted<A, M, T, E>(
+    addr: &Addr<A>,
+    mailbox_rejections: &metrics::Counter,
+    build: impl FnOnce(Reply<T, E>) -> M,
+) -> Result<T, E>
+where
+    A: Actor + Handler<Traced<M>>,
+    A::Context: ToEnvelope<A, Traced<M>>,
     M: Message<Result = ()> + Send + 'static,
     E: From<Refusal>,
 {
     let (reply, answer) = oneshot::channel();
-    addr.try_send(build(reply)).map_err(|error| match error {
-        SendError::Full(_) => E::from(Refusal::Full),
+    addr.try_send(Traced::here(build(reply))).map_err(|error| match error {
+        SendError::Full(_) => {
+            mailbox_rejections.increment(1);
+            E::from(Refusal::Full)
+        }
         SendError::Closed(_) => E::from(Refusal::Stopped),
     })?;
     answer.await.map_err(|_| E::from(Refusal::NoAnswer))?
@@ -211,8 +234,12 @@ pub struct Core {
     timer: timer::DeadlineTimer,
     /// Merged learning progress not yet written.
     learning: learning::WriteBehind,
+    /// Placements by outcome.
+    placements: Placements,
     /// The runtime the core started on, where every store call runs (see `bounded`).
     home: tokio::runtime::Handle,
+    /// Signalled after every committed batch: wakes the event relay (`relay`).
+    committed: Arc<tokio::sync::Notify>,
 }
 
 /// The most coupons of one user a listing reads.
@@ -272,10 +299,10 @@ impl Core {
             ),
             store,
             snapshots,
-            skus: Registry::default(),
-            users: Registry::default(),
-            orders: Registry::default(),
-            templates: Registry::default(),
+            skus: Registry::new(ActorKind::Sku),
+            users: Registry::new(ActorKind::User),
+            orders: Registry::new(ActorKind::Order),
+            templates: Registry::new(ActorKind::Template),
             unknown_skus: DashSet::new(),
             users_behind: DashSet::new(),
             user_keys_held: AtomicUsize::new(0),
@@ -286,7 +313,9 @@ impl Core {
             pay_timeout,
             timer,
             learning: learning::WriteBehind::default(),
+            placements: Placements::new(),
             home: tokio::runtime::Handle::current(),
+            committed: Arc::new(tokio::sync::Notify::new()),
         });
         tokio::spawn(timer_task.run(Arc::downgrade(&core), Arc::clone(&core.clock)));
         tokio::spawn(learning::run_flusher(Arc::downgrade(&core), limits.learning_flush));
@@ -300,6 +329,22 @@ impl Core {
     /// (snapshots written to Redis, failed Redis writes) since start.
     pub fn redis_stats(&self) -> (u64, u64) {
         self.snapshots.redis_stats()
+    }
+
+    /// Stops the payment deadline timer (see `timer`): no order times out from now on, and
+    /// this returns once the timeouts already started have finished. Shutdown, before the
+    /// pipeline drains.
+    pub async fn stop_deadlines(&self) {
+        self.timer.stop().await;
+    }
+
+    /// Waits until every change queued in the write pipeline before this call has been
+    /// committed and answered: batches commit one after another, so an empty change queued
+    /// now is answered only after all of them. Changes queued later are not waited for.
+    pub async fn drain_journal(&self) -> Result<(), group_commit::SubmitError> {
+        // Answered at all, the empty change's batch was written after every earlier one,
+        // whatever its own outcome (it conflicts with nothing).
+        self.journal.submit(Change::default()).await.map(drop)
     }
 
     /// Stops the actors' arbiters (benchmarks and tests that start many cores).
@@ -394,6 +439,21 @@ impl Core {
         self.bounded(move |store| async move { store.list_orders(user_id, status, before, limit).await }).await
     }
 
+    /// Signalled after every committed batch (its events are in the outbox then).
+    pub fn committed(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.committed)
+    }
+
+    /// Payments in `status`, newest first, after `after` when given.
+    pub async fn list_payments(
+        &self,
+        status: crate::persistence::PaymentStatus,
+        after: Option<crate::persistence::PaymentCursor>,
+        limit: u32,
+    ) -> Result<Vec<crate::persistence::PaymentRecord>, StoreError> {
+        self.bounded(move |store| async move { store.list_payments(status, after, limit).await }).await
+    }
+
     /// `read` of the store, or `Unavailable` once the database timeout passes. It runs on the
     /// core's own runtime, whoever asks (an HTTP worker, an actor's arbiter): a pooled
     /// connection belongs to the runtime that opened it, and an HTTP worker's runtime goes
@@ -404,7 +464,7 @@ impl Core {
         Fut: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
     {
         let read = crate::persistence::within(self.limits.database_timeout, read(Arc::clone(&self.store)));
-        match self.home.spawn(read).await {
+        match self.home.spawn(tracing::Instrument::in_current_span(read)).await {
             Ok(result) => result,
             Err(error) => Err(StoreError::Unavailable(format!("the store task ended: {error}"))),
         }

@@ -13,7 +13,7 @@
 
 use super::inventory::{Settlement, SkuError};
 use super::registry::ActorRef;
-use super::{ask, Core, Refusal, Reply};
+use super::{Core, Refusal, Reply};
 use crate::domain::inventory::InventoryError;
 use crate::domain::order::{deadline_passed, InvalidTransition, Order, StockStep};
 use crate::domain::payment::{decide, KnownPayment, PaymentDecision, Refusal as PaymentRefusal};
@@ -26,6 +26,7 @@ use crate::persistence::{
 use actix::prelude::*;
 use std::sync::Arc;
 use std::time::Instant;
+use tracing::Instrument;
 
 /// A payment the provider reported for this order.
 #[derive(Message)]
@@ -107,6 +108,8 @@ pub struct OrderSession {
     core: Arc<Core>,
 }
 
+super::traced::handles_traced!(OrderSession);
+
 impl Actor for OrderSession {
     type Context = Context<Self>;
 
@@ -133,14 +136,16 @@ impl OrderSession {
         step: impl std::future::Future<Output = Ending> + 'static,
     ) -> AtomicResponse<Self, ()> {
         self.last_active = Instant::now();
-        AtomicResponse::new(Box::pin(step.into_actor(self).map(move |(result, order), session, ctx| {
-            session.last_active = Instant::now();
-            match order {
-                Some(order) => session.order = order,
-                None => ctx.stop(),
-            }
-            let _ = reply.send(result);
-        })))
+        AtomicResponse::new(Box::pin(step.in_current_span().into_actor(self).map(
+            move |(result, order), session, ctx| {
+                session.last_active = Instant::now();
+                match order {
+                    Some(order) => session.order = order,
+                    None => ctx.stop(),
+                }
+                let _ = reply.send(result);
+            },
+        )))
     }
 }
 
@@ -405,7 +410,7 @@ impl Core {
         channel: String,
     ) -> Result<Order, LifecycleError> {
         let session = self.session(order_id).await?;
-        ask(session.addr(), |reply| Pay { out_trade_no, amount_cents, channel, reply }).await
+        self.orders.ask(session.addr(), |reply| Pay { out_trade_no, amount_cents, channel, reply }).await
     }
 
     /// Cancels, finishes or refunds an order; `owner` restricts it to that user's orders.
@@ -416,7 +421,7 @@ impl Core {
         owner: Option<UserId>,
     ) -> Result<Order, LifecycleError> {
         let session = self.session(order_id).await?;
-        ask(session.addr(), |reply| Act { event, owner, reply }).await
+        self.orders.ask(session.addr(), |reply| Act { event, owner, reply }).await
     }
 
     /// Closes an order whose payment deadline passed (called by the deadline timer).

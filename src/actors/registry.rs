@@ -4,8 +4,15 @@
 //! two actors never own the same key in one process. Every caller of a key shares the same
 //! `Addr`, which makes actix's bounded mailbox refuse (`Full`) instead of growing by one
 //! message per sender.
+//!
+//! Each registry counts its kind's activations, passivations (actors that stopped) and the
+//! messages its actors' full mailboxes refused (`Registry::ask`), on handles made once.
 
-use actix::{Actor, Addr};
+use super::traced::Traced;
+use super::{Refusal, Reply};
+use crate::metrics::{ActorKind, ActorMetrics};
+use actix::dev::ToEnvelope;
+use actix::{Actor, Addr, Handler, Message};
 use dashmap::DashMap;
 use std::future::Future;
 use std::hash::Hash;
@@ -31,21 +38,37 @@ impl<A: Actor> ActorRef<A> {
 
 pub struct Registry<K, A: Actor> {
     actors: DashMap<K, Arc<OnceCell<Addr<A>>>>,
-}
-
-impl<K: Eq + Hash + Copy, A: Actor> Default for Registry<K, A> {
-    fn default() -> Self {
-        Registry { actors: DashMap::new() }
-    }
+    metrics: ActorMetrics,
 }
 
 impl<K: Eq + Hash + Copy, A: Actor> Registry<K, A> {
+    /// An empty registry of actors of `kind`.
+    pub fn new(kind: ActorKind) -> Self {
+        Registry { actors: DashMap::new(), metrics: ActorMetrics::new(kind) }
+    }
+
+    /// `super::ask` to an actor of this registry's kind, counting a full mailbox's refusal.
+    pub async fn ask<M, T, E>(&self, addr: &Addr<A>, build: impl FnOnce(Reply<T, E>) -> M) -> Result<T, E>
+    where
+        A: Handler<Traced<M>>,
+        A::Context: ToEnvelope<A, Traced<M>>,
+        M: Message<Result = ()> + Send + 'static,
+        E: From<Refusal>,
+    {
+        super::ask_counted(addr, &self.metrics.mailbox_rejections, build).await
+    }
+
     /// The live actor of `key`, activating it with `activate` if there is none.
     pub async fn get_or_activate<F, Fut, E>(&self, key: K, activate: F) -> Result<ActorRef<A>, E>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<Addr<A>, E>>,
     {
+        let activate = || async {
+            let addr = activate().await?;
+            self.metrics.activations.increment(1);
+            Ok(addr)
+        };
         // Two rounds at most: the second only if the actor found stopped during the first.
         for _ in 0..2 {
             let cell = Arc::clone(self.actors.entry(key).or_default().value());
@@ -80,6 +103,7 @@ impl<K: Eq + Hash + Copy, A: Actor> Registry<K, A> {
 
     /// Called by an actor as it stops: drops its entry, unless a newer actor took the key.
     pub fn forget(&self, key: K, addr: &Addr<A>) {
+        self.metrics.passivations.increment(1);
         self.actors.remove_if(&key, |_, held| held.get().is_none_or(|a| a == addr));
     }
 

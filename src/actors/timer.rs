@@ -8,6 +8,10 @@
 //! backoff, up to `RETRY_BACKOFF_MAX` apart, until the order has left PendingPayment: an outage
 //! delays closes, it never drops them. Deadlines are reloaded from the database at start, and
 //! those that passed while the process was down fire right away.
+//!
+//! At shutdown the timer is stopped before the write pipeline drains (`DeadlineTimer::stop`):
+//! it fires nothing more, and the answer comes once the timeouts it started have finished. A
+//! deadline that would have fired later fires at the next start instead.
 
 use super::order::LifecycleError;
 use super::Core;
@@ -17,7 +21,7 @@ use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::time::{delay_queue, DelayQueue};
 
 /// Timeouts being applied at once; past it the timer waits before firing more.
@@ -35,6 +39,8 @@ enum Command {
     /// Many deadlines at once (recovery at start): one message instead of one per order.
     ScheduleMany(Vec<(OrderId, i64)>),
     Forget(OrderId),
+    /// Fire nothing more; answer once the timeouts in flight have finished.
+    Stop(oneshot::Sender<()>),
 }
 
 /// The handle actors and placement use to schedule and forget deadlines.
@@ -69,6 +75,16 @@ impl DeadlineTimer {
     /// A caller may hold a timeout permit, so waiting here could stall the timer.
     pub async fn forget(&self, order_id: OrderId) {
         let _ = self.commands.try_send(Command::Forget(order_id));
+    }
+
+    /// Stops the timer: no deadline fires from now on, and this returns once every timeout the
+    /// timer started has finished (each is bounded by the database timeout). Commands that
+    /// arrive later are ignored; their orders close at the next start.
+    pub async fn stop(&self) {
+        let (stopped, done) = oneshot::channel();
+        if self.commands.send(Command::Stop(stopped)).await.is_ok() {
+            let _ = done.await;
+        }
     }
 }
 
@@ -108,6 +124,13 @@ impl TimerTask {
                         if let Some(key) = keys.remove(&order_id) {
                             queue.remove(&key);
                         }
+                    }
+                    Some(Command::Stop(stopped)) => {
+                        let permits = EXPIRATIONS_IN_FLIGHT_MAX as u32;
+                        let finished = in_flight.acquire_many(permits).await;
+                        tracing::info!(armed = queue.len(), finished = finished.is_ok(), "deadline timer stopped");
+                        let _ = stopped.send(());
+                        return;
                     }
                     None => return,
                 },

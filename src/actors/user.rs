@@ -28,13 +28,14 @@ use super::coupon::{ClaimFailure, IssueSettled};
 use super::inventory::{Grant, SkuError};
 use super::learning::{lessons_at_activation, pending_before_read, Lessons};
 use super::registry::ActorRef;
-use super::{ask, schedule_idle_checks, Core, Refusal, Reply};
+use super::{schedule_idle_checks, Core, Refusal, Reply};
 use crate::domain::coupon::{ClaimError, Coupon, CouponRules, CouponStep, DiscountError};
 use crate::domain::inventory::InventoryError;
 use crate::domain::learning::Progress;
 use crate::domain::order::{NewOrderHeader, Order, OrderError, PlaceOrder};
 use crate::domain::sale::{check_allowance, SaleError};
 use crate::domain::{Cents, CouponId, IdempotencyKey, OrderId, OrderLine, SkuId, TemplateId, UserId};
+use crate::metrics::PlacementOutcome;
 use crate::persistence::group_commit::SubmitError;
 use crate::persistence::{Change, Conflict, CouponMove, LessonGrant, PurchaseWrite, StoreError, UserState};
 use actix::prelude::*;
@@ -42,6 +43,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
+use tracing::Instrument;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlaceError {
@@ -136,6 +138,26 @@ impl Placed {
         match self {
             Placed::Created(order) | Placed::Replayed(order) => order,
         }
+    }
+}
+
+/// The outcome a placement is counted under: `created`, `replayed` or its answer's error code.
+pub fn placement_outcome(result: &Result<Placed, PlaceError>) -> PlacementOutcome {
+    match result {
+        Ok(Placed::Created(_)) => PlacementOutcome::Created,
+        Ok(Placed::Replayed(_)) => PlacementOutcome::Replayed,
+        Err(PlaceError::SkuNotFound(_)) => PlacementOutcome::SkuNotFound,
+        Err(PlaceError::InsufficientStock { .. }) => PlacementOutcome::InsufficientStock,
+        Err(PlaceError::SaleNotStarted(_)) => PlacementOutcome::SaleNotStarted,
+        Err(PlaceError::SaleEnded(_)) => PlacementOutcome::SaleEnded,
+        Err(PlaceError::PurchaseLimitReached { .. }) => PlacementOutcome::PurchaseLimitReached,
+        Err(PlaceError::CouponUnavailable) => PlacementOutcome::CouponUnavailable,
+        Err(PlaceError::CouponMinSpendNotMet(_)) => PlacementOutcome::CouponMinSpendNotMet,
+        Err(PlaceError::KeyReused) => PlacementOutcome::IdempotencyKeyReused,
+        Err(PlaceError::Invalid(_)) => PlacementOutcome::Invalid,
+        Err(PlaceError::Overloaded) => PlacementOutcome::Overloaded,
+        Err(PlaceError::Unavailable(_)) => PlacementOutcome::Unavailable,
+        Err(PlaceError::Uncertain(_)) => PlacementOutcome::Uncertain,
     }
 }
 
@@ -304,6 +326,7 @@ impl UserActor {
         ctx: &mut Context<Self>,
     ) {
         let order_id = OrderId::new(self.core.next_id());
+        tracing::debug!(user_id = %self.user_id, %order_id, look_up_first, "placement starts");
         let coupon = match request.coupon_id {
             None => None,
             Some(coupon_id) => match self.lock_coupon(coupon_id, order_id) {
@@ -333,7 +356,7 @@ impl UserActor {
             }
             core.place_new(me, user_id, order_id, saga_key, request, coupon).await
         };
-        ctx.spawn(saga.into_actor(self).map(move |outcome, actor, ctx| {
+        ctx.spawn(saga.in_current_span().into_actor(self).map(move |outcome, actor, ctx| {
             actor.settle_holds(&outcome, order_id, coupon.map(|c| c.id));
             actor.finish(key, outcome.result, reply);
             actor.stop_if_stale(ctx);
@@ -423,7 +446,7 @@ impl UserActor {
         let core = Arc::clone(&self.core);
         let user_id = self.user_id;
         let claim = async move { core.claim(user_id, template_id, seq).await };
-        ctx.spawn(claim.into_actor(self).map(move |result, actor, ctx| {
+        ctx.spawn(claim.in_current_span().into_actor(self).map(move |result, actor, ctx| {
             actor.last_active = Instant::now();
             match &result {
                 Ok(coupon) => {
@@ -468,6 +491,8 @@ impl UserActor {
     }
 }
 
+super::traced::handles_traced!(UserActor);
+
 impl Actor for UserActor {
     type Context = Context<Self>;
 
@@ -501,7 +526,7 @@ impl Handler<Place> for UserActor {
                 let (core, order_id) = (Arc::clone(&self.core), *order_id);
                 let read =
                     async move { core.bounded(move |store| async move { store.find_order(order_id).await }).await };
-                ctx.spawn(read.into_actor(self).map(move |found, actor, _ctx| {
+                ctx.spawn(read.in_current_span().into_actor(self).map(move |found, actor, _ctx| {
                     let answer = match found {
                         Ok(Some(order)) => {
                             if let Some(KeyState::Placed { order: kept, .. }) = actor.keys.get_mut(key.as_str()) {
@@ -650,8 +675,17 @@ impl Core {
         key: IdempotencyKey,
         request: PlaceOrder,
     ) -> Result<Placed, PlaceError> {
-        let user = self.user(user_id).await?;
-        ask(user.addr(), |reply| Place { key, request, reply }).await
+        let user = match self.user(user_id).await {
+            Ok(user) => user,
+            Err(error) => {
+                let result = Err(PlaceError::from(error));
+                self.placements.record(placement_outcome(&result));
+                return result;
+            }
+        };
+        let result = self.users.ask(user.addr(), |reply| Place { key, request, reply }).await;
+        self.placements.record(placement_outcome(&result));
+        result
     }
 
     /// Claims a coupon of `template_id` for `user_id` (see the module doc).
@@ -661,7 +695,7 @@ impl Core {
         template_id: TemplateId,
     ) -> Result<Coupon, ClaimFailure> {
         let user = self.user(user_id).await?;
-        ask(user.addr(), |reply| Claim { template_id, reply }).await
+        self.users.ask(user.addr(), |reply| Claim { template_id, reply }).await
     }
 
     /// Tells a user's live actor what a committed order step gave back. (An actor that is not
@@ -791,7 +825,7 @@ impl Core {
             })
             .collect();
         if !limited.is_empty() {
-            if let Err(error) = ask(user, |reply| HoldUnits { lines: limited.clone(), reply }).await {
+            if let Err(error) = self.users.ask(user, |reply| HoldUnits { lines: limited.clone(), reply }).await {
                 self.abandon(grants.into_iter().map(|g| g.effect));
                 return Err(error);
             }

@@ -12,6 +12,7 @@ pub mod lease;
 pub mod money;
 pub mod order;
 pub mod payment;
+pub mod reconcile;
 pub mod sale;
 pub mod sku;
 

@@ -8,7 +8,10 @@
 //! fast.
 //!
 //! The health routes (`/healthz`, `/readyz`, `/metrics`) are exempt: an orchestrator must see
-//! an overloaded node as alive. The count is shared by every HTTP worker of the server.
+//! an overloaded node as alive, and an overloaded node is when its metrics matter most (a
+//! scrape is one request per scrape interval, so it cannot be what overloads it). The count is
+//! shared by every HTTP worker of the server; refusals are counted
+//! (`tianji_in_flight_refused_total`).
 
 use super::errors::ApiError;
 use actix_web::body::EitherBody;
@@ -29,12 +32,14 @@ pub struct InFlight {
     count: AtomicUsize,
     max: usize,
     refused_total: AtomicU64,
+    refused: metrics::Counter,
 }
 
 impl InFlight {
     pub fn new(max: usize) -> Arc<InFlight> {
         assert!(max > 0, "at least one request can be in flight");
-        Arc::new(InFlight { count: AtomicUsize::new(0), max, refused_total: AtomicU64::new(0) })
+        let refused = crate::metrics::counter(&crate::metrics::IN_FLIGHT_REFUSED, &[]);
+        Arc::new(InFlight { count: AtomicUsize::new(0), max, refused_total: AtomicU64::new(0), refused })
     }
 
     /// Requests being served now (health routes not counted).
@@ -53,6 +58,7 @@ impl InFlight {
         if before >= self.max {
             self.count.fetch_sub(1, Ordering::AcqRel);
             self.refused_total.fetch_add(1, Ordering::Relaxed);
+            self.refused.increment(1);
             return None;
         }
         Some(Permit { in_flight: Arc::clone(self) })

@@ -15,11 +15,13 @@
 //!   within the last few seconds is more than one node serves, and refusing is cheaper than
 //!   growing without bound.
 //! - The check runs after authentication (it needs the user id) and before the body is parsed.
+//! - Every refusal is counted per class and reason (`tianji_rate_limited_total`).
 
 use super::auth::Caller;
 use super::errors::ApiError;
 use super::AppState;
 use crate::domain::UserId;
+use crate::metrics::RateLimitMetrics;
 use actix_web::dev::Payload;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, FromRequest, HttpRequest, ResponseError};
@@ -145,6 +147,7 @@ pub struct UserBuckets<C: Clock = DefaultClock> {
     /// Nanoseconds after `start` of the last sweep.
     swept_at_nanos: AtomicU64,
     refused_total: AtomicU64,
+    metrics: RateLimitMetrics,
 }
 
 impl UserBuckets<DefaultClock> {
@@ -165,7 +168,14 @@ impl<C: Clock + Clone> UserBuckets<C> {
             keys_max,
             swept_at_nanos: AtomicU64::new(0),
             refused_total: AtomicU64::new(0),
+            metrics: RateLimitMetrics::noop(),
         }
+    }
+
+    /// Counts this class's refusals on `metrics`.
+    pub fn measured(mut self, metrics: RateLimitMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Takes one token from `user`'s bucket.
@@ -179,10 +189,12 @@ impl<C: Clock + Clone> UserBuckets<C> {
         }
         if self.limiter.len() >= self.keys_max {
             self.refused_total.fetch_add(1, Ordering::Relaxed);
+            self.metrics.keys_full.increment(1);
             return Err(Refusal::Full);
         }
         self.limiter.check_key(&user).map_err(|not_until| {
             self.refused_total.fetch_add(1, Ordering::Relaxed);
+            self.metrics.rate_limited.increment(1);
             Refusal::RateLimited { retry_after: not_until.wait_time_from(self.clock.now()) }
         })
     }
@@ -233,12 +245,17 @@ pub struct RateLimits {
 
 impl RateLimits {
     pub fn new(settings: &RateLimitSettings) -> Self {
-        let buckets = |rate: Option<Rate>| rate.map(|rate| UserBuckets::new(rate, settings.keys_max));
+        // A class set `off` still registers its counters: they stay 0, and a dashboard's
+        // series exist on every node.
+        let buckets = |rate: Option<Rate>, class: &'static str| {
+            let metrics = RateLimitMetrics::new(class);
+            rate.map(|rate| UserBuckets::new(rate, settings.keys_max).measured(metrics))
+        };
         RateLimits {
-            orders: buckets(settings.orders),
-            coupons: buckets(settings.coupons),
-            heartbeats: buckets(settings.heartbeats),
-            reads: buckets(settings.reads),
+            orders: buckets(settings.orders, Orders::NAME),
+            coupons: buckets(settings.coupons, Coupons::NAME),
+            heartbeats: buckets(settings.heartbeats, Heartbeats::NAME),
+            reads: buckets(settings.reads, Reads::NAME),
         }
     }
 }

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod clients;
 pub mod coupons;
+pub mod drain;
 pub mod errors;
 pub mod fallback;
 pub mod health;
@@ -12,10 +13,13 @@ pub mod in_flight;
 pub mod json;
 pub mod learning;
 pub mod limits;
+pub mod metrics;
 pub mod openapi;
 pub mod orders;
 pub mod payments;
+pub mod payments_admin;
 pub mod query;
+pub mod request_id;
 pub mod skus;
 pub mod time;
 
@@ -100,6 +104,7 @@ pub fn routes(config: &mut ServiceConfig) {
     config
         .service(health::healthz)
         .service(health::readyz)
+        .service(metrics::metrics)
         .service(skus::create)
         .service(skus::restock)
         .service(skus::get)
@@ -115,6 +120,7 @@ pub fn routes(config: &mut ServiceConfig) {
         .service(orders::finish)
         .service(orders::refund)
         .service(payments::callback)
+        .service(payments_admin::list_payments)
         .service(learning::list_lessons)
         .service(learning::receive_heartbeat)
         .service(learning::read_progress)

@@ -5,13 +5,22 @@
 //! While one batch is being written the next one fills in the queue, so the rate of durable
 //! writes is bounded by rows per commit, not by commits. The queue is bounded: a full queue is
 //! refused at once (`SubmitError::Overloaded`), never waited on without limit.
+//!
+//! Each batch is written in a `group_commit` span that follows from the span of every item's
+//! submitter and, when recorded (debug), lists the request ids among them, so a line logged
+//! while a batch is written names the requests it answers.
+//!
+//! A measured batcher (`spawn_measured`) counts those refusals and sets its queue-depth gauge
+//! each time it closes a batch (once per batch, not per item).
 
 use super::StoreError;
+use metrics::{Counter, Gauge};
 use std::future::Future;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout_at, Instant};
-use tracing::Instrument;
+use tracing::field::Empty;
+use tracing::{Instrument, Span};
 
 /// The bounds of one batcher.
 #[derive(Debug, Clone, Copy)]
@@ -46,17 +55,30 @@ impl SubmitError {
 struct Job<T, R> {
     item: T,
     reply: oneshot::Sender<Result<R, StoreError>>,
+    /// The submitter's span (for a request's change, inside its request span).
+    span: Span,
 }
 
 /// The submitting side of a group-commit writer.
 pub struct Batcher<T, R> {
     queue: mpsc::Sender<Job<T, R>>,
+    /// Submissions refused by a full queue.
+    rejections: Counter,
 }
 
 impl<T, R> Clone for Batcher<T, R> {
     fn clone(&self) -> Self {
-        Batcher { queue: self.queue.clone() }
+        Batcher { queue: self.queue.clone(), rejections: self.rejections.clone() }
     }
+}
+
+/// What a measured batcher reports.
+#[derive(Debug, Clone)]
+pub struct QueueMetrics {
+    /// Items waiting for the next batch, set as each batch closes.
+    pub depth: Gauge,
+    /// Submissions refused because the queue was full.
+    pub rejections: Counter,
 }
 
 impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
@@ -67,10 +89,19 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
         F: Fn(Vec<T>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Vec<R>, StoreError>> + Send + 'static,
     {
+        Self::spawn_measured(name, limits, QueueMetrics { depth: Gauge::noop(), rejections: Counter::noop() }, flush)
+    }
+
+    /// `spawn`, reporting the queue on `metrics`.
+    pub fn spawn_measured<F, Fut>(name: &'static str, limits: BatchLimits, metrics: QueueMetrics, flush: F) -> Self
+    where
+        F: Fn(Vec<T>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Vec<R>, StoreError>> + Send + 'static,
+    {
         assert!(limits.size_max > 0 && limits.queue_max > 0);
         let (queue, receiver) = mpsc::channel(limits.queue_max);
-        tokio::spawn(run(name, limits, receiver, flush));
-        Batcher { queue }
+        tokio::spawn(run(name, limits, receiver, metrics.depth, flush));
+        Batcher { queue, rejections: metrics.rejections }
     }
 
     /// Whether the writer task still takes items (it stops only if it panicked).
@@ -81,16 +112,24 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     /// Adds `item` to the next batch and waits until that batch is committed.
     pub async fn submit(&self, item: T) -> Result<R, SubmitError> {
         let (reply, answer) = oneshot::channel();
-        self.queue.try_send(Job { item, reply }).map_err(|error| match error {
-            mpsc::error::TrySendError::Full(_) => SubmitError::Overloaded,
+        self.queue.try_send(Job { item, reply, span: Span::current() }).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => {
+                self.rejections.increment(1);
+                SubmitError::Overloaded
+            }
             mpsc::error::TrySendError::Closed(_) => SubmitError::Closed,
         })?;
         answer.await.map_err(|_| SubmitError::Lost)?.map_err(SubmitError::Store)
     }
 }
 
-async fn run<T, R, F, Fut>(name: &'static str, limits: BatchLimits, mut receiver: mpsc::Receiver<Job<T, R>>, flush: F)
-where
+async fn run<T, R, F, Fut>(
+    name: &'static str,
+    limits: BatchLimits,
+    mut receiver: mpsc::Receiver<Job<T, R>>,
+    depth: Gauge,
+    flush: F,
+) where
     F: Fn(Vec<T>) -> Fut,
     Fut: Future<Output = Result<Vec<R>, StoreError>>,
 {
@@ -108,9 +147,11 @@ where
             }
         }
         let batch_size = jobs.len();
+        // What is left queued behind this batch; 0 once the writer catches up.
+        depth.set(receiver.len() as f64);
+        let span = batch_span(name, &jobs);
         let (items, replies): (Vec<T>, Vec<_>) = jobs.into_iter().map(|job| (job.item, job.reply)).unzip();
-        let span = tracing::debug_span!("group_commit", batcher = name, batch_size);
-        match flush(items).instrument(span).await {
+        match flush(items).instrument(span.clone()).await {
             Ok(results) => {
                 assert_eq!(results.len(), batch_size, "{name}: flush must answer every item");
                 for (reply, result) in replies.into_iter().zip(results) {
@@ -118,13 +159,31 @@ where
                 }
             }
             Err(error) => {
-                tracing::warn!(batcher = name, batch_size, %error, "group commit failed; nothing acknowledged");
+                tracing::warn!(parent: &span, batcher = name, batch_size, %error, "group commit failed; nothing acknowledged");
                 for reply in replies {
                     let _ = reply.send(Err(error.clone()));
                 }
             }
         }
     }
+}
+
+/// The span a batch is written in (at debug): it follows from every submitter's span and names
+/// the requests among them (`request_ids`, see `telemetry::request_ids`), so a batch's lines
+/// lead to the requests it answers. Nothing is looked up when the span is not recorded.
+fn batch_span<T, R>(name: &'static str, jobs: &[Job<T, R>]) -> Span {
+    let span = tracing::debug_span!("group_commit", batcher = name, batch_size = jobs.len(), request_ids = Empty);
+    if span.is_disabled() {
+        return span;
+    }
+    for job in jobs {
+        span.follows_from(&job.span);
+    }
+    let request_ids = crate::telemetry::request_ids(jobs.iter().map(|job| &job.span));
+    if !request_ids.is_empty() {
+        span.record("request_ids", request_ids.as_str());
+    }
+    span
 }
 
 #[cfg(test)]

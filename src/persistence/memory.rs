@@ -1,8 +1,10 @@
 //! A store that keeps everything in process memory: the same contract as the SQL stores
 //! (owner epochs, unique idempotency keys and trade numbers, one "transaction" per call, the
 //! same `plan::decide` for every batch) without a database. It measures the ceiling of the
-//! actor design and lets actor tests run without servers; it is not durable.
+//! actor design and lets actor tests run without servers; it is not durable. Order events are
+//! kept like the `order_event` table (`outbox::new_events`, ids from 1 in insert order).
 
+use super::outbox::{self, StoredEvent};
 use super::plan::TemplateRow;
 use super::plan::{decide, Facts, SkuRow, Wanted};
 use super::LessonRow;
@@ -10,6 +12,7 @@ use super::{
     Change, CommitReport, NewSku, NewTemplate, Payment, PaymentStatus, RecentKey, ReservationStatus, SkuInfo, SkuState,
     Store, StoreError, TemplateState, UnsettledLease, UserState,
 };
+use super::{PaymentCursor, PaymentRecord};
 use crate::domain::coupon::{Coupon, CouponStatus};
 use crate::domain::inventory::{Counters, Reservation};
 use crate::domain::lease::settled_lease_statuses;
@@ -50,6 +53,12 @@ struct MemoryState {
     claim_seqs: HashMap<(UserId, TemplateId), i64>,
     /// Lesson rows, ordered so one user's rows are one range.
     lessons: BTreeMap<(UserId, SkuId), LessonRow>,
+    /// `(created_at, updated_at)` of each payment, by `out_trade_no`.
+    payment_times: HashMap<String, (i64, i64)>,
+    /// Every order event by id, and the time it was published.
+    events: BTreeMap<i64, (StoredEvent, Option<i64>)>,
+    /// The ids of the events not published yet.
+    unpublished: std::collections::BTreeSet<i64>,
 }
 
 impl MemoryState {
@@ -145,8 +154,24 @@ impl MemoryState {
         self.lessons.extend(plan.lessons.iter().map(|(key, row)| (*key, *row)));
     }
 
+    /// Appends the events of a batch's accepted changes, ids in insert order.
+    fn append_events(&mut self, accepted: &[&Change], now_ms: i64) {
+        for event in outbox::new_events(accepted, now_ms) {
+            let id = self.events.last_key_value().map_or(1, |(id, _)| id + 1);
+            let stored = StoredEvent {
+                id,
+                order_id: event.order_id,
+                kind: event.kind,
+                body: event.body,
+                created_at_ms: event.created_at_ms,
+            };
+            self.events.insert(id, (stored, None));
+            self.unpublished.insert(id);
+        }
+    }
+
     /// Applies one accepted change, with the same row checks the SQL store makes.
-    fn apply(&mut self, change: &Change) -> Result<(), StoreError> {
+    fn apply(&mut self, change: &Change, now_ms: i64) -> Result<(), StoreError> {
         if let Some(order) = &change.order {
             order.assert_amounts();
             self.keys.insert((order.user_id, order.idempotency_key.clone()), order.id);
@@ -164,12 +189,15 @@ impl MemoryState {
                 for payment in self.payments.values_mut() {
                     if payment.order_id == transition.order_id && payment.status == PaymentStatus::Paid {
                         payment.status = PaymentStatus::Refunded;
+                        let times = self.payment_times.get_mut(&payment.out_trade_no).expect("stored with its times");
+                        times.1 = now_ms;
                     }
                 }
             }
         }
         if let Some(payment) = &change.payment {
             self.payments.insert(payment.out_trade_no.clone(), payment.clone());
+            self.payment_times.insert(payment.out_trade_no.clone(), (now_ms, now_ms));
         }
         for effect in &change.skus {
             let Some(lease) = &effect.lease else { continue };
@@ -306,8 +334,9 @@ impl Store for MemoryStore {
         let plan = decide(changes, state.facts(&Wanted::of(changes)), now_ms);
         let accepted: Vec<&Change> = plan.accepted(changes).collect();
         for change in &accepted {
-            state.apply(change)?;
+            state.apply(change, now_ms)?;
         }
+        state.append_events(&accepted, now_ms);
         state.apply_promotion(&accepted, &plan);
         for (sku_id, (_, after)) in &plan.skus {
             let sku = state.skus.get_mut(sku_id).expect("the plan only holds stored skus");
@@ -384,5 +413,46 @@ impl Store for MemoryStore {
                 })
             })
             .collect())
+    }
+
+    async fn unpublished_events(&self, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
+        let state = self.lock();
+        Ok(state.unpublished.iter().take(limit as usize).map(|id| state.events[id].0.clone()).collect())
+    }
+
+    async fn mark_published(&self, ids: &[i64], at_ms: i64) -> Result<u64, StoreError> {
+        let mut state = self.lock();
+        let mut marked = 0;
+        for id in ids {
+            if state.unpublished.remove(id) {
+                state.events.get_mut(id).expect("an unpublished event is stored").1 = Some(at_ms);
+                marked += 1;
+            }
+        }
+        Ok(marked)
+    }
+
+    async fn list_payments(
+        &self,
+        status: PaymentStatus,
+        after: Option<PaymentCursor>,
+        limit: u32,
+    ) -> Result<Vec<PaymentRecord>, StoreError> {
+        let state = self.lock();
+        let mut records: Vec<PaymentRecord> = state
+            .payments
+            .values()
+            .filter(|payment| payment.status == status)
+            .map(|payment| {
+                let (created_at_ms, updated_at_ms) = state.payment_times[&payment.out_trade_no];
+                PaymentRecord { payment: payment.clone(), created_at_ms, updated_at_ms }
+            })
+            .filter(|record| after.as_ref().is_none_or(|cursor| cursor.precedes(record)))
+            .collect();
+        records.sort_by(|a, b| {
+            (b.created_at_ms, &b.payment.out_trade_no).cmp(&(a.created_at_ms, &a.payment.out_trade_no))
+        });
+        records.truncate(limit as usize);
+        Ok(records)
     }
 }

@@ -14,11 +14,14 @@
 pub mod group_commit;
 pub mod memory;
 pub mod mysql;
+pub mod outbox;
 pub mod plan;
 pub mod redis;
 pub mod sql;
 mod sql_learning;
+mod sql_outbox;
 mod sql_promotion;
+pub mod sql_reconcile;
 pub mod sqlite;
 
 use crate::domain::coupon::{Coupon, CouponStatus, CouponStep, TemplateDraft};
@@ -327,6 +330,36 @@ pub struct Payment {
     pub status: PaymentStatus,
 }
 
+/// A payment row with its times, as the admin list shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentRecord {
+    pub payment: Payment,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+impl PaymentRecord {
+    /// Where the page that ends with this payment stops.
+    pub fn cursor(&self) -> PaymentCursor {
+        PaymentCursor { created_at_ms: self.created_at_ms, out_trade_no: self.payment.out_trade_no.clone() }
+    }
+}
+
+/// A position in the payments of one status, newest first: payments are ordered by
+/// `(created_at, out_trade_no)` descending, a total order that new payments never disturb.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentCursor {
+    pub created_at_ms: i64,
+    pub out_trade_no: String,
+}
+
+impl PaymentCursor {
+    /// Whether `record` comes after this position (is older).
+    pub fn precedes(&self, record: &PaymentRecord) -> bool {
+        (record.created_at_ms, record.payment.out_trade_no.as_str()) < (self.created_at_ms, self.out_trade_no.as_str())
+    }
+}
+
 /// A recent placement of a user: what the user actor needs to answer a retry from memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecentKey {
@@ -407,6 +440,22 @@ pub trait Store: Send + Sync + 'static {
     /// Reservations whose status disagrees with their order's (`domain::lease`), whatever
     /// their status.
     async fn unsettled_leases(&self) -> Result<Vec<UnsettledLease>, StoreError>;
+
+    /// The oldest order events not yet published, at most `limit`, by id (`outbox`).
+    async fn unpublished_events(&self, limit: u32) -> Result<Vec<outbox::StoredEvent>, StoreError>;
+
+    /// Marks the events `ids` published at `at_ms`; an event published already keeps its first
+    /// time. Returns how many were marked now.
+    async fn mark_published(&self, ids: &[i64], at_ms: i64) -> Result<u64, StoreError>;
+
+    /// Payments in `status`, newest first (`PaymentCursor`), after `after` when given, at most
+    /// `limit`.
+    async fn list_payments(
+        &self,
+        status: PaymentStatus,
+        after: Option<PaymentCursor>,
+        limit: u32,
+    ) -> Result<Vec<PaymentRecord>, StoreError>;
 }
 
 pub type DynStore = Arc<dyn Store>;

@@ -23,12 +23,16 @@
 //! trip allowed `REDIS_TIMEOUT` (10,000 SKUs: 10 round trips). Keys lost one by one (eviction
 //! under `maxmemory`) are not detected: Redis must not evict `tianji:sku:*` keys.
 //!
-//! `progress` holds the other thing tianji keeps in Redis: the learning write-behind's copy.
+//! `progress` holds the other thing tianji keeps in Redis: the learning write-behind's copy;
+//! `events` the stream order events are published to.
 
+pub mod events;
 pub mod progress;
+pub mod reconcile;
 
 use crate::domain::inventory::Counters;
 use crate::domain::{Cents, SkuId};
+use crate::metrics::SnapshotMetrics;
 use dashmap::DashMap;
 use serde::Serialize;
 use std::collections::HashSet;
@@ -77,6 +81,8 @@ pub struct Snapshots {
 
 impl Snapshots {
     pub fn in_process() -> Self {
+        // Registered even without Redis, so a dashboard's series exist (at 0) on every node.
+        let _ = SnapshotMetrics::new();
         Snapshots { local: Local::default(), publisher: None }
     }
 
@@ -84,7 +90,8 @@ impl Snapshots {
     /// Must be called inside a Tokio runtime (it spawns the publishing task).
     pub fn with_redis(url: &str) -> anyhow::Result<Self> {
         let local = Local::default();
-        let publisher = Arc::new(RedisPublisher::new(redis::Client::open(url)?, Arc::clone(&local)));
+        let client = redis::Client::open(url)?;
+        let publisher = Arc::new(RedisPublisher::new(client, Arc::clone(&local), SnapshotMetrics::new()));
         tokio::spawn(Arc::clone(&publisher).run());
         Ok(Snapshots { local, publisher: Some(publisher) })
     }
@@ -148,10 +155,11 @@ struct RedisPublisher {
     written: AtomicU64,
     failures: AtomicU64,
     resyncs: AtomicU64,
+    metrics: SnapshotMetrics,
 }
 
 impl RedisPublisher {
-    fn new(client: redis::Client, local: Local) -> Self {
+    fn new(client: redis::Client, local: Local, metrics: SnapshotMetrics) -> Self {
         RedisPublisher {
             client,
             local,
@@ -161,6 +169,7 @@ impl RedisPublisher {
             written: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             resyncs: AtomicU64::new(0),
+            metrics,
         }
     }
 
@@ -225,6 +234,7 @@ impl RedisPublisher {
                 }
                 Err(error) => {
                     self.failures.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.failures.increment(1);
                     connection = None;
                     if down_since.is_none() {
                         down_since = Some(Instant::now());
@@ -271,6 +281,7 @@ impl RedisPublisher {
                 return Err(error);
             }
             self.written.fetch_add(snapshots.len() as u64, Ordering::Relaxed);
+            self.metrics.written.increment(snapshots.len() as u64);
         }
         Ok(())
     }
@@ -330,7 +341,7 @@ mod tests {
         let local = Local::default();
         // Opening a client does not connect.
         let client = redis::Client::open("redis://127.0.0.1:1").expect("valid url");
-        let publisher = Arc::new(RedisPublisher::new(client, Arc::clone(&local)));
+        let publisher = Arc::new(RedisPublisher::new(client, Arc::clone(&local), SnapshotMetrics::new()));
         (Snapshots { local, publisher: Some(Arc::clone(&publisher)) }, publisher)
     }
 

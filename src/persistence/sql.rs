@@ -8,12 +8,14 @@
 //! `plan::decide` accept or refuse each change, write the accepted ones with a fixed number of
 //! multi-row statements per table (whatever the batch size), commit.
 
+use super::outbox::StoredEvent;
 use super::plan::{decide, Facts, Plan, SkuRow, Wanted};
 use super::sql_learning::write_lessons;
+use super::sql_outbox::write_events;
 use super::sql_promotion::{sale_from_row, write_promotion};
 use super::{
-    Change, CommitReport, LeaseWrite, NewSku, NewTemplate, Payment, PaymentStatus, RecentKey, ReservationStatus,
-    SkuInfo, SkuState, Store, StoreError, TemplateState, UnsettledLease, UserState,
+    Change, CommitReport, LeaseWrite, NewSku, NewTemplate, Payment, PaymentCursor, PaymentRecord, PaymentStatus,
+    RecentKey, ReservationStatus, SkuInfo, SkuState, Store, StoreError, TemplateState, UnsettledLease, UserState,
 };
 use crate::domain::coupon::{Coupon, CouponStatus};
 use crate::domain::inventory::{Counters, Reservation};
@@ -219,7 +221,7 @@ impl SqlStore {
     }
 }
 
-fn payment_from_row(row: &AnyRow) -> Result<Payment, StoreError> {
+pub(super) fn payment_from_row(row: &AnyRow) -> Result<Payment, StoreError> {
     let status: String = row.try_get("status")?;
     Ok(Payment {
         out_trade_no: row.try_get("out_trade_no")?,
@@ -453,6 +455,23 @@ impl Store for SqlStore {
             })
             .collect()
     }
+
+    async fn unpublished_events(&self, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
+        self.select_unpublished(limit).await
+    }
+
+    async fn mark_published(&self, ids: &[i64], at_ms: i64) -> Result<u64, StoreError> {
+        self.update_published(ids, at_ms).await
+    }
+
+    async fn list_payments(
+        &self,
+        status: PaymentStatus,
+        after: Option<PaymentCursor>,
+        limit: u32,
+    ) -> Result<Vec<PaymentRecord>, StoreError> {
+        self.select_payments(status, after, limit).await
+    }
 }
 
 fn counters_from_row(row: &AnyRow) -> Result<Counters, sqlx::Error> {
@@ -624,6 +643,8 @@ async fn write_plan(
         },
     )
     .await?;
+    // Their events (the transactional outbox), in the same order, and those of kept payments.
+    write_events(tx, &accepted, now_ms).await?;
 
     let payments: Vec<&Payment> = accepted.iter().filter_map(|c| c.payment.as_ref()).collect();
     insert_rows(

@@ -22,10 +22,11 @@ use tianji::domain::sale::Sale;
 use tianji::domain::sku::SkuDraft;
 use tianji::domain::{Cents, IdempotencyKey, OrderId, OrderStatus, PlaceOrder, SkuId, TemplateId, UserId};
 use tianji::persistence::memory::MemoryStore;
+use tianji::persistence::outbox::StoredEvent;
 use tianji::persistence::redis::Snapshots;
 use tianji::persistence::{
-    Change, CommitReport, DynStore, NewSku, NewTemplate, Payment, SkuState, Store, StoreError, TemplateState,
-    UnsettledLease, UserState,
+    Change, CommitReport, DynStore, NewSku, NewTemplate, Payment, PaymentCursor, PaymentRecord, PaymentStatus,
+    SkuState, Store, StoreError, TemplateState, UnsettledLease, UserState,
 };
 use tokio::sync::{oneshot, Notify};
 
@@ -121,6 +122,23 @@ impl Store for GatedStore {
 
     async fn unsettled_leases(&self) -> Result<Vec<UnsettledLease>, StoreError> {
         self.inner.unsettled_leases().await
+    }
+
+    async fn unpublished_events(&self, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
+        self.inner.unpublished_events(limit).await
+    }
+
+    async fn mark_published(&self, ids: &[i64], at_ms: i64) -> Result<u64, StoreError> {
+        self.inner.mark_published(ids, at_ms).await
+    }
+
+    async fn list_payments(
+        &self,
+        status: PaymentStatus,
+        after: Option<PaymentCursor>,
+        limit: u32,
+    ) -> Result<Vec<PaymentRecord>, StoreError> {
+        self.inner.list_payments(status, after, limit).await
     }
 }
 

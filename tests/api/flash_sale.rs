@@ -71,6 +71,7 @@ async fn two_thousand_buyers_for_one_hundred_units(app: TestApp) {
         assert_eq!(snapshot.get("reserved"), Some(&STOCK));
         assert_eq!(snapshot.get("sold"), Some(&0));
     }
+    crate::reconcile::assert_reconciles_clean(&app.database.url, app.redis.as_deref()).await;
 }
 
 #[actix_web::test]

@@ -271,6 +271,7 @@ async fn killed_with_redis_up_keeps_what_reached_redis(backend: Backend) {
     restarted.kill();
     stores.forget_in_redis(&player).await;
     let _: () = redis::cmd("DEL").arg(garbage).query_async(&mut stores.redis).await.expect("DEL");
+    crate::reconcile::assert_reconciles_clean(&database.url, None).await;
 }
 
 #[actix_web::test]
@@ -334,6 +335,7 @@ async fn killed_with_redis_lost_keeps_exactly_what_the_database_had() {
         "what survives is what the database had: the progress since its last flush is lost"
     );
     restarted.kill();
+    crate::reconcile::assert_reconciles_clean(&database.url, None).await;
 }
 
 #[actix_web::test]

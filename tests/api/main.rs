@@ -1,6 +1,8 @@
 //! Integration tests: the real server over HTTP, on MariaDB (with Redis) and on SQLite.
 
 mod activation;
+mod deploy;
+mod events;
 mod faults;
 mod flash_sale;
 mod helpers;
@@ -10,16 +12,20 @@ mod learning;
 mod learning_recovery;
 mod leases;
 mod lifecycle;
+mod metrics;
 mod openapi;
 mod process;
 mod promotion;
 mod promotion_http;
 mod proxy;
 mod rate_limits;
+mod reconcile;
 mod recovery;
 mod redis_resync;
 mod restart;
+mod shutdown;
 mod snapshots;
 mod stores;
 mod tokens;
+mod tracing;
 mod validation;

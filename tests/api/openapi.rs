@@ -79,8 +79,10 @@ async fn the_document_parses_as_openapi_3_and_every_response_has_a_schema() {
                 Some(reference) => resolve(&document, reference),
                 None => response,
             };
-            let schema = &response["content"]["application/json"]["schema"];
-            assert!(schema.is_object(), "{method} {path} {status}: a JSON body with a schema");
+            // `/metrics` answers the Prometheus text format; every other route JSON.
+            let media = if path == "/metrics" { tianji::metrics::CONTENT_TYPE } else { "application/json" };
+            let schema = &response["content"][media]["schema"];
+            assert!(schema.is_object(), "{method} {path} {status}: a {media} body with a schema");
             if let Some(reference) = schema.get("$ref").and_then(Value::as_str) {
                 resolve(&document, reference);
             }
@@ -89,7 +91,7 @@ async fn the_document_parses_as_openapi_3_and_every_response_has_a_schema() {
             }
         }
         let secured = operation.get("security").is_some();
-        let public = ["/healthz", "/readyz", "/v1/payments/callback"].contains(&path.as_str());
+        let public = ["/healthz", "/readyz", "/metrics", "/v1/payments/callback"].contains(&path.as_str());
         assert_eq!(secured, !public, "{method} {path}: bearer security unless public");
         if secured {
             assert!(responses.contains_key("401"), "{method} {path}: documents 401");

@@ -342,6 +342,7 @@ async fn audit(db: &AnyPool, ledger: &Ledger, skus: &[i64], round: usize) {
     }
 
     audit_coupons(db, ledger, round).await;
+    crate::events::assert_events_match_log(db, &format!("round {round}")).await;
 }
 
 /// Coupons: each template issued exactly the coupons it has records of, never more than its
@@ -532,6 +533,8 @@ async fn killed_at_random_moments(backend: Backend) {
     assert!(ledger.coupon_orders > 0, "no order was placed with a coupon");
     server.kill();
     db.close().await;
+    // Whatever the kills interrupted, the stored state agrees with itself.
+    crate::reconcile::assert_reconciles_clean(&database.url, None).await;
 }
 
 #[actix_web::test]

@@ -176,6 +176,13 @@ async fn contents(store: &DynStore) -> Vec<String> {
     for trade_no in TRADE_NOS {
         seen.push(format!("{:?}", store.find_payment(trade_no).await.unwrap().map(|p| (p.order_id, p.status))));
     }
+    for event in store.unpublished_events(1_000).await.unwrap() {
+        seen.push(format!("event {} {:?} {:?} {}", event.id, event.order_id, event.kind, event.body));
+    }
+    for status in [PaymentStatus::Paid, PaymentStatus::RefundRequired, PaymentStatus::Refunded] {
+        let listed = store.list_payments(status, None, 100).await.unwrap();
+        seen.push(format!("{status:?}: {:?}", listed.iter().map(|p| &p.payment.out_trade_no).collect::<Vec<_>>()));
+    }
     seen
 }
 

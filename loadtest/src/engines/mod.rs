@@ -190,14 +190,21 @@ async fn measure_engine(
         setup.workload.sku_count,
         started.elapsed().as_secs_f64()
     );
-    let measured = drive_and_check(&engine, setup.workload, probes).await;
+    // tianji's durable engine leaves tianji's tables, which must reconcile after the run.
+    let reconciled = (name == EngineName::TianjiActor).then_some(setup.database.url.as_str());
+    let measured = drive_and_check(&engine, setup.workload, probes, reconciled).await;
     let cleaned = engine.cleanup().await;
     let summary = measured?;
     cleaned?;
     Ok(summary)
 }
 
-async fn drive_and_check(engine: &Arc<dyn Engine>, workload: &Workload, probes: &[Probe]) -> anyhow::Result<Summary> {
+async fn drive_and_check(
+    engine: &Arc<dyn Engine>,
+    workload: &Workload,
+    probes: &[Probe],
+    reconciled_database_url: Option<&str>,
+) -> anyhow::Result<Summary> {
     let driven = Arc::clone(engine);
     let meter = CpuMeter::start(probes.to_vec());
     let measurement = drive(engine.name(), workload, move |attempt| {
@@ -214,5 +221,55 @@ async fn drive_and_check(engine: &Arc<dyn Engine>, workload: &Workload, probes: 
     for problem in read_back.problems {
         result.problem(problem);
     }
+    if let Some(url) = reconciled_database_url {
+        crate::check::reconcile(url, &mut result).await?;
+    }
     Ok(Summary::new(&measurement, &result, read_back.notes).with_cpu(&cpu))
+}
+
+#[cfg(test)]
+mod reconcile_tests {
+    use super::*;
+    use crate::workload::KeyDistribution;
+    use std::time::Duration;
+
+    /// A small `tianji-actor` run on MariaDB (`TIANJI_TEST_MYSQL_URL`) passes its end check,
+    /// tianji's reconciliation included; a counter changed by hand afterwards fails it.
+    #[actix_web::test]
+    async fn a_tianji_run_reconciles_and_a_difference_fails_the_check() {
+        let server = std::env::var("TIANJI_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
+        let workload = Workload::parse(4, 20, 200, 8, 2, KeyDistribution::Uniform, Duration::from_secs(60))
+            .expect("a valid workload");
+        let run = with_fresh_database(&server, |database| {
+            let workload = &workload;
+            async move {
+                let setup = Setup {
+                    workload,
+                    database: &database,
+                    redis_url: "redis://127.0.0.1:6379",
+                    run_id: "reconcile-test",
+                    claimants: claims::Claimants::new(0.0),
+                };
+                let summary = measure_engine(EngineName::TianjiActor, false, &setup, &[]).await?;
+                assert!(summary.check_passed, "the run's end check: {}", summary.check);
+                assert!(summary.ok > 0, "the run placed orders");
+
+                let pool = database.pool(1).await?;
+                let moved = sqlx::query(
+                    "UPDATE inventory SET reserved = reserved - 1, available = available + 1 WHERE reserved > 0 LIMIT 1",
+                )
+                .execute(&pool)
+                .await?;
+                assert_eq!(moved.rows_affected(), 1);
+                pool.close().await;
+                let mut result = CheckResult::default();
+                crate::check::reconcile(&database.url, &mut result).await?;
+                assert!(!result.passed(), "a counter changed by hand fails the check");
+                assert!(result.problems[0].starts_with("reconcile: sku_counters sku:"), "{:?}", result.problems);
+                anyhow::Ok(())
+            }
+        })
+        .await;
+        run.expect("the run and its checks");
+    }
 }

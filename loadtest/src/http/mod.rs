@@ -333,6 +333,7 @@ async fn verify_coupons(
         let in_database = coupons::check_database(url, &claims, measurement.errors).await?;
         (result.units_taken, result.order_rows) = (in_database.units_taken, in_database.order_rows);
         result = verify::merge(result, in_database, "db");
+        crate::check::reconcile(url, &mut result).await?;
     }
     eprintln!("verified in {:.1} s", started.elapsed().as_secs_f64());
     Ok(result)
@@ -368,6 +369,7 @@ async fn verify_run(
             verify::check_database(url, &context.sku_ids, stock, &context.key_prefix(), placed.len(), &expected)
                 .await?;
         result = verify::merge(result, in_database, "db");
+        crate::check::reconcile(url, &mut result).await?;
     }
     eprintln!("verified in {:.1} s", started.elapsed().as_secs_f64());
     Ok(result)

@@ -80,6 +80,7 @@ pub const SETTINGS: &[&str] = &[
     "TIANJI_EVENTS_STREAM_LEN_MAX",
     "TIANJI_EVENTS_BATCH_SIZE_MAX",
     "TIANJI_EVENTS_INTERVAL",
+    "TIANJI_EVENTS_RETENTION",
     "TIANJI_SHUTDOWN_TIMEOUT",
 ];
 
@@ -311,6 +312,11 @@ fn token_rules<'a>(get: impl Fn(&str) -> Option<&'a str> + Copy) -> Result<Token
 
 /// The longest accepted stream key, in bytes.
 const STREAM_KEY_LEN_MAX: usize = 256;
+/// The shortest accepted event retention: long enough for consumers that fell behind to be
+/// served from the table again.
+const EVENTS_RETENTION_MIN: Duration = Duration::from_secs(3_600);
+/// The longest accepted event retention (a year): the table is not an archive.
+const EVENTS_RETENTION_MAX: Duration = Duration::from_secs(366 * 86_400);
 
 fn relay_settings<'a>(get: impl Fn(&str) -> Option<&'a str> + Copy) -> Result<RelaySettings, ConfigError> {
     let defaults = RelaySettings::default();
@@ -321,7 +327,13 @@ fn relay_settings<'a>(get: impl Fn(&str) -> Option<&'a str> + Copy) -> Result<Re
     }
     Ok(RelaySettings {
         stream_key: stream_key.to_owned(),
-        stream_len_max: parse_number(get, "TIANJI_EVENTS_STREAM_LEN_MAX", defaults.stream_len_max, 1_000, 1 << 32)?,
+        stream_entries_max: parse_number(
+            get,
+            "TIANJI_EVENTS_STREAM_LEN_MAX",
+            defaults.stream_entries_max,
+            1_000,
+            1 << 32,
+        )?,
         batch_size_max: parse_number(
             get,
             "TIANJI_EVENTS_BATCH_SIZE_MAX",
@@ -329,12 +341,19 @@ fn relay_settings<'a>(get: impl Fn(&str) -> Option<&'a str> + Copy) -> Result<Re
             1,
             crate::persistence::redis::events::EVENTS_PER_ROUND_TRIP_MAX,
         )?,
-        interval: parse_duration(
+        idle_poll_interval: parse_duration(
             get,
             "TIANJI_EVENTS_INTERVAL",
-            defaults.interval,
+            defaults.idle_poll_interval,
             Duration::from_millis(10),
             Duration::from_secs(3_600),
+        )?,
+        retention: parse_duration(
+            get,
+            "TIANJI_EVENTS_RETENTION",
+            defaults.retention,
+            EVENTS_RETENTION_MIN,
+            EVENTS_RETENTION_MAX,
         )?,
     })
 }
@@ -556,15 +575,20 @@ mod tests {
             ("TIANJI_EVENTS_STREAM_LEN_MAX", "5000"),
             ("TIANJI_EVENTS_BATCH_SIZE_MAX", "64"),
             ("TIANJI_EVENTS_INTERVAL", "250ms"),
+            ("TIANJI_EVENTS_RETENTION", "2d"),
         ];
         let events = Settings::from_values(&values(&pairs)).expect("valid settings").events;
         assert_eq!(events.stream_key, "test:events");
-        assert_eq!((events.stream_len_max, events.batch_size_max), (5000, 64));
-        assert_eq!(events.interval, Duration::from_millis(250));
+        assert_eq!((events.stream_entries_max, events.batch_size_max), (5000, 64));
+        assert_eq!(events.idle_poll_interval, Duration::from_millis(250));
+        assert_eq!(events.retention, Duration::from_secs(2 * 86_400));
         assert_eq!(error_names(&[("TIANJI_EVENTS_STREAM", "two words")]), "TIANJI_EVENTS_STREAM");
         assert_eq!(error_names(&[("TIANJI_EVENTS_STREAM_LEN_MAX", "10")]), "TIANJI_EVENTS_STREAM_LEN_MAX");
         assert_eq!(error_names(&[("TIANJI_EVENTS_BATCH_SIZE_MAX", "0")]), "TIANJI_EVENTS_BATCH_SIZE_MAX");
         assert_eq!(error_names(&[("TIANJI_EVENTS_INTERVAL", "1ms")]), "TIANJI_EVENTS_INTERVAL");
+        assert_eq!(error_names(&[("TIANJI_EVENTS_RETENTION", "1m")]), "TIANJI_EVENTS_RETENTION");
+        assert_eq!(error_names(&[("TIANJI_EVENTS_RETENTION", "seven days")]), "TIANJI_EVENTS_RETENTION");
+        assert_eq!(error_names(&[("TIANJI_EVENTS_RETENTION", "400d")]), "TIANJI_EVENTS_RETENTION");
     }
 
     #[test]

@@ -1,13 +1,15 @@
 //! The node's Prometheus metrics: every metric's name, help text, labels and buckets, in one
-//! place, and the one recorder of the process that `GET /metrics` renders.
+//! place, and `Metrics`, the recorder of one app that its `GET /metrics` renders.
 //!
 //! Guarantees:
-//! - One recorder per process (`recorder`, built once): every app started in the process (the
-//!   tests start many) registers into it and serves the same text.
+//! - One recorder per app (`Metrics`, built when the app is): its core, its HTTP layer and its
+//!   event relay register into it and nothing else does, so two apps in one process (the tests
+//!   start many) never count into each other's scrape. No global recorder is installed.
 //! - Handles are created once by their owners (a registry per actor kind, the journal, the rate
-//!   limiter, the snapshot publisher, ...) and kept in the owning struct; counting is then an
-//!   atomic add on the handle, never a look-up by name. Only the constructors below touch the
-//!   recorder's name-keyed registry.
+//!   limiter, the snapshot publisher, ...) from the app's `Metrics` and kept in the owning
+//!   struct; counting is then an atomic add on the handle, never a look-up by name. Only the
+//!   constructors below touch the recorder's name-keyed registry. Values kept elsewhere (the
+//!   event relay's) are read into their handles by a hook at each scrape.
 //! - A handle is registered when its owner is built, so every metric an owner can move is in
 //!   the scrape (at 0) before the first event; only the per-route request counters appear with
 //!   their first request (their label set is open-ended).
@@ -15,8 +17,8 @@
 //!   each scrape and every `UPKEEP_INTERVAL`, so memory stays bounded between scrapes.
 
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString, Unit};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
-use std::sync::OnceLock;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The content type of the Prometheus text exposition format.
@@ -138,6 +140,24 @@ pub const IN_FLIGHT_REFUSED: MetricDef = def(
     &[],
     "Requests refused with 503 overloaded because the node was at its cap of requests in flight",
 );
+pub const EVENTS_PUBLISHED: MetricDef = def(
+    "tianji_events_published_total",
+    MetricKind::Counter,
+    &[],
+    "Order events appended to the Redis stream by the event relay (an event published again counts again)",
+);
+pub const EVENTS_RELAY_FAILURES: MetricDef = def(
+    "tianji_events_relay_failures_total",
+    MetricKind::Counter,
+    &[],
+    "Event relay rounds (and prunes) that failed, on the database or Redis, and were retried",
+);
+pub const EVENTS_OLDEST_UNPUBLISHED: MetricDef = def(
+    "tianji_events_oldest_unpublished_seconds",
+    MetricKind::Gauge,
+    &[],
+    "Age of the oldest unpublished order event the relay's last round found, in seconds, when it found it (0 when none waited): how far the stream lags behind the commits",
+);
 pub const BUILD_INFO: MetricDef =
     def("tianji_build_info", MetricKind::Gauge, &["version"], "Always 1; the version of the running binary");
 
@@ -158,35 +178,96 @@ pub const ALL: &[MetricDef] = &[
     LEARNING_ROWS_WRITTEN,
     RATE_LIMITED,
     IN_FLIGHT_REFUSED,
+    EVENTS_PUBLISHED,
+    EVENTS_RELAY_FAILURES,
+    EVENTS_OLDEST_UNPUBLISHED,
     BUILD_INFO,
 ];
 
-static RECORDER: OnceLock<PrometheusRecorder> = OnceLock::new();
+/// A scrape-time reading: moves handles to values kept elsewhere (e.g. the event relay's
+/// counters), run before every render.
+type ScrapeHook = Box<dyn Fn() + Send + Sync>;
 
-/// The process's recorder, built on first use: buckets set, every metric described, the
-/// upkeep thread started, and installed as the global `metrics` recorder when none is (so
-/// `metrics::counter!` elsewhere lands in the same scrape).
-fn recorder() -> &'static PrometheusRecorder {
-    if let Some(recorder) = RECORDER.get() {
-        return recorder;
+struct Inner {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    hooks: Mutex<Vec<ScrapeHook>>,
+}
+
+/// One app's metrics: its own recorder, which every handle of the app is registered in and
+/// `GET /metrics` renders. Cloning shares the recorder.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
     }
-    let recorder = RECORDER.get_or_init(build);
-    static INSTALLED: std::sync::Once = std::sync::Once::new();
-    INSTALLED.call_once(|| {
-        if metrics::set_global_recorder(recorder).is_err() {
-            tracing::warn!("another global metrics recorder is installed; /metrics shows tianji's own metrics only");
-        }
+}
+
+impl Metrics {
+    /// A new recorder: buckets set, every metric described, `tianji_build_info` set, and a
+    /// thread that folds histogram samples every `UPKEEP_INTERVAL` for as long as a clone of
+    /// this value lives.
+    pub fn new() -> Self {
+        let recorder = build();
         let handle = recorder.handle();
+        let metrics = Metrics { inner: Arc::new(Inner { recorder, handle, hooks: Mutex::new(Vec::new()) }) };
+        metrics.gauge(&BUILD_INFO, &[("version", env!("CARGO_PKG_VERSION"))]).set(1.0);
+        let weak = Arc::downgrade(&metrics.inner);
         let upkeep = std::thread::Builder::new().name("metrics-upkeep".into()).spawn(move || loop {
             std::thread::sleep(UPKEEP_INTERVAL);
-            handle.run_upkeep();
+            match weak.upgrade() {
+                Some(inner) => inner.handle.run_upkeep(),
+                None => return,
+            }
         });
         if let Err(error) = upkeep {
             tracing::warn!(%error, "metrics upkeep thread not started; histograms are folded at scrape only");
         }
-        gauge(&BUILD_INFO, &[("version", env!("CARGO_PKG_VERSION"))]).set(1.0);
-    });
-    recorder
+        metrics
+    }
+
+    /// What `GET /metrics` answers: every metric of this app, in the text format, after the
+    /// scrape hooks ran.
+    pub fn render(&self) -> String {
+        for hook in self.inner.hooks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter() {
+            hook();
+        }
+        self.inner.handle.render()
+    }
+
+    /// Runs `hook` before every render, for as long as this recorder lives (values that are
+    /// kept elsewhere and read when scraped).
+    pub fn on_scrape(&self, hook: impl Fn() + Send + Sync + 'static) {
+        self.inner.hooks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(Box::new(hook));
+    }
+
+    /// A counter handle of `metric` with `labels` (names in the order of its definition).
+    pub fn counter(&self, metric: &MetricDef, labels: &[(&'static str, &str)]) -> Counter {
+        assert_eq!(metric.kind, MetricKind::Counter, "{}", metric.name);
+        self.inner.recorder.register_counter(&key(metric, labels), &metadata())
+    }
+
+    /// A gauge handle of `metric` with `labels`.
+    pub fn gauge(&self, metric: &MetricDef, labels: &[(&'static str, &str)]) -> Gauge {
+        assert_eq!(metric.kind, MetricKind::Gauge, "{}", metric.name);
+        self.inner.recorder.register_gauge(&key(metric, labels), &metadata())
+    }
+
+    /// A histogram handle of `metric` with `labels`.
+    pub fn histogram(&self, metric: &MetricDef, labels: &[(&'static str, &str)]) -> Histogram {
+        assert_eq!(metric.kind, MetricKind::Histogram, "{}", metric.name);
+        self.inner.recorder.register_histogram(&key(metric, labels), &metadata())
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
 }
 
 fn build() -> PrometheusRecorder {
@@ -210,11 +291,6 @@ fn build() -> PrometheusRecorder {
     recorder
 }
 
-/// What `GET /metrics` answers: every metric of the process, in the text format.
-pub fn render() -> String {
-    recorder().handle().render()
-}
-
 fn key(metric: &MetricDef, labels: &[(&'static str, &str)]) -> Key {
     debug_assert_eq!(
         labels.iter().map(|(name, _)| *name).collect::<Vec<_>>(),
@@ -228,24 +304,6 @@ fn key(metric: &MetricDef, labels: &[(&'static str, &str)]) -> Key {
 
 fn metadata() -> Metadata<'static> {
     Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()))
-}
-
-/// A counter handle of `metric` with `labels` (names in the order of its definition).
-pub fn counter(metric: &MetricDef, labels: &[(&'static str, &str)]) -> Counter {
-    assert_eq!(metric.kind, MetricKind::Counter, "{}", metric.name);
-    recorder().register_counter(&key(metric, labels), &metadata())
-}
-
-/// A gauge handle of `metric` with `labels`.
-pub fn gauge(metric: &MetricDef, labels: &[(&'static str, &str)]) -> Gauge {
-    assert_eq!(metric.kind, MetricKind::Gauge, "{}", metric.name);
-    recorder().register_gauge(&key(metric, labels), &metadata())
-}
-
-/// A histogram handle of `metric` with `labels`.
-pub fn histogram(metric: &MetricDef, labels: &[(&'static str, &str)]) -> Histogram {
-    assert_eq!(metric.kind, MetricKind::Histogram, "{}", metric.name);
-    recorder().register_histogram(&key(metric, labels), &metadata())
 }
 
 /// The kinds of actor the registries hold.
@@ -277,12 +335,12 @@ pub struct ActorMetrics {
 }
 
 impl ActorMetrics {
-    pub fn new(kind: ActorKind) -> Self {
+    pub fn new(metrics: &Metrics, kind: ActorKind) -> Self {
         let labels = [("kind", kind.label())];
         ActorMetrics {
-            activations: counter(&ACTIVATIONS, &labels),
-            passivations: counter(&PASSIVATIONS, &labels),
-            mailbox_rejections: counter(&MAILBOX_REJECTIONS, &labels),
+            activations: metrics.counter(&ACTIVATIONS, &labels),
+            passivations: metrics.counter(&PASSIVATIONS, &labels),
+            mailbox_rejections: metrics.counter(&MAILBOX_REJECTIONS, &labels),
         }
     }
 }
@@ -352,20 +410,15 @@ pub struct Placements {
 }
 
 impl Placements {
-    pub fn new() -> Self {
+    pub fn new(metrics: &Metrics) -> Self {
         Placements {
-            by_outcome: PlacementOutcome::ALL.map(|outcome| counter(&PLACEMENTS, &[("outcome", outcome.label())])),
+            by_outcome: PlacementOutcome::ALL
+                .map(|outcome| metrics.counter(&PLACEMENTS, &[("outcome", outcome.label())])),
         }
     }
 
     pub fn record(&self, outcome: PlacementOutcome) {
         self.by_outcome[outcome as usize].increment(1);
-    }
-}
-
-impl Default for Placements {
-    fn default() -> Self {
-        Placements::new()
     }
 }
 
@@ -379,19 +432,13 @@ pub struct JournalMetrics {
 }
 
 impl JournalMetrics {
-    pub fn new() -> Self {
+    pub fn new(metrics: &Metrics) -> Self {
         JournalMetrics {
-            batch_size: histogram(&JOURNAL_BATCH_SIZE, &[]),
-            commit_seconds: histogram(&JOURNAL_COMMIT_SECONDS, &[]),
-            queue_depth: gauge(&JOURNAL_QUEUE_DEPTH, &[]),
-            rejections: counter(&JOURNAL_REJECTIONS, &[]),
+            batch_size: metrics.histogram(&JOURNAL_BATCH_SIZE, &[]),
+            commit_seconds: metrics.histogram(&JOURNAL_COMMIT_SECONDS, &[]),
+            queue_depth: metrics.gauge(&JOURNAL_QUEUE_DEPTH, &[]),
+            rejections: metrics.counter(&JOURNAL_REJECTIONS, &[]),
         }
-    }
-}
-
-impl Default for JournalMetrics {
-    fn default() -> Self {
-        JournalMetrics::new()
     }
 }
 
@@ -403,17 +450,16 @@ pub struct SnapshotMetrics {
 }
 
 impl SnapshotMetrics {
-    pub fn new() -> Self {
+    pub fn new(metrics: &Metrics) -> Self {
         SnapshotMetrics {
-            written: counter(&REDIS_SNAPSHOTS_WRITTEN, &[]),
-            failures: counter(&REDIS_SNAPSHOT_FAILURES, &[]),
+            written: metrics.counter(&REDIS_SNAPSHOTS_WRITTEN, &[]),
+            failures: metrics.counter(&REDIS_SNAPSHOT_FAILURES, &[]),
         }
     }
-}
 
-impl Default for SnapshotMetrics {
-    fn default() -> Self {
-        SnapshotMetrics::new()
+    /// Handles that count nothing (a publisher outside a server).
+    pub fn noop() -> Self {
+        SnapshotMetrics { written: Counter::noop(), failures: Counter::noop() }
     }
 }
 
@@ -425,14 +471,46 @@ pub struct LearningMetrics {
 }
 
 impl LearningMetrics {
-    pub fn new() -> Self {
-        LearningMetrics { heartbeats: counter(&HEARTBEATS, &[]), rows_written: counter(&LEARNING_ROWS_WRITTEN, &[]) }
+    pub fn new(metrics: &Metrics) -> Self {
+        LearningMetrics {
+            heartbeats: metrics.counter(&HEARTBEATS, &[]),
+            rows_written: metrics.counter(&LEARNING_ROWS_WRITTEN, &[]),
+        }
     }
 }
 
+/// Handles that count nothing (a write-behind outside a core, e.g. in unit tests).
 impl Default for LearningMetrics {
     fn default() -> Self {
-        LearningMetrics::new()
+        LearningMetrics { heartbeats: Counter::noop(), rows_written: Counter::noop() }
+    }
+}
+
+/// The event relay's handles. The relay keeps its own counts (`actors::relay::RelayStats`);
+/// they are read into these at each scrape (`Metrics::on_scrape`), so publishing moves no
+/// handle. Registered on every node, with or without a relay, so the series exist (at 0).
+#[derive(Debug, Clone)]
+pub struct RelayMetrics {
+    pub published: Counter,
+    pub failures: Counter,
+    pub oldest_unpublished_seconds: Gauge,
+}
+
+impl RelayMetrics {
+    pub fn new(metrics: &Metrics) -> Self {
+        RelayMetrics {
+            published: metrics.counter(&EVENTS_PUBLISHED, &[]),
+            failures: metrics.counter(&EVENTS_RELAY_FAILURES, &[]),
+            oldest_unpublished_seconds: metrics.gauge(&EVENTS_OLDEST_UNPUBLISHED, &[]),
+        }
+    }
+
+    /// Sets the handles to the relay's counts: events published and failed rounds since start,
+    /// and the age of the oldest unpublished event its last round found (zero when none).
+    pub fn read(&self, published: u64, failures: u64, oldest_unpublished: std::time::Duration) {
+        self.published.absolute(published);
+        self.failures.absolute(failures);
+        self.oldest_unpublished_seconds.set(oldest_unpublished.as_secs_f64());
     }
 }
 
@@ -446,10 +524,10 @@ pub struct RateLimitMetrics {
 }
 
 impl RateLimitMetrics {
-    pub fn new(class: &'static str) -> Self {
+    pub fn new(metrics: &Metrics, class: &'static str) -> Self {
         RateLimitMetrics {
-            rate_limited: counter(&RATE_LIMITED, &[("class", class), ("reason", "rate_limited")]),
-            keys_full: counter(&RATE_LIMITED, &[("class", class), ("reason", "keys_full")]),
+            rate_limited: metrics.counter(&RATE_LIMITED, &[("class", class), ("reason", "rate_limited")]),
+            keys_full: metrics.counter(&RATE_LIMITED, &[("class", class), ("reason", "keys_full")]),
         }
     }
 
@@ -487,23 +565,46 @@ mod tests {
 
     #[test]
     fn handles_move_what_render_shows_with_help_and_buckets() {
-        let placements = Placements::new();
+        let metrics = Metrics::new();
+        let placements = Placements::new(&metrics);
         let series = "tianji_placements_total{outcome=\"sale_ended\"}";
-        let before: u64 = sample(&render(), series).expect("registered before the first event").parse().unwrap();
+        assert_eq!(sample(&metrics.render(), series), Some("0"), "registered before the first event");
         placements.record(PlacementOutcome::SaleEnded);
         placements.record(PlacementOutcome::SaleEnded);
-        let text = render();
-        let after: u64 = sample(&text, series).unwrap().parse().unwrap();
-        // Other tests of this process may place with this outcome too, never fewer.
-        assert!(after >= before + 2, "{before} -> {after}");
+        let text = metrics.render();
+        assert_eq!(sample(&text, series), Some("2"));
         assert!(text.contains("# HELP tianji_placements_total Order placements"));
-        let journal = JournalMetrics::new();
+        let journal = JournalMetrics::new(&metrics);
         journal.batch_size.record(3.0);
-        let text = render();
+        let text = metrics.render();
         assert!(text.contains("# TYPE tianji_journal_batch_size histogram"), "{text}");
-        assert!(sample(&text, "tianji_journal_batch_size_bucket{le=\"4\"}").is_some(), "{text}");
-        assert!(sample(&text, "tianji_journal_commit_seconds_bucket{le=\"0.0005\"}").is_some(), "{text}");
+        assert_eq!(sample(&text, "tianji_journal_batch_size_bucket{le=\"2\"}"), Some("0"), "{text}");
+        assert_eq!(sample(&text, "tianji_journal_batch_size_bucket{le=\"4\"}"), Some("1"), "{text}");
+        assert_eq!(sample(&text, "tianji_journal_commit_seconds_bucket{le=\"0.0005\"}"), Some("0"), "{text}");
         let build_info = format!("tianji_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"));
         assert_eq!(sample(&text, &build_info), Some("1"));
+    }
+
+    #[test]
+    fn each_recorder_counts_only_its_own_handles() {
+        let (one, other) = (Metrics::new(), Metrics::new());
+        let series = "tianji_placements_total{outcome=\"created\"}";
+        Placements::new(&one).record(PlacementOutcome::Created);
+        let _registered = Placements::new(&other);
+        assert_eq!(sample(&one.render(), series), Some("1"));
+        assert_eq!(sample(&other.render(), series), Some("0"));
+    }
+
+    #[test]
+    fn scrape_hooks_run_before_each_render() {
+        let metrics = Metrics::new();
+        let published = metrics.counter(&EVENTS_PUBLISHED, &[]);
+        let kept = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let read = Arc::clone(&kept);
+        metrics.on_scrape(move || published.absolute(read.load(std::sync::atomic::Ordering::Relaxed)));
+        kept.store(7, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(sample(&metrics.render(), "tianji_events_published_total"), Some("7"));
+        kept.store(9, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(sample(&metrics.render(), "tianji_events_published_total"), Some("9"));
     }
 }

@@ -3,13 +3,18 @@
 //!
 //! The rules are `domain::reconcile`; the reads and repairs `persistence::sql_reconcile` and
 //! `persistence::redis::reconcile`. This module runs them in order: read everything in one
-//! consistent snapshot (then Redis), report; with `--fix`, apply the database repairs (each
+//! consistent snapshot, a part at a time (the Redis snapshots of each part's SKUs with it), and
+//! report; with `--fix`, apply the database repairs a running node is fenced against (each
 //! re-checked under lock), republish the snapshots that differ (and those of repaired SKUs),
-//! then read everything again and report what is left. The exit code follows what is left:
-//! 0 clean, 1 differences, 2 could not check (see `EXIT_*`).
+//! then read everything again and report what is left. Memory follows one part (see
+//! `sql_reconcile::SKUS_PER_PART_MAX`), the differences and the snapshot versions of the SKUs
+//! that differ. The exit code follows what is left: 0 clean, 1 differences, 2 could not check
+//! (see `EXIT_*`).
 
 use crate::domain::ids::wall_clock_ms;
-use crate::domain::reconcile::{check, check_snapshots, Difference, Key, Repair, SnapshotFacts};
+use crate::domain::reconcile::{
+    check_events, check_promotions, check_snapshots, check_stock, Difference, Key, Repair, SnapshotFacts,
+};
 use crate::domain::SkuId;
 use crate::persistence::redis::reconcile as redis_reconcile;
 use crate::persistence::sql::SqlStore;
@@ -45,6 +50,10 @@ pub struct Scanned {
     pub coupons: usize,
     pub purchases: usize,
     pub lessons: usize,
+    /// `order_status_log` rows.
+    pub log_rows: usize,
+    /// `order_event` rows of those orders.
+    pub events: usize,
     /// Redis snapshots read (0 without Redis).
     pub snapshots: usize,
 }
@@ -86,8 +95,17 @@ impl Outcome {
             if self.left.is_empty() { "clean".to_owned() } else { format!("{} differences", self.left.len()) };
         lines.push(format!(
             "reconcile: {verdict}; {} skus, {} leases, {} orders, {} templates, {} coupons, {} purchase rows, {} lessons, \
-             {} snapshots; {redis}",
-            s.skus, s.leases, s.orders, s.templates, s.coupons, s.purchases, s.lessons, s.snapshots
+             {} log rows, {} events, {} snapshots; {redis}",
+            s.skus,
+            s.leases,
+            s.orders,
+            s.templates,
+            s.coupons,
+            s.purchases,
+            s.lessons,
+            s.log_rows,
+            s.events,
+            s.snapshots
         ));
         lines
     }
@@ -95,6 +113,10 @@ impl Outcome {
 
 fn left_because(difference: &Difference) -> &'static str {
     match difference.repair {
+        Some(repair) if !repair.fenced_against_live_nodes() => {
+            "a running node is not fenced against this repair (a template actor would keep its higher count \
+             and refuse claims with coupons left): stop the nodes first"
+        }
         Some(_) => "its repair did not hold: the state changed while reconciling; run again",
         None => difference.kind.left_because(),
     }
@@ -102,31 +124,52 @@ fn left_because(difference: &Difference) -> &'static str {
 
 /// One read of the database and (when configured) Redis.
 struct Read {
+    /// The snapshots found of the SKUs a repair may touch (their snapshot differs or their
+    /// counters are repaired), `None` when missing.
     snapshots: HashMap<SkuId, Option<SnapshotFacts>>,
     differences: Vec<Difference>,
     scanned: Scanned,
 }
 
-async fn read(store: &SqlStore, redis: Option<&mut redis::aio::MultiplexedConnection>) -> anyhow::Result<Read> {
-    let facts = store.reconcile_facts().await?;
-    let mut differences = check(&facts);
+async fn read(store: &SqlStore, mut redis: Option<&mut redis::aio::MultiplexedConnection>) -> anyhow::Result<Read> {
+    let mut reader = store.reconcile_reader().await?;
+    let mut differences = Vec::new();
     let mut snapshots = HashMap::new();
-    if let Some(redis) = redis {
-        let sku_ids: Vec<SkuId> = facts.skus.iter().map(|s| s.sku_id).collect();
-        let found = redis_reconcile::read_snapshots(redis, &sku_ids).await?;
-        differences.extend(check_snapshots(&facts.skus, &found));
-        snapshots = sku_ids.into_iter().zip(found).collect();
+    let mut scanned = Scanned::default();
+    while let Some(part) = reader.next_stock_part().await? {
+        let mut found = check_stock(&part);
+        if let Some(redis) = redis.as_mut() {
+            let sku_ids: Vec<SkuId> = part.skus.iter().map(|s| s.sku_id).collect();
+            let read = redis_reconcile::read_snapshots(redis, &sku_ids).await?;
+            scanned.snapshots += read.len();
+            found.extend(check_snapshots(&part.skus, &read));
+            let touched: BTreeSet<SkuId> = found
+                .iter()
+                .filter_map(|d| match d.repair {
+                    Some(Repair::SkuCounters { sku_id, .. } | Repair::Snapshot { sku_id, .. }) => Some(sku_id),
+                    _ => None,
+                })
+                .collect();
+            snapshots.extend(sku_ids.into_iter().zip(read).filter(|(sku_id, _)| touched.contains(sku_id)));
+        }
+        scanned.skus += part.skus.len();
+        scanned.leases += part.leases.len();
+        scanned.purchases += part.purchases.len();
+        scanned.lessons += part.lessons.len();
+        differences.extend(found);
     }
-    let scanned = Scanned {
-        skus: facts.skus.len(),
-        leases: facts.leases.len(),
-        orders: facts.orders.len(),
-        templates: facts.templates.len(),
-        coupons: facts.coupons.len(),
-        purchases: facts.purchases.len(),
-        lessons: facts.lessons.len(),
-        snapshots: snapshots.len(),
-    };
+    let promotions = reader.promotions().await?;
+    scanned.templates = promotions.templates.len();
+    scanned.coupons = promotions.coupons.len();
+    differences.extend(check_promotions(&promotions));
+    while let Some((orders, part)) = reader.next_events_part().await? {
+        scanned.orders += orders;
+        scanned.log_rows += part.steps.len();
+        scanned.events += part.step_events.len() + part.refund_events.len();
+        differences.extend(check_events(&part));
+    }
+    reader.finish().await?;
+    differences.sort_by_key(|d| (d.kind, d.key));
     Ok(Read { snapshots, differences, scanned })
 }
 
@@ -171,7 +214,8 @@ async fn repair_database(
     let mut repaired = BTreeSet::new();
     for difference in differences {
         let Some(repair) = difference.repair else { continue };
-        if matches!(repair, Repair::Snapshot { .. }) {
+        // A repair a running node is not fenced against is left, and said so.
+        if matches!(repair, Repair::Snapshot { .. }) || !repair.fenced_against_live_nodes() {
             continue;
         }
         let (kind, key) = (difference.kind, difference.key);

@@ -1,7 +1,9 @@
 //! Builds the running service from settings: store (with migrations), snapshots, actors and
 //! the HTTP server bound to the configured address (port 0 in tests), and stops it gracefully.
 //!
-//! A graceful stop (SIGTERM or SIGINT, `Application::run_until`) goes in phases, each bounded:
+//! A graceful stop (SIGTERM or SIGINT, `Application::run_until`) goes in phases, each bounded,
+//! under one deadline: `TIANJI_SHUTDOWN_TIMEOUT` after the signal for the HTTP phases (1, 2),
+//! and `STOP_WRITES_MAX` more for the writes (3, 4, 5), so a stop takes at most their sum:
 //!
 //! 1. `let_clients_leave`: the node drains (`/readyz` 503, `Connection: close` on every
 //!    response, see `http::drain`) and keeps listening, until no connection is open or half of
@@ -12,15 +14,19 @@
 //!    flight are answered and the remaining connections closed; past the timeout (counted from
 //!    the signal) the connections left are cut.
 //! 3. `settle_writes`: the payment deadline timer stops firing and its timeouts in flight
-//!    finish, then everything queued in the write pipeline is committed and answered.
-//! 4. `publish_left_events` and `flush_write_behind`: the order events not yet published go
-//!    to the stream, and learning progress, acknowledged from memory, is written to Redis and
-//!    the database.
-//! 5. The actors stop.
+//!    finish, then everything queued in the write pipeline is committed and answered (a full
+//!    pipeline queue is waited on, not refused).
+//! 4. `flush_write_behind`: learning progress, acknowledged from memory and held nowhere else,
+//!    is written to Redis and the database.
+//! 5. `publish_left_events`, best effort with what is left of the deadline (at most
+//!    `EVENTS_DRAIN_MAX`): the order events are in the database already, and what is not
+//!    published now the next start publishes.
+//! 6. The actors stop.
 //!
-//! Nothing acknowledged depends on phases 3 to 5 (a 2xx reply waits for its commit), except the
-//! learning progress of phase 4. A stop that had to cut connections or could not write what it
-//! held reports it (`Shutdown::is_clean`), and the binary then exits non-zero.
+//! Nothing acknowledged depends on phases 3 to 6 (a 2xx reply waits for its commit), except the
+//! learning progress of phase 4. A stop that had to cut connections, whose server failed, or
+//! that could not write what it held reports it (`Shutdown::is_clean`), and the binary then
+//! exits non-zero.
 
 use crate::actors::relay::Relay;
 use crate::actors::Core;
@@ -29,6 +35,7 @@ use crate::http::clients::ConnectionGate;
 use crate::http::drain::Drain;
 use crate::http::{self, auth::JwtKeys, payments::PaymentKey, AppState};
 use crate::http::{in_flight::InFlight, in_flight::InFlightCap, limits::RateLimits};
+use crate::metrics::{Metrics, RelayMetrics, SnapshotMetrics};
 use crate::persistence;
 use crate::persistence::redis::events::EventStream;
 use crate::persistence::redis::{progress::ProgressMirror, Snapshots};
@@ -38,6 +45,7 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use std::future::Future;
 use std::net::TcpListener;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -73,29 +81,48 @@ pub struct Shutdown {
     pub writes_settled: bool,
     /// Learning progress rows (user, course) that could not be written to the database.
     pub learning_rows_kept: usize,
+    /// Whether the HTTP server failed while stopping (its task ended with an error or a
+    /// panic): what its connections got is unknown, whatever `connections_cut` says.
+    pub server_failed: bool,
 }
 
 impl Shutdown {
     pub fn is_clean(&self) -> bool {
-        self.connections_cut == 0 && self.writes_settled && self.learning_rows_kept == 0
+        self.connections_cut == 0 && !self.server_failed && self.writes_settled && self.learning_rows_kept == 0
     }
 }
+
+/// How long the writes after the HTTP phases of a stop (settle the pipeline, flush learning
+/// progress, publish order events) may take in all, past `TIANJI_SHUTDOWN_TIMEOUT`: a stop ends
+/// at most `TIANJI_SHUTDOWN_TIMEOUT + STOP_WRITES_MAX` after its signal. Ten default database
+/// timeouts: the settling steps (`WRITE_STEP_BOUND_DATABASE_TIMEOUTS` each) and a learning flush
+/// of a few statements fit in it with room to spare.
+pub const STOP_WRITES_MAX: Duration = Duration::from_secs(10);
+
+/// The most the last, best-effort phase of a stop (publishing order events) is given, within
+/// what is left of `STOP_WRITES_MAX`.
+pub const EVENTS_DRAIN_MAX: Duration = Duration::from_secs(5);
 
 impl Application {
     /// Connects, migrates and binds. Needs a running actix `System` (actors start on it).
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         let store = persistence::connect(&settings.database_url, true, settings.limits.database_timeout).await?;
+        // The app's one recorder: every handle below registers in it, `/metrics` renders it.
+        let metrics = Metrics::new();
+        // Registered even without Redis, so a dashboard's series exist (at 0) on every node.
+        let snapshot_metrics = SnapshotMetrics::new(&metrics);
         let snapshots = Arc::new(match &settings.redis_url {
-            Some(url) => Snapshots::with_redis(url)?,
+            Some(url) => Snapshots::with_redis_measured(url, snapshot_metrics)?,
             None => Snapshots::in_process(),
         });
-        let core = Core::start(
+        let core = Core::start_measured(
             Arc::clone(&store),
             snapshots,
             settings.limits,
             settings.worker_id,
             settings.pay_timeout,
             settings.actor_threads,
+            metrics.clone(),
         );
         if let Some(url) = &settings.redis_url {
             core.mirror_learning(ProgressMirror::open(url)?);
@@ -104,10 +131,12 @@ impl Application {
             Some(url) => Some(start_relay(url, &settings, store, &core)?),
             None => None,
         };
+        export_relay(&metrics, relay.as_ref());
         core.recover().await?;
-        let limits = RateLimits::new(&settings.rate_limits);
+        let limits = RateLimits::new(&settings.rate_limits, &metrics);
         let state = web::Data::new(AppState { core: Arc::clone(&core), limits });
-        let in_flight = InFlight::new(settings.in_flight_max);
+        let in_flight =
+            InFlight::measured(settings.in_flight_max, metrics.counter(&crate::metrics::IN_FLIGHT_REFUSED, &[]));
         let keys = web::Data::new(JwtKeys::with_rules(settings.jwt_secret(), settings.tokens.clone()));
         let clients = settings.clients;
         let gate = ConnectionGate::new(clients.connections_max);
@@ -127,15 +156,12 @@ impl Application {
                 .openapi_service(http::openapi::serve)
                 .into_app()
                 .app_data(draining.clone())
-                .wrap(http::metrics::RequestMetrics)
+                .wrap(http::metrics::RequestMetrics::new(metrics.clone()))
                 .wrap(InFlightCap::new(Arc::clone(&in_flight)))
                 // Outside the others: a slow or oversized body is refused before any other layer sees it.
                 .wrap(from_fn(move |request, next| http::clients::guard(clients, request, next)))
                 // Outermost: every response of a draining node closes its connection.
-                .wrap(from_fn({
-                    let drain = Arc::clone(&drain_flag);
-                    move |request, next| http::drain::close_when_draining(Arc::clone(&drain), request, next)
-                }))
+                .wrap(http::drain::CloseWhenDraining::new(Arc::clone(&drain_flag)))
                 // Around everything: every answer, a middleware's refusal too, is logged in its
                 // request's span and carries its X-Request-Id.
                 .wrap(http::request_id::RequestIds::returned())
@@ -197,15 +223,26 @@ impl Application {
             () = stop => {}
         }
         let signalled = Instant::now();
+        let http_deadline = signalled + shutdown_timeout;
+        let writes_deadline = http_deadline + STOP_WRITES_MAX;
         let_clients_leave(&drain, &gate, signalled + shutdown_timeout / 2).await;
-        let deadline = signalled + shutdown_timeout;
-        let (connections_at_close, connections_cut) = close_server(handle, serving, &gate, deadline).await;
-        let writes_settled = settle_writes(&core).await;
-        publish_left_events(relay.as_ref()).await;
-        let learning_rows_kept = flush_write_behind(&core).await;
+        let closed = close_server(handle, serving, &gate, http_deadline).await;
+        let writes_settled = settle_writes(&core, writes_deadline).await;
+        let learning_rows_kept = flush_write_behind(&core, writes_deadline).await;
+        publish_left_events(relay.as_ref(), writes_deadline).await;
         core.stop();
-        let shutdown = Shutdown { connections_at_close, connections_cut, writes_settled, learning_rows_kept };
-        tracing::info!(?shutdown, clean = shutdown.is_clean(), "stopped");
+        let shutdown = Shutdown {
+            connections_at_close: closed.open,
+            connections_cut: closed.cut,
+            writes_settled,
+            learning_rows_kept,
+            server_failed: closed.failed,
+        };
+        if shutdown.is_clean() {
+            tracing::info!(?shutdown, took = ?signalled.elapsed(), "stopped");
+        } else {
+            tracing::error!(?shutdown, took = ?signalled.elapsed(), "stopped, not cleanly");
+        }
         Ok(shutdown)
     }
 }
@@ -248,27 +285,36 @@ async fn let_clients_leave(drain: &Drain, gate: &ConnectionGate, until: Instant)
     tracing::info!(open = gate.open(), open_at_start, "connections left when the listener closes");
 }
 
+/// How the HTTP server closed (phase 2).
+struct Closed {
+    /// Connections open when the listener closed.
+    open: usize,
+    /// Connections cut at the deadline (or still counted open when the server failed).
+    cut: usize,
+    /// Whether the server's task ended with an error or a panic.
+    failed: bool,
+}
+
 /// Phase 2: closes the listener and lets the workers answer their requests in flight until
-/// `deadline`; past it the workers are stopped at once and their connections cut. Returns the
-/// connections open when the listener closed and those cut.
+/// `deadline`; past it the workers are stopped at once and their connections cut.
 async fn close_server(
     handle: ServerHandle,
     mut serving: actix_web::rt::task::JoinHandle<std::io::Result<()>>,
     gate: &ConnectionGate,
     deadline: Instant,
-) -> (usize, usize) {
+) -> Closed {
     let open = gate.open();
     // The command is sent now; the returned future would only wait for the stop.
     drop(handle.stop(true));
     match tokio::time::timeout_at(deadline, &mut serving).await {
-        Ok(Ok(Ok(()))) => (open, 0),
+        Ok(Ok(Ok(()))) => Closed { open, cut: 0, failed: false },
         Ok(Ok(Err(error))) => {
             tracing::error!(%error, "the HTTP server failed while stopping");
-            (open, gate.open())
+            Closed { open, cut: gate.open(), failed: true }
         }
         Ok(Err(error)) => {
             tracing::error!(%error, "the HTTP server task ended abnormally");
-            (open, gate.open())
+            Closed { open, cut: gate.open(), failed: true }
         }
         Err(_elapsed) => {
             let cut = gate.open();
@@ -276,7 +322,7 @@ async fn close_server(
             // Dropping the server stops its workers at once, which closes their connections.
             serving.abort();
             let _ = serving.await;
-            (open, cut)
+            Closed { open, cut, failed: false }
         }
     }
 }
@@ -288,14 +334,17 @@ pub const WRITE_STEP_BOUND_DATABASE_TIMEOUTS: u32 = 4;
 /// Phase 3: no payment deadline fires any more (one that would have fires at the next start:
 /// its order is still pending in the database), the timeouts already started finish, then the
 /// write pipeline commits and answers everything queued. Each step is bounded by
-/// `WRITE_STEP_BOUND_DATABASE_TIMEOUTS` database timeouts. False when one was not done in time.
-async fn settle_writes(core: &Core) -> bool {
+/// `WRITE_STEP_BOUND_DATABASE_TIMEOUTS` database timeouts, and both by `deadline`. False when
+/// one was not done in time.
+async fn settle_writes(core: &Core, deadline: Instant) -> bool {
     let bound = core.limits().database_timeout * WRITE_STEP_BOUND_DATABASE_TIMEOUTS;
-    let timer_stopped = tokio::time::timeout(bound, core.stop_deadlines()).await.is_ok();
+    let step_deadline = || (Instant::now() + bound).min(deadline);
+    let timer_stopped = tokio::time::timeout_at(step_deadline(), core.stop_deadlines()).await.is_ok();
     if !timer_stopped {
         tracing::error!(?bound, "payment timeouts still running at shutdown; they finish at the next start");
     }
-    let journal_drained = match tokio::time::timeout(bound, core.drain_journal()).await {
+    let drained_by = step_deadline();
+    let journal_drained = match tokio::time::timeout_at(drained_by, core.drain_journal(drained_by)).await {
         Ok(Ok(())) => true,
         Ok(Err(error)) => {
             tracing::error!(%error, "write pipeline not drained at shutdown");
@@ -309,42 +358,68 @@ async fn settle_writes(core: &Core) -> bool {
     timer_stopped && journal_drained
 }
 
-/// Phase 4 (after the order events): writes the learning progress the node holds: to Redis
-/// first (one round trip per 500 users, so a kill soon after loses little), then to the
-/// database. Returns the rows that could not be written to the database.
-async fn flush_write_behind(core: &Core) -> usize {
-    if let Err(error) = core.flush_learning_to_redis().await {
-        tracing::warn!(%error, "learning progress not written to redis at shutdown");
+/// Phase 4 (before the order events, which are safe in the database already): writes the
+/// learning progress the node holds, by `deadline`: to Redis first (one round trip per 500
+/// users, so a kill soon after loses little), then to the database, waiting for room in a full
+/// pipeline queue. Returns the rows that could not be written to the database.
+async fn flush_write_behind(core: &Core, deadline: Instant) -> usize {
+    match tokio::time::timeout_at(deadline, core.flush_learning_to_redis()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "learning progress not written to redis at shutdown"),
+        Err(_elapsed) => tracing::warn!("learning progress not written to redis by the stop's deadline"),
     }
-    match core.flush_learning().await {
-        Ok(rows) => {
+    // A row stays pending until its change commits, so a flush cut at the deadline keeps the
+    // rows it did not write, and they are counted below.
+    let flushed = tokio::time::timeout_at(deadline, core.flush_learning_before(deadline)).await;
+    match flushed {
+        Ok(Ok(rows)) => {
             tracing::info!(rows, "learning progress flushed at shutdown");
             0
         }
-        Err(error) => {
+        Ok(Err(error)) => {
             let (kept, _) = core.learning_pending_rows();
             tracing::error!(%error, kept, "learning progress not flushed at shutdown");
+            kept
+        }
+        Err(_elapsed) => {
+            let (kept, _) = core.learning_pending_rows();
+            tracing::error!(kept, "learning progress not flushed by the stop's deadline");
             kept
         }
     }
 }
 
-/// How long the shutdown sequence gives the relay to publish the events left.
-pub const EVENTS_DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+/// Registers the event relay's metrics (at 0 on a node without a relay) and, with a relay,
+/// reads its counts into them at each scrape.
+fn export_relay(metrics: &Metrics, relay: Option<&Relay>) {
+    let handles = RelayMetrics::new(metrics);
+    let Some(relay) = relay else { return };
+    let stats = relay.stats();
+    metrics.on_scrape(move || {
+        let (published, failed) = (stats.published.load(Relaxed), stats.failed_rounds.load(Relaxed));
+        let oldest = Duration::from_millis(stats.oldest_event_age_ms.load(Relaxed));
+        handles.read(published, failed, oldest);
+    });
+}
 
 /// The order-event relay of this node, on the current runtime (the store's).
 fn start_relay(url: &str, settings: &Settings, store: persistence::DynStore, core: &Core) -> anyhow::Result<Relay> {
     let events = &settings.events;
-    let stream = EventStream::open(url, &events.stream_key, events.stream_len_max)?;
+    let stream = EventStream::open(url, &events.stream_key, events.stream_entries_max)?;
     let clock = Arc::new(crate::domain::clock::SystemClock);
     Ok(Relay::start(store, stream, clock, events, settings.limits.database_timeout, core.committed()))
 }
 
-/// Publishes the events the relay has not yet, within `EVENTS_DRAIN_DEADLINE`; what is left
-/// is published by the next start.
-async fn publish_left_events(relay: Option<&Relay>) {
+/// Phase 5: publishes the events the relay has not yet, within `EVENTS_DRAIN_MAX` and by
+/// `deadline`; what is left is published by the next start.
+async fn publish_left_events(relay: Option<&Relay>, deadline: Instant) {
     let Some(relay) = relay else { return };
-    match relay.drain(EVENTS_DRAIN_DEADLINE).await {
+    let bound = deadline.saturating_duration_since(Instant::now()).min(EVENTS_DRAIN_MAX);
+    if bound.is_zero() {
+        tracing::warn!("no time left to publish order events at shutdown; the next start publishes them");
+        return;
+    }
+    match relay.drain(bound).await {
         Ok(published) => tracing::info!(published, "order events published at shutdown"),
         Err(error) => tracing::warn!(%error, "order events left for the next start"),
     }
@@ -365,5 +440,26 @@ fn redact(url: &str) -> String {
             format!("{}://***{}", &url[..scheme], &url[at..])
         }
         _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stop_is_clean_only_when_nothing_was_cut_failed_or_left() {
+        let clean = Shutdown {
+            connections_at_close: 3,
+            connections_cut: 0,
+            writes_settled: true,
+            learning_rows_kept: 0,
+            server_failed: false,
+        };
+        assert!(clean.is_clean());
+        assert!(!Shutdown { connections_cut: 1, ..clean }.is_clean());
+        assert!(!Shutdown { server_failed: true, ..clean }.is_clean(), "a failed server with nothing counted open");
+        assert!(!Shutdown { writes_settled: false, ..clean }.is_clean());
+        assert!(!Shutdown { learning_rows_kept: 1, ..clean }.is_clean());
     }
 }

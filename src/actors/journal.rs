@@ -30,11 +30,11 @@ pub fn start(
     store: DynStore,
     clock: DynClock,
     limits: &ActorLimits,
+    metrics: JournalMetrics,
 ) -> Batcher<Change, Result<(), Conflict>> {
     let bounds =
         BatchLimits { size_max: limits.batch_size_max, delay: limits.batch_delay, queue_max: limits.mailbox_capacity };
     let timeout = limits.database_timeout;
-    let metrics = JournalMetrics::new();
     let queue = QueueMetrics { depth: metrics.queue_depth.clone(), rejections: metrics.rejections.clone() };
     Batcher::spawn_measured("journal", bounds, queue, move |changes: Vec<Change>| {
         let (core, store, clock) = (core.clone(), Arc::clone(&store), Arc::clone(&clock));

@@ -199,6 +199,11 @@ pub struct WriteBehind {
 }
 
 impl WriteBehind {
+    /// An empty write-behind whose heartbeats and written rows are exported on `metrics`.
+    pub fn measured(metrics: crate::metrics::LearningMetrics) -> Self {
+        WriteBehind { stats: LearningStats { metrics, ..LearningStats::default() }, ..WriteBehind::default() }
+    }
+
     /// Records a user's merged progress on a course (joined with what is pending).
     pub fn record(&self, user_id: UserId, course_id: SkuId, progress: Progress) {
         self.database.record(user_id, course_id, progress);
@@ -352,13 +357,27 @@ impl Core {
     /// that failed (or whose outcome is unknown) are written by the next flush, and an actor
     /// that activates during the flush still finds them. Returns the rows written.
     pub async fn flush_learning(&self) -> Result<usize, SubmitError> {
+        self.flush_learning_waiting(None).await
+    }
+
+    /// `flush_learning` for the shutdown: a full pipeline queue is waited on until `deadline`
+    /// (see `Batcher::submit_before`) instead of refusing the flush at once.
+    pub async fn flush_learning_before(&self, deadline: tokio::time::Instant) -> Result<usize, SubmitError> {
+        self.flush_learning_waiting(Some(deadline)).await
+    }
+
+    async fn flush_learning_waiting(&self, room_deadline: Option<tokio::time::Instant>) -> Result<usize, SubmitError> {
         let _one_flush_at_a_time = self.learning.database_flush.lock().await;
         let writes = self.learning.database_snapshot();
         let mut written = 0;
         let mut failure = None;
         for chunk in writes.chunks(PROGRESS_ROWS_PER_CHANGE) {
             let change = Change { progress: chunk.to_vec(), ..Change::default() };
-            match self.journal.submit(change).await {
+            let submitted = match room_deadline {
+                Some(deadline) => self.journal.submit_before(change, deadline).await,
+                None => self.journal.submit(change).await,
+            };
+            match submitted {
                 Ok(Ok(())) => {
                     self.learning.database_settle(chunk);
                     written += chunk.len();

@@ -26,7 +26,7 @@ use crate::domain::order::Order;
 use crate::domain::sku::SkuDraft;
 use crate::domain::TemplateId;
 use crate::domain::{OrderId, OrderStatus, SkuId, Snowflake, UserId};
-use crate::metrics::{ActorKind, Placements};
+use crate::metrics::{ActorKind, JournalMetrics, LearningMetrics, Metrics, Placements};
 use crate::persistence::group_commit::{self, BatchLimits, Batcher};
 use crate::persistence::redis::{SkuSnapshot, Snapshots};
 use crate::persistence::{
@@ -236,10 +236,21 @@ pub struct Core {
     learning: learning::WriteBehind,
     /// Placements by outcome.
     placements: Placements,
+    /// The app's recorder, which every handle above was registered in.
+    metrics: Metrics,
     /// The runtime the core started on, where every store call runs (see `bounded`).
     home: tokio::runtime::Handle,
     /// Signalled after every committed batch: wakes the event relay (`relay`).
     committed: Arc<tokio::sync::Notify>,
+}
+
+/// What a core is started with besides its store and limits.
+struct Node {
+    worker_id: u16,
+    pay_timeout: Duration,
+    arbiter_count: usize,
+    clock: DynClock,
+    metrics: Metrics,
 }
 
 /// The most coupons of one user a listing reads.
@@ -249,8 +260,8 @@ pub const COUPONS_READ_MAX: u32 = 1_000;
 pub const UNKNOWN_SKUS_MAX: usize = 100_000;
 
 impl Core {
-    /// Builds the core on the wall clock and starts its pipeline and arbiters. Needs a running
-    /// `System`.
+    /// Builds the core on the wall clock and starts its pipeline and arbiters, counting into a
+    /// recorder of its own (`metrics`). Needs a running `System`.
     pub fn start(
         store: DynStore,
         snapshots: Arc<Snapshots>,
@@ -272,10 +283,36 @@ impl Core {
         arbiter_count: usize,
         clock: DynClock,
     ) -> Arc<Core> {
+        let node = Node { worker_id, pay_timeout, arbiter_count, clock, metrics: Metrics::new() };
+        Core::launch(store, snapshots, limits, node)
+    }
+
+    /// `start`, counting into the app's `metrics` (which its HTTP layer renders).
+    pub fn start_measured(
+        store: DynStore,
+        snapshots: Arc<Snapshots>,
+        limits: ActorLimits,
+        worker_id: u16,
+        pay_timeout: Duration,
+        arbiter_count: usize,
+        metrics: Metrics,
+    ) -> Arc<Core> {
+        let node = Node { worker_id, pay_timeout, arbiter_count, clock: Arc::new(SystemClock), metrics };
+        Core::launch(store, snapshots, limits, node)
+    }
+
+    fn launch(store: DynStore, snapshots: Arc<Snapshots>, limits: ActorLimits, node: Node) -> Arc<Core> {
+        let Node { worker_id, pay_timeout, arbiter_count, clock, metrics } = node;
         let (timer, timer_task) = timer::DeadlineTimer::channel();
         let loads = BatchLimits { size_max: 1_000, delay: Duration::ZERO, queue_max: limits.mailbox_capacity };
         let core = Arc::new_cyclic(|weak| Core {
-            journal: journal::start(weak.clone(), Arc::clone(&store), Arc::clone(&clock), &limits),
+            journal: journal::start(
+                weak.clone(),
+                Arc::clone(&store),
+                Arc::clone(&clock),
+                &limits,
+                JournalMetrics::new(&metrics),
+            ),
             sku_loader: loader(
                 "sku_activations",
                 &store,
@@ -299,10 +336,10 @@ impl Core {
             ),
             store,
             snapshots,
-            skus: Registry::new(ActorKind::Sku),
-            users: Registry::new(ActorKind::User),
-            orders: Registry::new(ActorKind::Order),
-            templates: Registry::new(ActorKind::Template),
+            skus: Registry::new(ActorKind::Sku, &metrics),
+            users: Registry::new(ActorKind::User, &metrics),
+            orders: Registry::new(ActorKind::Order, &metrics),
+            templates: Registry::new(ActorKind::Template, &metrics),
             unknown_skus: DashSet::new(),
             users_behind: DashSet::new(),
             user_keys_held: AtomicUsize::new(0),
@@ -312,8 +349,9 @@ impl Core {
             clock,
             pay_timeout,
             timer,
-            learning: learning::WriteBehind::default(),
-            placements: Placements::new(),
+            learning: learning::WriteBehind::measured(LearningMetrics::new(&metrics)),
+            placements: Placements::new(&metrics),
+            metrics,
             home: tokio::runtime::Handle::current(),
             committed: Arc::new(tokio::sync::Notify::new()),
         });
@@ -324,6 +362,11 @@ impl Core {
 
     pub fn limits(&self) -> ActorLimits {
         self.limits
+    }
+
+    /// The recorder the core counts into.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// (snapshots written to Redis, failed Redis writes) since start.
@@ -340,11 +383,13 @@ impl Core {
 
     /// Waits until every change queued in the write pipeline before this call has been
     /// committed and answered: batches commit one after another, so an empty change queued
-    /// now is answered only after all of them. Changes queued later are not waited for.
-    pub async fn drain_journal(&self) -> Result<(), group_commit::SubmitError> {
+    /// now is answered only after all of them. Changes queued later are not waited for. A full
+    /// queue is waited on until `deadline` (`Overloaded` past it): at shutdown the queue is
+    /// full exactly when there is most to wait for.
+    pub async fn drain_journal(&self, deadline: tokio::time::Instant) -> Result<(), group_commit::SubmitError> {
         // Answered at all, the empty change's batch was written after every earlier one,
         // whatever its own outcome (it conflicts with nothing).
-        self.journal.submit(Change::default()).await.map(drop)
+        self.journal.submit_before(Change::default(), deadline).await.map(drop)
     }
 
     /// Stops the actors' arbiters (benchmarks and tests that start many cores).

@@ -10,7 +10,7 @@
 
 use super::traced::Traced;
 use super::{Refusal, Reply};
-use crate::metrics::{ActorKind, ActorMetrics};
+use crate::metrics::{ActorKind, ActorMetrics, Metrics};
 use actix::dev::ToEnvelope;
 use actix::{Actor, Addr, Handler, Message};
 use dashmap::DashMap;
@@ -42,9 +42,9 @@ pub struct Registry<K, A: Actor> {
 }
 
 impl<K: Eq + Hash + Copy, A: Actor> Registry<K, A> {
-    /// An empty registry of actors of `kind`.
-    pub fn new(kind: ActorKind) -> Self {
-        Registry { actors: DashMap::new(), metrics: ActorMetrics::new(kind) }
+    /// An empty registry of actors of `kind`, counting into `metrics`.
+    pub fn new(kind: ActorKind, metrics: &Metrics) -> Self {
+        Registry { actors: DashMap::new(), metrics: ActorMetrics::new(metrics, kind) }
     }
 
     /// `super::ask` to an actor of this registry's kind, counting a full mailbox's refusal.

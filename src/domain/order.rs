@@ -392,6 +392,140 @@ impl Order {
     }
 }
 
+/// A transition an order makes in a committed batch, as its status log records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusStep {
+    pub order_id: OrderId,
+    pub from: OrderStatus,
+    pub to: OrderStatus,
+    /// The order's version before the step; the step's entry carries `version_before + 1`.
+    pub version_before: i64,
+    pub at_ms: i64,
+}
+
+/// One entry of an order's status log: the order's first entry when it is placed, then one
+/// per step. Each entry is one `order_status_log` row and one order event (`EventKind::of`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusLogEntry<'a> {
+    /// A new order, in the status it is placed in.
+    Placed(&'a Order),
+    /// A transition of an existing order.
+    Step(StatusStep),
+}
+
+impl StatusLogEntry<'_> {
+    pub fn order_id(&self) -> OrderId {
+        match self {
+            Self::Placed(order) => order.id,
+            Self::Step(step) => step.order_id,
+        }
+    }
+
+    /// `None` for an order's first entry.
+    pub fn from(&self) -> Option<OrderStatus> {
+        match self {
+            Self::Placed(_) => None,
+            Self::Step(step) => Some(step.from),
+        }
+    }
+
+    pub fn to(&self) -> OrderStatus {
+        match self {
+            Self::Placed(order) => order.status,
+            Self::Step(step) => step.to,
+        }
+    }
+
+    /// The order's version after the entry.
+    pub fn version(&self) -> i64 {
+        match self {
+            Self::Placed(order) => order.version,
+            Self::Step(step) => step.version_before + 1,
+        }
+    }
+
+    pub fn at_ms(&self) -> i64 {
+        match self {
+            Self::Placed(order) => order.created_at_ms,
+            Self::Step(step) => step.at_ms,
+        }
+    }
+}
+
+/// The status-log entries of a batch's accepted changes: the first entry of each new order,
+/// then each step, both in batch order. The status log and the order events are both built
+/// from it, so per order they agree one to one, in order. Every step is one the state machine
+/// allows.
+pub fn log_entries<'a>(
+    new_orders: impl Iterator<Item = &'a Order> + 'a,
+    steps: impl Iterator<Item = StatusStep> + 'a,
+) -> impl Iterator<Item = StatusLogEntry<'a>> + 'a {
+    let placed = new_orders.map(|order| {
+        assert_eq!(order.status, OrderStatus::PendingPayment, "order {} is placed awaiting payment", order.id);
+        StatusLogEntry::Placed(order)
+    });
+    let stepped = steps.map(|step| {
+        assert!(step.from.can_become(step.to), "{step:?} is not a transition");
+        assert!(step.version_before >= 0, "{step:?}");
+        StatusLogEntry::Step(step)
+    });
+    placed.chain(stepped)
+}
+
+/// What happened to an order, as an order event names it. The names are stored in
+/// `order_event.kind`, published, and never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    Placed,
+    Paid,
+    Closed,
+    Finished,
+    Refunded,
+    /// A payment arrived for an order that could not take it; the money must go back.
+    RefundRequired,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 6] =
+        [Self::Placed, Self::Paid, Self::Closed, Self::Finished, Self::Refunded, Self::RefundRequired];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Placed => "placed",
+            Self::Paid => "paid",
+            Self::Closed => "closed",
+            Self::Finished => "finished",
+            Self::Refunded => "refunded",
+            Self::RefundRequired => "refund_required",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == name)
+    }
+
+    /// The event of a status-log entry (`of_step`).
+    pub fn of(entry: &StatusLogEntry<'_>) -> EventKind {
+        Self::of_step(entry.from(), entry.to())
+    }
+
+    /// The event of a status-log row from `from` to `to`: an order's first row (no `from`) is
+    /// `placed`, a step is named by the status it reaches. No step leads back to
+    /// `pending_payment`; the caller rules it out (`log_entries` admits only `can_become`).
+    pub fn of_step(from: Option<OrderStatus>, to: OrderStatus) -> EventKind {
+        match (from, to) {
+            (None, _) => Self::Placed,
+            (Some(_), OrderStatus::Paid) => Self::Paid,
+            (Some(_), OrderStatus::Closed) => Self::Closed,
+            (Some(_), OrderStatus::Finished) => Self::Finished,
+            (Some(_), OrderStatus::Refunded) => Self::Refunded,
+            (Some(from), OrderStatus::PendingPayment) => {
+                unreachable!("no transition leads back to pending_payment (from {from:?})")
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -544,5 +678,44 @@ mod tests {
     fn pricing_refuses_overflow() {
         let huge = OrderLine { price_cents: Cents::new(i64::MAX / 2), ..line(1, 0, 3) };
         assert!(matches!(Order::price(header(), vec![huge], Cents::ZERO), Err(OrderError::Money(_))));
+    }
+    #[test]
+    fn log_entries_are_new_orders_then_steps_and_each_names_its_event() {
+        let order = Order::price(header(), vec![line(1, 500, 2)], Cents::ZERO).unwrap();
+        let step = |id, from, to| StatusStep { order_id: OrderId::new(id), from, to, version_before: 3, at_ms: 9 };
+        let steps = [
+            step(7, OrderStatus::PendingPayment, OrderStatus::Paid),
+            step(8, OrderStatus::Finished, OrderStatus::Refunded),
+        ];
+        let entries: Vec<_> = log_entries([&order].into_iter(), steps.into_iter()).collect();
+        let seen: Vec<_> =
+            entries.iter().map(|e| (e.order_id(), e.from(), e.to(), e.version(), EventKind::of(e))).collect();
+        assert_eq!(
+            seen,
+            vec![
+                (order.id, None, OrderStatus::PendingPayment, 0, EventKind::Placed),
+                (OrderId::new(7), Some(OrderStatus::PendingPayment), OrderStatus::Paid, 4, EventKind::Paid),
+                (OrderId::new(8), Some(OrderStatus::Finished), OrderStatus::Refunded, 4, EventKind::Refunded),
+            ]
+        );
+        assert_eq!(entries[0].at_ms(), order.created_at_ms);
+        for kind in EventKind::ALL {
+            assert_eq!(EventKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(EventKind::parse("pending_payment"), None);
+        assert_eq!(EventKind::of_step(Some(OrderStatus::PendingPayment), OrderStatus::Closed), EventKind::Closed);
+    }
+
+    #[test]
+    #[should_panic(expected = "is not a transition")]
+    fn log_entries_refuse_a_step_the_state_machine_does_not_allow() {
+        let back = StatusStep {
+            order_id: OrderId::new(7),
+            from: OrderStatus::Paid,
+            to: OrderStatus::PendingPayment,
+            version_before: 1,
+            at_ms: 9,
+        };
+        let _ = log_entries(std::iter::empty(), [back].into_iter()).count();
     }
 }

@@ -16,17 +16,31 @@
 //!   order still holds its units;
 //! - a lesson's `holders` is the number of the user's paid or finished orders holding the course;
 //! - a SKU's Redis snapshot exists, is not older than the database, and at the database's
-//!   version holds the database's counters.
+//!   version holds the database's counters;
+//! - every `order_status_log` row of an order has its `order_event`, in the same order and of
+//!   the kind the outbox writes for it, and every payment kept for refund its `refund_required`
+//!   event. Events are history: a missing or wrong one is reported, never written.
+//!
+//! Whether a lease agrees with its order, and so whether an order still holds its units, is
+//! `lease::lease_agrees`, the rule recovery repairs by; nothing here restates it.
+//!
+//! The facts need not be read at once: `check_stock` needs the rows of some SKUs (and the
+//! orders of their leases and items), `check_promotions` the templates, coupons and the orders
+//! that name coupons, `check_events` the log rows, events and payments of some orders. Each
+//! gives the same differences for a part as `check` gives for the whole, so a reader can go
+//! through a large database a part at a time.
 //!
 //! A difference carries a `Repair` only when the rows themselves prove the right value and
 //! writing it moves no money and deletes nothing: SKU counters that disagree with leases that
 //! all agree with their orders (the total is never changed), a template's `issued` when its
 //! records are within its total, and a Redis snapshot (Redis is never the source of truth).
+//! A repair that a running node is not fenced against (`Repair::fenced_against_live_nodes`) is
+//! carried but must not be applied while nodes run.
 
 use super::coupon::CouponStatus;
 use super::inventory::Counters;
-use super::lease::{lease_agrees, settled_lease_statuses, ReservationStatus};
-use super::order::OrderStatus;
+use super::lease::{lease_agrees, ReservationStatus};
+use super::order::{EventKind, OrderStatus};
 use super::{CouponId, OrderId, SkuId, TemplateId, UserId};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -103,7 +117,25 @@ pub struct LessonFacts {
     pub holders: i64,
 }
 
-/// Everything the database holds that the rules compare, read in one snapshot.
+/// An `order_status_log` row, with the kind of event the outbox writes for it
+/// (`EventKind::of_step`: by its target status, `placed` for an order's first row). Given in
+/// log order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepFacts {
+    pub order_id: OrderId,
+    pub event_kind: EventKind,
+}
+
+/// An `order_event` row of an order transition (not `refund_required`). Given in id order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventFacts {
+    pub order_id: OrderId,
+    pub event_id: i64,
+    pub kind: EventKind,
+}
+
+/// Everything the database holds that the rules compare, read in one snapshot (or a part of
+/// it: see the module doc).
 #[derive(Debug, Clone, Default)]
 pub struct Facts {
     pub skus: Vec<SkuFacts>,
@@ -114,6 +146,12 @@ pub struct Facts {
     pub coupons: Vec<CouponFacts>,
     pub purchases: Vec<PurchaseFacts>,
     pub lessons: Vec<LessonFacts>,
+    pub steps: Vec<StepFacts>,
+    pub step_events: Vec<EventFacts>,
+    /// The order of each `refund_required` event, one entry per event.
+    pub refund_events: Vec<OrderId>,
+    /// The order of each payment in status `refund_required`, one entry per payment.
+    pub refund_payments: Vec<OrderId>,
 }
 
 /// A SKU's Redis snapshot as read back (`tianji:sku:{id}`).
@@ -163,6 +201,10 @@ pub enum Kind {
     SnapshotAhead,
     /// A SKU's Redis snapshot is of the database's version but holds other values.
     SnapshotCounters,
+    /// An order's status log rows (or its payments kept for refund) lack events.
+    EventMissing,
+    /// An order's events are not those of its status log rows, in order.
+    EventMismatch,
 }
 
 impl Kind {
@@ -186,6 +228,8 @@ impl Kind {
             Self::SnapshotStale => "snapshot_stale",
             Self::SnapshotAhead => "snapshot_ahead",
             Self::SnapshotCounters => "snapshot_counters",
+            Self::EventMissing => "event_missing",
+            Self::EventMismatch => "event_mismatch",
         }
     }
 
@@ -195,6 +239,7 @@ impl Kind {
             Self::LeaseStatus => "recovery settles leases with their orders when `tianji serve` starts",
             Self::SkuCounters => "the leases do not prove the counters (a lease disagrees with its order or the units do not fit the total)",
             Self::CouponIssued => "the records do not fit the template's total",
+            Self::EventMissing | Self::EventMismatch => "events are history: reconcile never writes one",
             _ => "needs a person: reconcile never deletes records or changes orders, payments, coupons or purchases",
         }
     }
@@ -248,6 +293,21 @@ pub enum Repair {
     /// Write the database's snapshot of the SKU to Redis, if Redis still holds the version
     /// found (`None`: no snapshot).
     Snapshot { sku_id: SkuId, found_version: Option<i64> },
+}
+
+impl Repair {
+    /// Whether a running node cannot be misled by the repair. A SKU's counters are written
+    /// with its owner epoch bumped (the actor's next commit is fenced and it reloads), and a
+    /// snapshot is only what readers see. A template has no epoch: its actor keeps the count it
+    /// holds. Raising `issued` to the records is safe, since every claim's commit re-checks
+    /// `issued < total` in the database and an actor refused there reloads; lowering it is
+    /// not, since an actor that holds the higher count refuses claims with coupons left.
+    pub const fn fenced_against_live_nodes(&self) -> bool {
+        match *self {
+            Repair::SkuCounters { .. } | Repair::Snapshot { .. } => true,
+            Repair::TemplateIssued { from, to, .. } => to >= from,
+        }
+    }
 }
 
 /// One difference between what the rules expect and what is stored.
@@ -310,11 +370,16 @@ pub fn check_sku(sku: &SkuFacts, leases: &[LeaseOfSku]) -> Vec<Difference> {
         let key = Key::Lease(sku.sku_id, lease.order_id);
         if !lease_agrees(lease.status, lease.order, lease.refunded_from_paid) {
             proven = false;
-            let expected = match lease.order {
-                None => "not_reserved(no_order)".to_owned(),
-                Some(OrderStatus::Refunded) if !lease.refunded_from_paid => "confirmed(refunded_after_delivery)".into(),
-                Some(status) => format!("{}(order_{})", statuses_text(settled_lease_statuses(status)), status.as_str()),
+            let agreeing: Vec<ReservationStatus> = ReservationStatus::ALL
+                .into_iter()
+                .filter(|&status| lease_agrees(status, lease.order, lease.refunded_from_paid))
+                .collect();
+            let order = match lease.order {
+                None => "no_order".to_owned(),
+                Some(OrderStatus::Refunded) if lease.refunded_from_paid => "order_refunded_from_paid".into(),
+                Some(status) => format!("order_{}", status.as_str()),
             };
+            let expected = format!("{}({order})", statuses_text(&agreeing));
             differences.push(Difference {
                 kind: Kind::LeaseStatus,
                 key,
@@ -365,34 +430,112 @@ pub fn check_sku(sku: &SkuFacts, leases: &[LeaseOfSku]) -> Vec<Difference> {
 }
 
 /// Whether an order in `status` holds the units of its items (they are reserved or sold, not
-/// back on the shelf): awaiting payment, paid, finished, or refunded after delivery.
-pub const fn holds_units(status: OrderStatus, refunded_from_paid: bool) -> bool {
-    match status {
-        OrderStatus::PendingPayment | OrderStatus::Paid | OrderStatus::Finished => true,
-        OrderStatus::Refunded => !refunded_from_paid,
-        OrderStatus::Closed => false,
-    }
+/// back on the shelf): its lease agrees with it while `reserved` or `confirmed`.
+pub fn holds_units(status: OrderStatus, refunded_from_paid: bool) -> bool {
+    lease_agrees(ReservationStatus::Reserved, Some(status), refunded_from_paid)
+        || holds_sold_units(status, refunded_from_paid)
 }
 
-/// Whether an order in `status` holds sold units (its lease is `confirmed`).
-pub const fn holds_sold_units(status: OrderStatus, refunded_from_paid: bool) -> bool {
-    holds_units(status, refunded_from_paid) && !matches!(status, OrderStatus::PendingPayment)
+/// Whether an order in `status` holds sold units: its lease agrees with it while `confirmed`.
+pub fn holds_sold_units(status: OrderStatus, refunded_from_paid: bool) -> bool {
+    lease_agrees(ReservationStatus::Confirmed, Some(status), refunded_from_paid)
 }
 
 /// Every difference of the database with itself, ordered by kind and key.
 pub fn check(facts: &Facts) -> Vec<Difference> {
+    let mut differences = check_stock(facts);
+    differences.extend(check_promotions(facts));
+    differences.extend(check_events(facts));
+    differences.sort_by_key(|d| (d.kind, d.key));
+    differences
+}
+
+/// The differences of the SKUs in `facts` (their counters, leases, items, purchase rows and
+/// lessons), from `skus`, `leases`, `items`, `purchases`, `lessons` and the `orders` those
+/// leases and items name. Leases, items, purchases and lessons of SKUs not in `skus` are
+/// differences of SKUs that do not exist. Ordered by kind and key.
+pub fn check_stock(facts: &Facts) -> Vec<Difference> {
     let orders: HashMap<OrderId, &OrderFacts> = facts.orders.iter().map(|o| (o.order_id, o)).collect();
     let mut differences = Vec::new();
-    check_stock(facts, &orders, &mut differences);
-    check_coupons(facts, &orders, &mut differences);
+    check_leases(facts, &orders, &mut differences);
     check_purchases(facts, &orders, &mut differences);
     check_lessons(facts, &orders, &mut differences);
     differences.sort_by_key(|d| (d.kind, d.key));
     differences
 }
 
+/// The differences of the coupon templates and coupons in `facts`, from `templates`, `coupons`
+/// and the `orders` that name a coupon or are named by one. Ordered by kind and key.
+pub fn check_promotions(facts: &Facts) -> Vec<Difference> {
+    let orders: HashMap<OrderId, &OrderFacts> = facts.orders.iter().map(|o| (o.order_id, o)).collect();
+    let mut differences = Vec::new();
+    check_coupons(facts, &orders, &mut differences);
+    differences.sort_by_key(|d| (d.kind, d.key));
+    differences
+}
+
+/// The differences of the orders' events, from `steps`, `step_events`, `refund_events` and
+/// `refund_payments`, all of the same orders: per order, the kinds of its events in id order
+/// must be those of its log rows in log order; it has at least one `refund_required` event per
+/// payment kept for refund (a payment refunded since no longer counts). Never repaired.
+pub fn check_events(facts: &Facts) -> Vec<Difference> {
+    let mut expected: BTreeMap<OrderId, Vec<&'static str>> = BTreeMap::new();
+    for step in &facts.steps {
+        assert_ne!(step.event_kind, EventKind::RefundRequired, "a log row's event is a step");
+        expected.entry(step.order_id).or_default().push(step.event_kind.as_str());
+    }
+    let mut found: BTreeMap<OrderId, Vec<(i64, &'static str)>> = BTreeMap::new();
+    for event in &facts.step_events {
+        assert_ne!(event.kind, EventKind::RefundRequired, "refund_required events are counted apart");
+        found.entry(event.order_id).or_default().push((event.event_id, event.kind.as_str()));
+    }
+    let mut differences = Vec::new();
+    let orders: BTreeSet<OrderId> = expected.keys().chain(found.keys()).copied().collect();
+    for order_id in orders {
+        let want = expected.get(&order_id).map_or(&[][..], Vec::as_slice);
+        let have = found.get(&order_id).map_or(&[][..], Vec::as_slice);
+        assert!(have.windows(2).all(|pair| pair[0].0 < pair[1].0), "events of order {order_id} in id order");
+        let kinds: Vec<&str> = have.iter().map(|&(_, kind)| kind).collect();
+        if kinds == want {
+            continue;
+        }
+        let kind =
+            if kinds.len() < want.len() && want.starts_with(&kinds) { Kind::EventMissing } else { Kind::EventMismatch };
+        let list = |kinds: &[&str]| if kinds.is_empty() { "none".to_owned() } else { kinds.join(",") };
+        differences.push(Difference {
+            kind,
+            key: Key::Order(order_id),
+            expected: format!("events={}", list(want)),
+            found: format!("events={}", list(&kinds)),
+            repair: None,
+        });
+    }
+    let count = |orders: &[OrderId]| {
+        let mut counts: BTreeMap<OrderId, i64> = BTreeMap::new();
+        for &order_id in orders {
+            *counts.entry(order_id).or_insert(0) += 1;
+        }
+        counts
+    };
+    let events = count(&facts.refund_events);
+    for (order_id, payments) in count(&facts.refund_payments) {
+        let published = events.get(&order_id).copied().unwrap_or(0);
+        if published < payments {
+            differences.push(Difference {
+                kind: Kind::EventMissing,
+                key: Key::Order(order_id),
+                expected: format!("refund_required_events>={payments}"),
+                found: format!("refund_required_events={published}"),
+                repair: None,
+            });
+        }
+    }
+    differences.sort_by_key(|d| (d.kind, d.key));
+    differences
+}
+
 /// SKUs against their leases, leases against orders and items.
-fn check_stock(facts: &Facts, orders: &HashMap<OrderId, &OrderFacts>, differences: &mut Vec<Difference>) {
+fn check_leases(facts: &Facts, orders: &HashMap<OrderId, &OrderFacts>, differences: &mut Vec<Difference>) {
     let mut items: HashMap<(SkuId, OrderId), i64> = HashMap::new();
     for item in &facts.items {
         *items.entry((item.sku_id, item.order_id)).or_insert(0) += item.quantity;
@@ -796,7 +939,7 @@ mod tests {
         facts.skus[0].counters = counters(3, 3, 4);
         let differences = check(&facts);
         assert_eq!(kinds(&differences), vec![(Kind::LeaseStatus, "lease:1/9".into())]);
-        assert_eq!(differences[0].expected, "not_reserved(no_order)");
+        assert_eq!(differences[0].expected, "confirmed|released|expired|returned(no_order)");
         assert!(Kind::LeaseStatus.left_because().contains("recovery"));
     }
 
@@ -845,6 +988,102 @@ mod tests {
             vec![(Kind::CouponIssued, "template:3".into()), (Kind::CouponOverTotal, "template:3".into())]
         );
         assert!(differences.iter().all(|d| d.repair.is_none()), "records past the total are never written");
+    }
+
+    #[test]
+    fn only_raising_issued_is_fenced_against_a_running_template_actor() {
+        let raise = Repair::TemplateIssued { template_id: TemplateId::new(3), from: 1, to: 2 };
+        let lower = Repair::TemplateIssued { template_id: TemplateId::new(3), from: 4, to: 2 };
+        assert!(raise.fenced_against_live_nodes());
+        assert!(!lower.fenced_against_live_nodes(), "a live actor would keep the higher count");
+        let counters = Repair::SkuCounters { sku_id: SKU, from: counters(5, 1, 4), to: counters(4, 2, 4) };
+        assert!(counters.fenced_against_live_nodes());
+    }
+
+    #[test]
+    fn orders_hold_units_exactly_when_their_lease_may_hold_them() {
+        use OrderStatus::*;
+        // (order status, refunded from paid) -> (holds units, holds sold units); one line each.
+        let cases: &[(OrderStatus, bool, bool, bool)] = &[
+            (PendingPayment, false, true, false),
+            (Paid, false, true, true),
+            (Finished, false, true, true),
+            (Closed, false, false, false),
+            (Refunded, false, true, true),
+            (Refunded, true, false, false),
+        ];
+        for &(status, from_paid, units, sold) in cases {
+            assert_eq!(
+                (holds_units(status, from_paid), holds_sold_units(status, from_paid)),
+                (units, sold),
+                "{status:?}"
+            );
+        }
+    }
+
+    fn step(order: i64, kind: &str) -> StepFacts {
+        StepFacts { order_id: OrderId::new(order), event_kind: EventKind::parse(kind).expect("a kind") }
+    }
+
+    fn event(order: i64, id: i64, kind: &str) -> EventFacts {
+        EventFacts { order_id: OrderId::new(order), event_id: id, kind: EventKind::parse(kind).expect("a kind") }
+    }
+
+    #[test]
+    fn every_log_row_and_kept_payment_has_its_event_in_order() {
+        let facts = Facts {
+            steps: vec![
+                step(1, "placed"),
+                step(1, "paid"),
+                step(2, "placed"),
+                step(2, "paid"),
+                step(3, "placed"),
+                step(3, "closed"),
+                step(4, "placed"),
+            ],
+            step_events: vec![
+                event(1, 10, "placed"),
+                event(1, 11, "paid"),
+                event(2, 12, "placed"),
+                event(3, 13, "closed"),
+                event(3, 14, "placed"),
+                event(4, 15, "placed"),
+                event(5, 16, "placed"),
+            ],
+            refund_events: vec![OrderId::new(3)],
+            refund_payments: vec![OrderId::new(3), OrderId::new(4)],
+            ..Facts::default()
+        };
+        let differences = check(&facts);
+        assert_eq!(
+            kinds(&differences),
+            vec![
+                (Kind::EventMissing, "order:2".into()),
+                (Kind::EventMissing, "order:4".into()),
+                (Kind::EventMismatch, "order:3".into()),
+                (Kind::EventMismatch, "order:5".into()),
+            ]
+        );
+        assert_eq!(differences[0].to_string(), "event_missing order:2 expected=events=placed,paid found=events=placed");
+        assert_eq!(differences[1].expected, "refund_required_events>=1");
+        assert_eq!(differences[2].found, "events=closed,placed", "out of order");
+        assert_eq!(differences[3].expected, "events=none", "an event without a log row");
+        assert!(differences.iter().all(|d| d.repair.is_none()), "events are never written");
+    }
+
+    #[test]
+    fn a_database_checked_in_parts_gives_the_differences_of_the_whole() {
+        let mut facts = lifecycle();
+        facts.skus[0].counters = counters(5, 1, 4);
+        facts.templates = vec![template(5, 2, 2)];
+        facts.coupons = vec![coupon(10, 7, CouponStatus::Unused, None)];
+        facts.steps = vec![step(1, "placed")];
+        let mut parts = check_stock(&Facts { templates: vec![], coupons: vec![], steps: vec![], ..facts.clone() });
+        parts.extend(check_promotions(&Facts { skus: vec![], leases: vec![], items: vec![], ..facts.clone() }));
+        parts.extend(check_events(&Facts { steps: facts.steps.clone(), ..Facts::default() }));
+        parts.sort_by_key(|d| (d.kind, d.key));
+        assert_eq!(parts, check(&facts));
+        assert_eq!(parts.len(), 2 + 1, "{parts:?}");
     }
 
     #[test]

@@ -37,8 +37,12 @@ pub struct InFlight {
 
 impl InFlight {
     pub fn new(max: usize) -> Arc<InFlight> {
+        InFlight::measured(max, metrics::Counter::noop())
+    }
+
+    /// `new`, counting refusals on `refused` too (`tianji_in_flight_refused_total`).
+    pub fn measured(max: usize, refused: metrics::Counter) -> Arc<InFlight> {
         assert!(max > 0, "at least one request can be in flight");
-        let refused = crate::metrics::counter(&crate::metrics::IN_FLIGHT_REFUSED, &[]);
         Arc::new(InFlight { count: AtomicUsize::new(0), max, refused_total: AtomicU64::new(0), refused })
     }
 

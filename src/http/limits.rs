@@ -244,11 +244,12 @@ pub struct RateLimits {
 }
 
 impl RateLimits {
-    pub fn new(settings: &RateLimitSettings) -> Self {
+    /// The limits of `settings`, counting refusals on `metrics`.
+    pub fn new(settings: &RateLimitSettings, metrics: &crate::metrics::Metrics) -> Self {
         // A class set `off` still registers its counters: they stay 0, and a dashboard's
         // series exist on every node.
         let buckets = |rate: Option<Rate>, class: &'static str| {
-            let metrics = RateLimitMetrics::new(class);
+            let metrics = RateLimitMetrics::new(metrics, class);
             rate.map(|rate| UserBuckets::new(rate, settings.keys_max).measured(metrics))
         };
         RateLimits {

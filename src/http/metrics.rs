@@ -1,5 +1,6 @@
-//! `GET /metrics` (Prometheus text format, see `crate::metrics`) and the middleware that counts
-//! every answered request by method, route pattern and status (`tianji_http_requests_total`).
+//! `GET /metrics` (Prometheus text format, see `crate::metrics`): the app's own recorder, the
+//! core's `Metrics`, rendered; and the middleware that counts every answered request by
+//! method, route pattern and status (`tianji_http_requests_total`) into that recorder.
 //!
 //! Per request the middleware does no look-up by string: the route is the resource actix
 //! matched, identified by the address of its name in this worker's route map (which lives, and
@@ -13,11 +14,13 @@
 //! and is counted by `tianji_in_flight_refused_total` instead. `/metrics` needs no token and is
 //! exempt from the in-flight cap (see `in_flight`).
 
+use super::AppState;
+use crate::metrics::Metrics;
 use ::metrics::Counter;
 use actix_web::body::MessageBody;
 use actix_web::dev::{forward_ready, Service, ServiceRequest, ServiceResponse, Transform};
 use actix_web::http::{Method, StatusCode};
-use actix_web::{get, HttpRequest, HttpResponse};
+use actix_web::{get, web, HttpRequest, HttpResponse};
 use pin_project_lite::pin_project;
 use std::cell::{OnceCell, RefCell};
 use std::future::{ready, Future, Ready};
@@ -115,18 +118,19 @@ struct RouteCounters {
     method: &'static str,
     route: String,
     by_status: [OnceCell<Counter>; STATUS_SLOTS],
+    recorder: Metrics,
 }
 
 impl RouteCounters {
-    fn new(method: &'static str, route: String) -> Self {
-        RouteCounters { method, route, by_status: std::array::from_fn(|_| OnceCell::new()) }
+    fn new(method: &'static str, route: String, recorder: &Metrics) -> Self {
+        RouteCounters { method, route, by_status: std::array::from_fn(|_| OnceCell::new()), recorder: recorder.clone() }
     }
 
     fn count(&self, status: StatusCode) {
         let slot = status_slot(status);
         let counter = self.by_status[slot].get_or_init(|| {
             let labels = [("method", self.method), ("route", self.route.as_str()), ("status", status_label(slot))];
-            crate::metrics::counter(&crate::metrics::HTTP_REQUESTS, &labels)
+            self.recorder.counter(&crate::metrics::HTTP_REQUESTS, &labels)
         });
         counter.increment(1);
     }
@@ -144,11 +148,11 @@ struct Routes {
 }
 
 impl Routes {
-    fn new() -> Self {
+    fn new(recorder: &Metrics) -> Self {
         Routes {
             resolved: RefCell::new(Vec::new()),
             known: RefCell::new(Vec::new()),
-            overflow: Rc::new(RouteCounters::new("other", UNMATCHED_ROUTE.to_owned())),
+            overflow: Rc::new(RouteCounters::new("other", UNMATCHED_ROUTE.to_owned(), recorder)),
         }
     }
 
@@ -190,14 +194,23 @@ impl Routes {
         if known.len() >= ROUTES_MAX {
             return Rc::clone(&self.overflow);
         }
-        let counters = Rc::new(RouteCounters::new(method, route));
+        let counters = Rc::new(RouteCounters::new(method, route, &self.overflow.recorder));
         known.push(Rc::clone(&counters));
         counters
     }
 }
 
-/// The middleware: `App::new().wrap(RequestMetrics)`.
-pub struct RequestMetrics;
+/// The middleware: `App::new().wrap(RequestMetrics::new(metrics))`, counting into the app's
+/// recorder.
+pub struct RequestMetrics {
+    recorder: Metrics,
+}
+
+impl RequestMetrics {
+    pub fn new(recorder: Metrics) -> Self {
+        RequestMetrics { recorder }
+    }
+}
 
 impl<S, B> Transform<S, ServiceRequest> for RequestMetrics
 where
@@ -211,7 +224,7 @@ where
     type Future = Ready<Result<Self::Transform, Self::InitError>>;
 
     fn new_transform(&self, service: S) -> Self::Future {
-        ready(Ok(RequestMetricsService { service, routes: Rc::new(Routes::new()) }))
+        ready(Ok(RequestMetricsService { service, routes: Rc::new(Routes::new(&self.recorder)) }))
     }
 }
 
@@ -269,8 +282,8 @@ where
         body = String, content_type = "text/plain; version=0.0.4; charset=utf-8")),
 )]
 #[get("/metrics")]
-pub async fn metrics() -> HttpResponse {
-    HttpResponse::Ok().content_type(crate::metrics::CONTENT_TYPE).body(crate::metrics::render())
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().content_type(crate::metrics::CONTENT_TYPE).body(state.core.metrics().render())
 }
 
 #[cfg(test)]

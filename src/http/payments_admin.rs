@@ -18,6 +18,7 @@ use utoipa::{IntoParams, ToSchema};
 
 /// The most payments one page lists.
 pub const PAGE_SIZE_MAX: u32 = 100;
+/// How many payments a page lists when the query names no `limit`.
 pub const PAGE_SIZE_DEFAULT: u32 = 20;
 
 #[derive(Deserialize, IntoParams)]

@@ -4,7 +4,10 @@
 //!
 //! While one batch is being written the next one fills in the queue, so the rate of durable
 //! writes is bounded by rows per commit, not by commits. The queue is bounded: a full queue is
-//! refused at once (`SubmitError::Overloaded`), never waited on without limit.
+//! refused at once (`SubmitError::Overloaded`), never waited on without limit. Only a caller
+//! that must get its item in (a shutdown's last writes) waits for room, up to a deadline it
+//! gives (`submit_before`): it holds its item itself meanwhile, so the queue never holds more
+//! than `queue_max` items.
 //!
 //! Each batch is written in a `group_commit` span that follows from the span of every item's
 //! submitter and, when recorded (debug), lists the request ids among them, so a line logged
@@ -20,7 +23,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout_at, Instant};
 use tracing::field::Empty;
-use tracing::{Instrument, Span};
+use tracing::{Instrument, Level, Span};
 
 /// The bounds of one batcher.
 #[derive(Debug, Clone, Copy)]
@@ -55,7 +58,8 @@ impl SubmitError {
 struct Job<T, R> {
     item: T,
     reply: oneshot::Sender<Result<R, StoreError>>,
-    /// The submitter's span (for a request's change, inside its request span).
+    /// The submitter's span (for a request's change, inside its request span); `Span::none()`
+    /// when the batch span's level (DEBUG) is not enabled.
     span: Span,
 }
 
@@ -112,13 +116,30 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     /// Adds `item` to the next batch and waits until that batch is committed.
     pub async fn submit(&self, item: T) -> Result<R, SubmitError> {
         let (reply, answer) = oneshot::channel();
-        self.queue.try_send(Job { item, reply, span: Span::current() }).map_err(|error| match error {
+        self.queue.try_send(Job { item, reply, span: submitter_span() }).map_err(|error| match error {
             mpsc::error::TrySendError::Full(_) => {
                 self.rejections.increment(1);
                 SubmitError::Overloaded
             }
             mpsc::error::TrySendError::Closed(_) => SubmitError::Closed,
         })?;
+        answer.await.map_err(|_| SubmitError::Lost)?.map_err(SubmitError::Store)
+    }
+
+    /// `submit`, but a full queue is waited on until `deadline` (FIFO among the waiters)
+    /// instead of refused at once; past it, `Overloaded`. Then it waits for the batch's commit
+    /// like `submit` (a flush is bounded by its own function, e.g. the database timeout).
+    pub async fn submit_before(&self, item: T, deadline: Instant) -> Result<R, SubmitError> {
+        let permit = match timeout_at(deadline, self.queue.reserve()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_closed)) => return Err(SubmitError::Closed),
+            Err(_elapsed) => {
+                self.rejections.increment(1);
+                return Err(SubmitError::Overloaded);
+            }
+        };
+        let (reply, answer) = oneshot::channel();
+        permit.send(Job { item, reply, span: submitter_span() });
         answer.await.map_err(|_| SubmitError::Lost)?.map_err(SubmitError::Store)
     }
 }
@@ -168,6 +189,18 @@ async fn run<T, R, F, Fut>(
     }
 }
 
+/// The span to keep with a submitted item: the current one when this module's spans are
+/// recorded at DEBUG (the batch span's level; it is the only reader), else `Span::none()`, so
+/// under the default filter a submit clones no span and moves no reference count. The check is
+/// the callsite's cached interest plus the filter's level test.
+fn submitter_span() -> Span {
+    if tracing::span_enabled!(Level::DEBUG) {
+        Span::current()
+    } else {
+        Span::none()
+    }
+}
+
 /// The span a batch is written in (at debug): it follows from every submitter's span and names
 /// the requests among them (`request_ids`, see `telemetry::request_ids`), so a batch's lines
 /// lead to the requests it answers. Nothing is looked up when the span is not recorded.
@@ -191,6 +224,22 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
+
+    #[test]
+    fn the_submitters_span_is_kept_only_when_the_batch_span_is_recorded() {
+        use tracing_subscriber::{filter::LevelFilter, layer::SubscriberExt};
+        for (level, kept) in [(LevelFilter::INFO, false), (LevelFilter::DEBUG, true)] {
+            tracing::subscriber::with_default(tracing_subscriber::registry().with(level), || {
+                let request = tracing::info_span!("request");
+                let _entered = request.enter();
+                let span = submitter_span();
+                assert_eq!(span.id().is_some(), kept, "at {level}");
+                if kept {
+                    assert_eq!(span.id(), request.id(), "the submitter's own span");
+                }
+            });
+        }
+    }
 
     #[tokio::test]
     async fn batches_concurrent_submissions_and_answers_each() {
@@ -247,5 +296,65 @@ mod tests {
         release.send(true).unwrap();
         assert_eq!(first.await.unwrap().unwrap(), 1);
         assert_eq!(second.await.unwrap(), 2);
+    }
+
+    /// A submission running in its own task.
+    type Submitted = tokio::task::JoinHandle<Result<u32, SubmitError>>;
+
+    /// A batcher whose writer holds item 1 inside its flush (until `release`) with item 2
+    /// queued in the one queue slot: the queue is full.
+    async fn full_queue() -> (Batcher<u32, u32>, tokio::sync::watch::Sender<bool>, Vec<Submitted>) {
+        let limits = BatchLimits { size_max: 1, delay: Duration::ZERO, queue_max: 1 };
+        let (entered_tx, entered) = tokio::sync::watch::channel(false);
+        let (release, gate) = tokio::sync::watch::channel(false);
+        let batcher = Batcher::spawn("slow", limits, move |items: Vec<u32>| {
+            let mut gate = gate.clone();
+            let _ = entered_tx.send(true);
+            async move {
+                gate.wait_for(|open| *open).await.expect("gate sender alive");
+                Ok(items)
+            }
+        });
+        let first = tokio::spawn({
+            let batcher = batcher.clone();
+            async move { batcher.submit(1).await }
+        });
+        entered.clone().wait_for(|in_flush| *in_flush).await.unwrap();
+        let second = tokio::spawn({
+            let batcher = batcher.clone();
+            async move { batcher.submit(2).await }
+        });
+        // Item 2 takes the slot once its task runs; a refused third submission shows it has.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !matches!(batcher.queue.try_reserve(), Err(mpsc::error::TrySendError::Full(()))) {
+            assert!(Instant::now() < deadline, "item 2 never reached the queue");
+            tokio::task::yield_now().await;
+        }
+        (batcher, release, vec![first, second])
+    }
+
+    #[tokio::test]
+    async fn a_waiting_submission_gets_in_once_the_full_queue_has_room() {
+        let (batcher, release, earlier) = full_queue().await;
+        assert!(matches!(batcher.submit(3).await, Err(SubmitError::Overloaded)), "submit never waits");
+        let waiting = batcher.submit_before(3, Instant::now() + Duration::from_secs(30));
+        tokio::pin!(waiting);
+        assert!(futures::poll!(&mut waiting).is_pending(), "a full queue is waited on");
+        assert_eq!(batcher.queue.capacity(), 0, "the waiting item is not in the queue");
+        release.send(true).unwrap();
+        assert_eq!(waiting.await.unwrap(), 3);
+        for (expected, job) in (1..).zip(earlier) {
+            assert_eq!(job.await.unwrap().unwrap(), expected);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_waiting_submission_is_refused_at_its_deadline() {
+        let (batcher, release, _earlier) = full_queue().await;
+        let started = Instant::now();
+        let bound = Duration::from_millis(50);
+        assert!(matches!(batcher.submit_before(3, started + bound).await, Err(SubmitError::Overloaded)));
+        assert!(started.elapsed() >= bound, "refused only at the deadline: {:?}", started.elapsed());
+        release.send(true).unwrap();
     }
 }

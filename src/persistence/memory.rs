@@ -59,6 +59,8 @@ struct MemoryState {
     events: BTreeMap<i64, (StoredEvent, Option<i64>)>,
     /// The ids of the events not published yet.
     unpublished: std::collections::BTreeSet<i64>,
+    /// Events ever appended: the last id given, so a pruned id is never given again.
+    events_appended: i64,
 }
 
 impl MemoryState {
@@ -157,7 +159,8 @@ impl MemoryState {
     /// Appends the events of a batch's accepted changes, ids in insert order.
     fn append_events(&mut self, accepted: &[&Change], now_ms: i64) {
         for event in outbox::new_events(accepted, now_ms) {
-            let id = self.events.last_key_value().map_or(1, |(id, _)| id + 1);
+            self.events_appended += 1;
+            let id = self.events_appended;
             let stored = StoredEvent {
                 id,
                 order_id: event.order_id,
@@ -430,6 +433,21 @@ impl Store for MemoryStore {
             }
         }
         Ok(marked)
+    }
+
+    async fn prune_published(&self, before_ms: i64, limit: u32) -> Result<u64, StoreError> {
+        let mut state = self.lock();
+        let old: Vec<i64> = state
+            .events
+            .iter()
+            .filter(|(_, (_, published_at))| published_at.is_some_and(|at| at < before_ms))
+            .map(|(id, _)| *id)
+            .take(limit as usize)
+            .collect();
+        for id in &old {
+            state.events.remove(id);
+        }
+        Ok(old.len() as u64)
     }
 
     async fn list_payments(

@@ -448,6 +448,18 @@ pub trait Store: Send + Sync + 'static {
     /// time. Returns how many were marked now.
     async fn mark_published(&self, ids: &[i64], at_ms: i64) -> Result<u64, StoreError>;
 
+    /// Claims the oldest unpublished order events, at most `limit`, for one relay round: no
+    /// other relay claims them until this claim is marked or dropped. This default, for a
+    /// store with one relay, reads without a lock (`outbox::UnlockedClaim`).
+    async fn claim_unpublished(&self, limit: u32) -> Result<Box<dyn outbox::EventClaim + '_>, StoreError> {
+        let events = self.unpublished_events(limit).await?;
+        Ok(Box::new(outbox::UnlockedClaim { store: self, events }))
+    }
+
+    /// Deletes at most `limit` order events published before `before_ms`, oldest first; never
+    /// an unpublished one. Returns how many it deleted.
+    async fn prune_published(&self, before_ms: i64, limit: u32) -> Result<u64, StoreError>;
+
     /// Payments in `status`, newest first (`PaymentCursor`), after `after` when given, at most
     /// `limit`.
     async fn list_payments(

@@ -3,73 +3,33 @@
 //!
 //! Guarantees:
 //! - Every row of `order_status_log` has exactly one event, written in the same transaction:
-//!   a new order is `placed`, a transition is named by its target status (`paid`, `closed`,
-//!   `finished`, `refunded`). Events follow the log's order (new orders, then transitions,
-//!   in batch order), so per order the events and the log rows agree one to one, in order.
+//!   both are built from `domain::order::log_entries` of the batch's accepted changes (new
+//!   orders, then transitions, in batch order), and the event's kind is `EventKind::of` its
+//!   entry. So per order the events and the log rows agree one to one, in order.
 //! - A payment kept for refund (a callback for a closed or already paid order) is one more
-//!   event, `refund_required`, in the transaction that stores the payment.
+//!   event, `refund_required`, in the transaction that stores the payment, after the batch's
+//!   log events.
 //! - Ids are the table's auto-increment, assigned by the database in insert order and never
-//!   reused; they are the `event_id` consumers deduplicate on. The relay reads unpublished rows
-//!   by their `published_at IS NULL` index, so the order in which concurrent transactions
-//!   commit does not matter to it.
+//!   reused; they are the `event_id` consumers deduplicate on. The relay claims unpublished
+//!   rows by their `published_at IS NULL` index, so the order in which concurrent
+//!   transactions commit does not matter to it.
 //! - A body is a small JSON object (at most `EVENT_BODY_LEN_MAX_BYTES`), built without the
-//!   database: it is on the write path.
+//!   database: it is on the write path, and it is the only allocation an event costs there.
+//! - A claim (`EventClaim`) holds the events it read until it marks them or is dropped;
+//!   dropped, it marks nothing and the events stay unpublished.
 
-use super::{Change, Payment, PaymentStatus};
-use crate::domain::order::OrderStatus;
+use super::{Change, OrderTransition, Payment, PaymentStatus, Store, StoreError};
+use crate::domain::order::{self, StatusLogEntry, StatusStep};
 use crate::domain::OrderId;
+use async_trait::async_trait;
 use serde::Serialize;
+
+pub use crate::domain::order::EventKind;
 
 /// The longest event body, in bytes (the column holds 1,024 characters). The largest body, a
 /// `refund_required` with a 64-byte trade number and a 32-byte channel both fully escaped,
 /// stays far below it.
 pub const EVENT_BODY_LEN_MAX_BYTES: usize = 1_024;
-
-/// What happened to an order. The names are stored and published, and never reused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum EventKind {
-    Placed,
-    Paid,
-    Closed,
-    Finished,
-    Refunded,
-    /// A payment arrived for an order that could not take it; the money must go back.
-    RefundRequired,
-}
-
-impl EventKind {
-    pub const ALL: [EventKind; 6] =
-        [Self::Placed, Self::Paid, Self::Closed, Self::Finished, Self::Refunded, Self::RefundRequired];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Placed => "placed",
-            Self::Paid => "paid",
-            Self::Closed => "closed",
-            Self::Finished => "finished",
-            Self::Refunded => "refunded",
-            Self::RefundRequired => "refund_required",
-        }
-    }
-
-    pub fn parse(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|kind| kind.as_str() == name)
-    }
-
-    /// The event of a status log row that reaches `to`: a first row (no `from`) is `placed`.
-    pub fn of_step(from: Option<OrderStatus>, to: OrderStatus) -> EventKind {
-        match (from, to) {
-            (None, _) => Self::Placed,
-            (Some(_), OrderStatus::Paid) => Self::Paid,
-            (Some(_), OrderStatus::Closed) => Self::Closed,
-            (Some(_), OrderStatus::Finished) => Self::Finished,
-            (Some(_), OrderStatus::Refunded) => Self::Refunded,
-            (Some(from), OrderStatus::PendingPayment) => {
-                unreachable!("no transition leads back to pending_payment (from {from:?})")
-            }
-        }
-    }
-}
 
 /// An event row to insert; the database assigns its id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +48,59 @@ pub struct StoredEvent {
     pub kind: EventKind,
     pub body: String,
     pub created_at_ms: i64,
+}
+
+/// Unpublished events read by one relay round, held until they are marked published.
+#[async_trait]
+pub trait EventClaim: Send {
+    /// The claimed events, oldest (lowest id) first.
+    fn events(&self) -> &[StoredEvent];
+
+    /// Marks every claimed event published at `at_ms` and releases the claim; how many rows
+    /// it marked (all of them: nobody else marks a claimed event).
+    async fn mark_published(self: Box<Self>, at_ms: i64) -> Result<u64, StoreError>;
+}
+
+/// The claim of a store with one writer and one relay (SQLite, memory): the events read, no
+/// lock, marked through `Store::mark_published`.
+pub struct UnlockedClaim<'a, S: Store + ?Sized> {
+    pub store: &'a S,
+    pub events: Vec<StoredEvent>,
+}
+
+#[async_trait]
+impl<S: Store + ?Sized> EventClaim for UnlockedClaim<'_, S> {
+    fn events(&self) -> &[StoredEvent] {
+        &self.events
+    }
+
+    async fn mark_published(self: Box<Self>, at_ms: i64) -> Result<u64, StoreError> {
+        let ids: Vec<i64> = self.events.iter().map(|event| event.id).collect();
+        self.store.mark_published(&ids, at_ms).await
+    }
+}
+
+/// The status-log entries of `accepted` (the accepted changes of a batch, in batch order):
+/// `domain::order::log_entries` of their new orders and transitions.
+pub fn log_entries<'a>(accepted: &'a [&'a Change]) -> impl Iterator<Item = StatusLogEntry<'a>> + 'a {
+    let new_orders = accepted.iter().filter_map(|change| change.order.as_ref());
+    let steps = accepted.iter().filter_map(|change| change.transition.as_ref()).map(step_of);
+    order::log_entries(new_orders, steps)
+}
+
+fn step_of(transition: &OrderTransition) -> StatusStep {
+    StatusStep {
+        order_id: transition.order_id,
+        from: transition.from,
+        to: transition.to,
+        version_before: transition.expected_version,
+        at_ms: transition.at_ms,
+    }
+}
+
+/// The payments of `accepted` kept for refund: each is one `refund_required` event.
+pub fn kept_payments<'a>(accepted: &'a [&'a Change]) -> impl Iterator<Item = &'a Payment> + 'a {
+    accepted.iter().filter_map(|change| change.payment.as_ref()).filter(|p| p.status == PaymentStatus::RefundRequired)
 }
 
 /// The body of every event: the fields that apply to its kind, the rest left out.
@@ -138,59 +151,56 @@ impl Body<'_> {
     }
 }
 
-/// The events of `accepted` (the accepted changes of a batch, in batch order), at `now_ms`:
-/// see the module doc for which and in what order.
-pub fn new_events(accepted: &[&Change], now_ms: i64) -> Vec<NewEvent> {
-    let placed = accepted.iter().filter_map(|c| c.order.as_ref()).map(|order| {
-        let body = Body {
-            user_id: Some(order.user_id.get()),
-            to: Some(order.status.as_str()),
-            version: Some(order.version),
-            pay_cents: Some(order.pay_cents.get()),
-            ..Body::bare(order.id, order.created_at_ms)
-        };
-        NewEvent {
-            order_id: order.id,
-            kind: EventKind::of_step(None, order.status),
-            body: body.encode(),
-            created_at_ms: order.created_at_ms,
+/// The body of the event of a status-log entry: a placed order names its buyer and what it
+/// costs, a step its two statuses.
+pub fn entry_body(entry: &StatusLogEntry<'_>) -> String {
+    let bare = Body {
+        to: Some(entry.to().as_str()),
+        version: Some(entry.version()),
+        ..Body::bare(entry.order_id(), entry.at_ms())
+    };
+    let body = match entry {
+        StatusLogEntry::Placed(order) => {
+            Body { user_id: Some(order.user_id.get()), pay_cents: Some(order.pay_cents.get()), ..bare }
         }
-    });
-    let steps = accepted.iter().filter_map(|c| c.transition.as_ref()).map(|t| {
-        let body = Body {
-            from: Some(t.from.as_str()),
-            to: Some(t.to.as_str()),
-            version: Some(t.expected_version + 1),
-            ..Body::bare(t.order_id, t.at_ms)
-        };
-        NewEvent {
-            order_id: t.order_id,
-            kind: EventKind::of_step(Some(t.from), t.to),
-            body: body.encode(),
-            created_at_ms: t.at_ms,
-        }
-    });
-    let kept = accepted
-        .iter()
-        .filter_map(|c| c.payment.as_ref())
-        .filter(|p| p.status == PaymentStatus::RefundRequired)
-        .map(|payment| refund_required(payment, now_ms));
-    placed.chain(steps).chain(kept).collect()
+        StatusLogEntry::Step(step) => Body { from: Some(step.from.as_str()), ..bare },
+    };
+    body.encode()
 }
 
-fn refund_required(payment: &Payment, now_ms: i64) -> NewEvent {
+/// The body of the `refund_required` event of a payment kept at `now_ms`.
+pub fn refund_required_body(payment: &Payment, now_ms: i64) -> String {
     let body = Body {
         out_trade_no: Some(&payment.out_trade_no),
         amount_cents: Some(payment.amount_cents.get()),
         channel: Some(&payment.channel),
         ..Body::bare(payment.order_id, now_ms)
     };
-    NewEvent { order_id: payment.order_id, kind: EventKind::RefundRequired, body: body.encode(), created_at_ms: now_ms }
+    body.encode()
+}
+
+/// The events of `accepted` at `now_ms`, in insert order (see the module doc), for a store
+/// that keeps them itself (the memory store; the SQL stores bind the rows directly).
+pub fn new_events<'a>(accepted: &'a [&'a Change], now_ms: i64) -> impl Iterator<Item = NewEvent> + 'a {
+    let logged = log_entries(accepted).map(|entry| NewEvent {
+        order_id: entry.order_id(),
+        kind: EventKind::of(&entry),
+        body: entry_body(&entry),
+        created_at_ms: entry.at_ms(),
+    });
+    let kept = kept_payments(accepted).map(move |payment| NewEvent {
+        order_id: payment.order_id,
+        kind: EventKind::RefundRequired,
+        body: refund_required_body(payment, now_ms),
+        created_at_ms: now_ms,
+    });
+    logged.chain(kept)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::order::OrderStatus;
     use crate::domain::Cents;
     use crate::persistence::OrderTransition;
 
@@ -208,17 +218,6 @@ mod tests {
     }
 
     #[test]
-    fn kinds_round_trip_and_steps_are_named_by_their_target() {
-        for kind in EventKind::ALL {
-            assert_eq!(EventKind::parse(kind.as_str()), Some(kind));
-        }
-        assert_eq!(EventKind::parse("pending_payment"), None);
-        assert_eq!(EventKind::of_step(None, OrderStatus::PendingPayment), EventKind::Placed);
-        assert_eq!(EventKind::of_step(Some(OrderStatus::PendingPayment), OrderStatus::Closed), EventKind::Closed);
-        assert_eq!(EventKind::of_step(Some(OrderStatus::Finished), OrderStatus::Refunded), EventKind::Refunded);
-    }
-
-    #[test]
     fn each_transition_and_each_kept_payment_is_one_event_in_batch_order() {
         let paid = transition(1, OrderStatus::PendingPayment, OrderStatus::Paid);
         let closed = transition(2, OrderStatus::PendingPayment, OrderStatus::Closed);
@@ -231,7 +230,7 @@ mod tests {
         };
         let kept = Change { payment: Some(payment(PaymentStatus::RefundRequired)), ..Change::default() };
         let paying = Change { payment: Some(payment(PaymentStatus::Paid)), ..paid.clone() };
-        let events = new_events(&[&paying, &closed, &kept], 9);
+        let events: Vec<NewEvent> = new_events(&[&paying, &closed, &kept], 9).collect();
         let kinds: Vec<(i64, EventKind)> = events.iter().map(|e| (e.order_id.get(), e.kind)).collect();
         assert_eq!(kinds, vec![(1, EventKind::Paid), (2, EventKind::Closed), (2, EventKind::RefundRequired)]);
         let body: serde_json::Value = serde_json::from_str(&events[0].body).unwrap();

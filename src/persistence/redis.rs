@@ -81,17 +81,20 @@ pub struct Snapshots {
 
 impl Snapshots {
     pub fn in_process() -> Self {
-        // Registered even without Redis, so a dashboard's series exist (at 0) on every node.
-        let _ = SnapshotMetrics::new();
         Snapshots { local: Local::default(), publisher: None }
     }
 
     /// Mirrors snapshots to Redis at `url`. Connects lazily: Redis need not be up at start.
     /// Must be called inside a Tokio runtime (it spawns the publishing task).
     pub fn with_redis(url: &str) -> anyhow::Result<Self> {
+        Snapshots::with_redis_measured(url, SnapshotMetrics::noop())
+    }
+
+    /// `with_redis`, counting the publisher's writes and failures on `metrics`.
+    pub fn with_redis_measured(url: &str, metrics: SnapshotMetrics) -> anyhow::Result<Self> {
         let local = Local::default();
         let client = redis::Client::open(url)?;
-        let publisher = Arc::new(RedisPublisher::new(client, Arc::clone(&local), SnapshotMetrics::new()));
+        let publisher = Arc::new(RedisPublisher::new(client, Arc::clone(&local), metrics));
         tokio::spawn(Arc::clone(&publisher).run());
         Ok(Snapshots { local, publisher: Some(publisher) })
     }
@@ -341,7 +344,7 @@ mod tests {
         let local = Local::default();
         // Opening a client does not connect.
         let client = redis::Client::open("redis://127.0.0.1:1").expect("valid url");
-        let publisher = Arc::new(RedisPublisher::new(client, Arc::clone(&local), SnapshotMetrics::new()));
+        let publisher = Arc::new(RedisPublisher::new(client, Arc::clone(&local), SnapshotMetrics::noop()));
         (Snapshots { local, publisher: Some(Arc::clone(&publisher)) }, publisher)
     }
 

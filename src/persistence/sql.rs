@@ -8,7 +8,7 @@
 //! `plan::decide` accept or refuse each change, write the accepted ones with a fixed number of
 //! multi-row statements per table (whatever the batch size), commit.
 
-use super::outbox::StoredEvent;
+use super::outbox::{self, EventClaim, StoredEvent};
 use super::plan::{decide, Facts, Plan, SkuRow, Wanted};
 use super::sql_learning::write_lessons;
 use super::sql_outbox::write_events;
@@ -20,7 +20,7 @@ use super::{
 use crate::domain::coupon::{Coupon, CouponStatus};
 use crate::domain::inventory::{Counters, Reservation};
 use crate::domain::lease::settled_lease_statuses;
-use crate::domain::order::{Order, OrderItem, OrderStatus};
+use crate::domain::order::{Order, OrderItem, OrderStatus, StatusLogEntry};
 use crate::domain::{Cents, CouponId, OrderId, SkuId, TemplateId, UserId};
 use async_trait::async_trait;
 use sqlx::any::{Any, AnyRow};
@@ -464,6 +464,14 @@ impl Store for SqlStore {
         self.update_published(ids, at_ms).await
     }
 
+    async fn claim_unpublished(&self, limit: u32) -> Result<Box<dyn EventClaim + '_>, StoreError> {
+        self.claim_events(limit).await
+    }
+
+    async fn prune_published(&self, before_ms: i64, limit: u32) -> Result<u64, StoreError> {
+        self.delete_published(before_ms, limit).await
+    }
+
     async fn list_payments(
         &self,
         status: PaymentStatus,
@@ -618,33 +626,23 @@ async fn write_plan(
         let result = update.build().execute(&mut *tx).await?;
         expect_rows(result.rows_affected(), chunk.len(), "order transitions")?;
     }
-    // The status log: the first entry of each new order, then every step.
-    let log: Vec<LogEntry> = orders
-        .iter()
-        .map(|o| LogEntry { order_id: o.id, from: None, to: o.status, version: o.version, at_ms: o.created_at_ms })
-        .chain(transitions.iter().map(|t| LogEntry {
-            order_id: t.order_id,
-            from: Some(t.from),
-            to: t.to,
-            version: t.expected_version + 1,
-            at_ms: t.at_ms,
-        }))
-        .collect();
+    // The status log (`domain::order::log_entries`), then the event of each entry (the
+    // transactional outbox), in the same order, and those of kept payments.
+    let log: Vec<StatusLogEntry> = outbox::log_entries(&accepted).collect();
     insert_rows(
         tx,
         "INSERT INTO order_status_log (order_id, from_status, to_status, version, created_at)",
         &log,
         |row, entry| {
-            row.push_bind(entry.order_id.get())
-                .push_bind(entry.from.map(|status| status.as_str()))
-                .push_bind(entry.to.as_str())
-                .push_bind(entry.version)
-                .push_bind(entry.at_ms);
+            row.push_bind(entry.order_id().get())
+                .push_bind(entry.from().map(OrderStatus::as_str))
+                .push_bind(entry.to().as_str())
+                .push_bind(entry.version())
+                .push_bind(entry.at_ms());
         },
     )
     .await?;
-    // Their events (the transactional outbox), in the same order, and those of kept payments.
-    write_events(tx, &accepted, now_ms).await?;
+    write_events(tx, &log, &accepted, now_ms).await?;
 
     let payments: Vec<&Payment> = accepted.iter().filter_map(|c| c.payment.as_ref()).collect();
     insert_rows(
@@ -681,16 +679,6 @@ async fn write_plan(
 
 /// One counter of a SKU, picked by column.
 type CounterOf = fn(&Counters) -> i64;
-
-/// One row of `order_status_log`.
-struct LogEntry {
-    order_id: OrderId,
-    /// `None` for an order's first entry.
-    from: Option<OrderStatus>,
-    to: OrderStatus,
-    version: i64,
-    at_ms: i64,
-}
 
 /// New reservation rows in one insert; moves grouped by (from, to), each checked to find
 /// every row it names in the status it expects (the actors and the database must agree).

@@ -2,31 +2,39 @@
 //! it allows, shared by MariaDB and SQLite like `sql.rs`.
 //!
 //! Guarantees:
-//! - `reconcile_facts` reads every table the rules compare inside one read-only transaction
-//!   (a consistent snapshot on MariaDB at REPEATABLE READ; one read transaction on SQLite), so
-//!   a server that keeps committing cannot make a consistent database look inconsistent.
+//! - `FactsReader` reads every table the rules compare inside one read-only transaction (a
+//!   consistent snapshot on MariaDB at REPEATABLE READ; one read transaction on SQLite), so a
+//!   server that keeps committing cannot make a consistent database look inconsistent.
+//! - It reads in parts, so memory follows the part, not the database: the stock facts
+//!   `SKUS_PER_PART_MAX` SKUs at a time (their leases, items, the orders those name, purchase
+//!   rows and lessons), then one part of the rows of SKUs that do not exist; the events
+//!   `ORDERS_PER_PART_MAX` orders at a time. Templates, coupons and the orders that name a
+//!   coupon are read as one part (bounded by the coupons issued, not by the orders).
+//! - Each part holds everything its `domain::reconcile` check needs, so checking the parts
+//!   finds what checking the whole would.
 //! - A repair re-reads what it repairs under the same lock the write pipeline takes (the SKU or
 //!   template row), checks with the same pure rule that the stored state is still the one the
 //!   difference found and still proven, and only then writes, in that transaction. A SKU's
 //!   counters are written with its owner epoch and version bumped, so a running actor's next
 //!   commit is fenced and the actor reloads from the repaired row.
-//! - Nothing is ever deleted, and no order, payment, coupon record or purchase row is written.
+//! - Nothing is ever deleted, and no order, payment, coupon record, purchase row or event is
+//!   written.
 //! - `open` never migrates: a database missing any of this binary's migrations is refused.
 
-use super::sql::{Dialect, SqlStore};
-use super::StoreError;
+use super::sql::{push_list, Dialect, SqlStore};
+use super::{PaymentStatus, StoreError};
 use crate::domain::coupon::CouponStatus;
 use crate::domain::inventory::Counters;
 use crate::domain::lease::ReservationStatus;
-use crate::domain::order::OrderStatus;
+use crate::domain::order::{EventKind, OrderStatus};
 use crate::domain::reconcile::{
-    check_sku, CouponFacts, Facts, ItemFacts, LeaseFacts, LeaseOfSku, LessonFacts, OrderFacts, PurchaseFacts, Repair,
-    SkuFacts, TemplateFacts,
+    check_sku, CouponFacts, EventFacts, Facts, ItemFacts, LeaseFacts, LeaseOfSku, LessonFacts, OrderFacts,
+    PurchaseFacts, Repair, SkuFacts, StepFacts, TemplateFacts,
 };
 use crate::domain::{CouponId, OrderId, SkuId, TemplateId, UserId};
-use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Connection, Executor, Row};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use sqlx::any::{Any, AnyRow};
+use sqlx::{AnyConnection, Executor, QueryBuilder, Row, Transaction};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 /// What a repair did.
@@ -90,13 +98,27 @@ fn sku_from_row(row: &AnyRow) -> Result<SkuFacts, StoreError> {
 
 const SKU_SELECT: &str = "SELECT sku_id, total, available, reserved, sold, version, price_cents FROM inventory";
 
-/// The orders whose status log shows a refund from Paid (their units went back on the shelf).
-const REFUNDED_FROM_PAID: &str =
-    "SELECT DISTINCT order_id FROM order_status_log WHERE from_status = 'paid' AND to_status = 'refunded'";
+/// The SKUs read in one part of the stock facts. Their leases, items, the orders those name,
+/// purchase rows and lessons are in memory together (a hot SKU brings all its leases).
+pub const SKUS_PER_PART_MAX: usize = 256;
+
+/// The orders whose status log rows, events and kept payments are read in one part.
+pub const ORDERS_PER_PART_MAX: usize = 512;
+
+/// The number of log rows that show the order in `order_column` refunded from Paid (its units
+/// went back on the shelf), as a column: the one fact `lease::lease_agrees` takes from the log.
+fn refunded_from_paid(order_column: &str) -> String {
+    format!(
+        "(SELECT COUNT(*) FROM order_status_log l WHERE l.order_id = {order_column} \
+           AND l.from_status = '{}' AND l.to_status = '{}') AS refunded_from_paid",
+        OrderStatus::Paid.as_str(),
+        OrderStatus::Refunded.as_str()
+    )
+}
 
 impl SqlStore {
-    /// Every fact the reconciliation rules compare, from one consistent snapshot.
-    pub async fn reconcile_facts(&self) -> Result<Facts, StoreError> {
+    /// Opens the consistent snapshot every part of the facts is read from.
+    pub async fn reconcile_reader(&self) -> Result<FactsReader, StoreError> {
         let mut connection = self.pool.acquire().await?;
         let begin = match self.dialect {
             Dialect::MySql => {
@@ -106,10 +128,16 @@ impl SqlStore {
             }
             Dialect::Sqlite => "BEGIN",
         };
-        let mut tx = (*connection).begin_with(begin).await?;
-        let facts = read_facts(&mut tx).await?;
-        tx.rollback().await?;
-        Ok(facts)
+        // Rolled back when the reader is finished or dropped.
+        let tx = Transaction::begin(connection, Some(begin.into())).await?;
+        Ok(FactsReader {
+            tx,
+            after_sku: None,
+            skus_done: false,
+            strays_done: false,
+            after_order: None,
+            orders_done: false,
+        })
     }
 
     /// One SKU as stored now (for a snapshot republish).
@@ -204,6 +232,9 @@ impl SqlStore {
         to: i64,
         now_ms: i64,
     ) -> Result<Repaired, StoreError> {
+        // A template has no epoch: lowering `issued` would leave a running actor with the
+        // higher count (see `Repair::fenced_against_live_nodes`), so only raising is applied.
+        assert!(to >= from, "issued is only raised while nodes may run ({from} -> {to})");
         let mut tx = self.pool.begin_with(self.begin_write()).await?;
         // Claims lock the template row before they count or insert records.
         let lock = self.dialect.lock_rows();
@@ -244,12 +275,11 @@ async fn leases_of_sku(tx: &mut AnyConnection, sku_id: SkuId) -> Result<Vec<Leas
     {
         *items.entry(row.try_get("order_id")?).or_insert(0) += row.try_get::<i64, _>("quantity")?;
     }
-    let rows = sqlx::query(
-        "SELECT r.order_id, r.quantity, r.status, o.status AS order_status, \
-           (SELECT COUNT(*) FROM order_status_log l WHERE l.order_id = r.order_id \
-              AND l.from_status = 'paid' AND l.to_status = 'refunded') AS refunded_from_paid \
+    let rows = sqlx::query(&format!(
+        "SELECT r.order_id, r.quantity, r.status, o.status AS order_status, {} \
          FROM inventory_reservation r LEFT JOIN trade_order o ON o.id = r.order_id WHERE r.sku_id = ?",
-    )
+        refunded_from_paid("r.order_id")
+    ))
     .bind(sku_id.get())
     .fetch_all(&mut *tx)
     .await?;
@@ -270,15 +300,201 @@ async fn leases_of_sku(tx: &mut AnyConnection, sku_id: SkuId) -> Result<Vec<Leas
         .collect()
 }
 
-/// Reads every table the rules compare, inside the caller's transaction.
-async fn read_facts(tx: &mut AnyConnection) -> Result<Facts, StoreError> {
-    let mut facts = Facts::default();
-    for row in sqlx::query(SKU_SELECT).fetch_all(&mut *tx).await? {
-        facts.skus.push(sku_from_row(&row)?);
+/// The facts of one consistent snapshot, a part at a time: every stock part, the promotions,
+/// every events part (each is read once; the order of the calls does not matter).
+pub struct FactsReader {
+    tx: Transaction<'static, Any>,
+    /// The last SKU id of the stock part read before.
+    after_sku: Option<i64>,
+    skus_done: bool,
+    strays_done: bool,
+    /// The last order id of the events part read before.
+    after_order: Option<i64>,
+    orders_done: bool,
+}
+
+/// The SKUs a stock part is about: some that exist, or every one that does not.
+#[derive(Clone, Copy)]
+enum SkuPart<'a> {
+    Skus(&'a [i64]),
+    Missing,
+}
+
+impl SkuPart<'_> {
+    /// Appends the condition that `column` names a SKU of this part.
+    fn push(self, select: &mut QueryBuilder<'static, Any>, column: &str) {
+        match self {
+            SkuPart::Skus(ids) => {
+                select.push(format!("{column} IN "));
+                push_list(select, ids.to_vec());
+            }
+            SkuPart::Missing => {
+                select.push(format!("NOT EXISTS (SELECT 1 FROM inventory i WHERE i.sku_id = {column})"));
+            }
+        }
     }
-    for row in
-        sqlx::query("SELECT sku_id, order_id, quantity, status FROM inventory_reservation").fetch_all(&mut *tx).await?
-    {
+}
+
+impl FactsReader {
+    /// The next part of the stock facts (`skus`, `leases`, `items`, `orders`, `purchases`,
+    /// `lessons`) for `domain::reconcile::check_stock`: up to `SKUS_PER_PART_MAX` SKUs in id
+    /// order, then the rows of SKUs that do not exist (with no `skus`); `None` after that.
+    pub async fn next_stock_part(&mut self) -> Result<Option<Facts>, StoreError> {
+        if self.strays_done {
+            return Ok(None);
+        }
+        if !self.skus_done {
+            let mut select = QueryBuilder::<Any>::new(format!("{SKU_SELECT} WHERE sku_id > "));
+            select.push_bind(self.after_sku.unwrap_or(i64::MIN));
+            select.push(" ORDER BY sku_id LIMIT ").push_bind(SKUS_PER_PART_MAX as i64);
+            let skus: Vec<SkuFacts> =
+                select.build().fetch_all(&mut *self.tx).await?.iter().map(sku_from_row).collect::<Result<_, _>>()?;
+            assert!(skus.len() <= SKUS_PER_PART_MAX);
+            self.skus_done = skus.len() < SKUS_PER_PART_MAX;
+            if let Some(last) = skus.last() {
+                let last = last.sku_id.get();
+                assert!(self.after_sku.is_none_or(|after| after < last), "stock parts move forward");
+                self.after_sku = Some(last);
+                let ids: Vec<i64> = skus.iter().map(|sku| sku.sku_id.get()).collect();
+                let mut facts = read_stock(&mut self.tx, SkuPart::Skus(&ids)).await?;
+                facts.skus = skus;
+                return Ok(Some(facts));
+            }
+        }
+        self.strays_done = true;
+        read_stock(&mut self.tx, SkuPart::Missing).await.map(Some)
+    }
+
+    /// The promotion facts (`templates`, `coupons`, and the `orders` that name a coupon or are
+    /// named by one) for `domain::reconcile::check_promotions`.
+    pub async fn promotions(&mut self) -> Result<Facts, StoreError> {
+        let tx = &mut *self.tx;
+        let mut facts = Facts::default();
+        for row in
+            sqlx::query("SELECT id, total, issued, per_user_limit FROM coupon_template").fetch_all(&mut *tx).await?
+        {
+            facts.templates.push(TemplateFacts {
+                template_id: TemplateId::new(row.try_get("id")?),
+                total: row.try_get("total")?,
+                issued: row.try_get("issued")?,
+                per_user_limit: row.try_get("per_user_limit")?,
+            });
+        }
+        for row in sqlx::query("SELECT id, user_id, template_id, status, order_id FROM coupon_record")
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            let status: String = row.try_get("status")?;
+            facts.coupons.push(CouponFacts {
+                coupon_id: CouponId::new(row.try_get("id")?),
+                user_id: UserId::new(row.try_get("user_id")?),
+                template_id: TemplateId::new(row.try_get("template_id")?),
+                status: parse_status(&status, "coupon", CouponStatus::parse)?,
+                order_id: row.try_get::<Option<i64>, _>("order_id")?.map(OrderId::new),
+            });
+        }
+        let select = format!(
+            "SELECT o.id, o.user_id, o.status, o.coupon_id, {} FROM trade_order o WHERE o.coupon_id IS NOT NULL \
+             OR o.id IN (SELECT c.order_id FROM coupon_record c WHERE c.order_id IS NOT NULL)",
+            refunded_from_paid("o.id")
+        );
+        facts.orders = orders_from(&sqlx::query(&select).fetch_all(&mut *tx).await?)?;
+        Ok(facts)
+    }
+
+    /// The next part of the event facts (`steps`, `step_events`, `refund_events`,
+    /// `refund_payments`) of up to `ORDERS_PER_PART_MAX` orders in id order, with the number
+    /// of orders it covers, for `domain::reconcile::check_events`; `None` after the last.
+    pub async fn next_events_part(&mut self) -> Result<Option<(usize, Facts)>, StoreError> {
+        if self.orders_done {
+            return Ok(None);
+        }
+        let tx = &mut *self.tx;
+        let mut select = QueryBuilder::<Any>::new("SELECT id FROM trade_order WHERE id > ");
+        select.push_bind(self.after_order.unwrap_or(i64::MIN));
+        select.push(" ORDER BY id LIMIT ").push_bind(ORDERS_PER_PART_MAX as i64);
+        let ids: Vec<i64> =
+            select.build().fetch_all(&mut *tx).await?.iter().map(|row| row.try_get("id")).collect::<Result<_, _>>()?;
+        assert!(ids.len() <= ORDERS_PER_PART_MAX);
+        self.orders_done = ids.len() < ORDERS_PER_PART_MAX;
+        let Some(&last) = ids.last() else { return Ok(None) };
+        self.after_order = Some(last);
+        let mut facts = Facts::default();
+
+        let mut select = QueryBuilder::<Any>::new(
+            "SELECT order_id, from_status, to_status FROM order_status_log WHERE order_id IN ",
+        );
+        push_list(&mut select, ids.clone());
+        select.push(" ORDER BY order_id, id");
+        for row in select.build().fetch_all(&mut *tx).await? {
+            let from: Option<String> = row.try_get("from_status")?;
+            let to: String = row.try_get("to_status")?;
+            let from = from.as_deref().map(|name| parse_status(name, "order", OrderStatus::parse)).transpose()?;
+            let to = parse_status(&to, "order", OrderStatus::parse)?;
+            if from.is_some() && to == OrderStatus::PendingPayment {
+                return Err(StoreError::Corrupt(format!("a status log row from {from:?} back to pending_payment")));
+            }
+            facts.steps.push(StepFacts {
+                order_id: OrderId::new(row.try_get("order_id")?),
+                event_kind: EventKind::of_step(from, to),
+            });
+        }
+
+        let mut select = QueryBuilder::<Any>::new("SELECT id, order_id, kind FROM order_event WHERE order_id IN ");
+        push_list(&mut select, ids.clone());
+        select.push(" ORDER BY id");
+        for row in select.build().fetch_all(&mut *tx).await? {
+            let name: String = row.try_get("kind")?;
+            let kind = EventKind::parse(&name).ok_or_else(|| StoreError::Corrupt(format!("event kind {name:?}")))?;
+            let order_id = OrderId::new(row.try_get("order_id")?);
+            if kind == EventKind::RefundRequired {
+                facts.refund_events.push(order_id);
+            } else {
+                facts.step_events.push(EventFacts { order_id, event_id: row.try_get("id")?, kind });
+            }
+        }
+
+        let mut select = QueryBuilder::<Any>::new("SELECT order_id FROM payment WHERE status = ");
+        select.push_bind(PaymentStatus::RefundRequired.as_str()).push(" AND order_id IN ");
+        push_list(&mut select, ids.clone());
+        for row in select.build().fetch_all(&mut *tx).await? {
+            facts.refund_payments.push(OrderId::new(row.try_get("order_id")?));
+        }
+        Ok(Some((ids.len(), facts)))
+    }
+
+    /// Ends the snapshot.
+    pub async fn finish(self) -> Result<(), StoreError> {
+        self.tx.rollback().await?;
+        Ok(())
+    }
+}
+
+/// Orders as `OrderFacts`, from rows of `id, user_id, status, coupon_id, refunded_from_paid`.
+fn orders_from(rows: &[AnyRow]) -> Result<Vec<OrderFacts>, StoreError> {
+    rows.iter()
+        .map(|row| {
+            let status: String = row.try_get("status")?;
+            Ok(OrderFacts {
+                order_id: OrderId::new(row.try_get("id")?),
+                user_id: UserId::new(row.try_get("user_id")?),
+                status: parse_status(&status, "order", OrderStatus::parse)?,
+                coupon_id: row.try_get::<Option<i64>, _>("coupon_id")?.map(CouponId::new),
+                refunded_from_paid: row.try_get::<i64, _>("refunded_from_paid")? > 0,
+            })
+        })
+        .collect()
+}
+
+/// The leases, items, orders (those the leases and items name), purchase rows and lessons of
+/// the SKUs of `part`, inside the reader's transaction.
+async fn read_stock(tx: &mut AnyConnection, part: SkuPart<'_>) -> Result<Facts, StoreError> {
+    let mut facts = Facts::default();
+    let mut select = QueryBuilder::<Any>::new(
+        "SELECT r.sku_id, r.order_id, r.quantity, r.status FROM inventory_reservation r WHERE ",
+    );
+    part.push(&mut select, "r.sku_id");
+    for row in select.build().fetch_all(&mut *tx).await? {
         let status: String = row.try_get("status")?;
         facts.leases.push(LeaseFacts {
             sku_id: SkuId::new(row.try_get("sku_id")?),
@@ -287,27 +503,11 @@ async fn read_facts(tx: &mut AnyConnection) -> Result<Facts, StoreError> {
             status: parse_status(&status, "reservation", ReservationStatus::parse)?,
         });
     }
-    let refunded: BTreeSet<i64> = sqlx::query(REFUNDED_FROM_PAID)
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|row| row.try_get::<i64, _>("order_id"))
-        .collect::<Result<_, _>>()?;
-    for row in sqlx::query("SELECT id, user_id, status, coupon_id FROM trade_order").fetch_all(&mut *tx).await? {
-        let id: i64 = row.try_get("id")?;
-        let status: String = row.try_get("status")?;
-        facts.orders.push(OrderFacts {
-            order_id: OrderId::new(id),
-            user_id: UserId::new(row.try_get("user_id")?),
-            status: parse_status(&status, "order", OrderStatus::parse)?,
-            coupon_id: row.try_get::<Option<i64>, _>("coupon_id")?.map(CouponId::new),
-            refunded_from_paid: refunded.contains(&id),
-        });
-    }
-    for row in sqlx::query("SELECT order_id, sku_id, quantity, limit_counted FROM trade_order_item")
-        .fetch_all(&mut *tx)
-        .await?
-    {
+    let mut select = QueryBuilder::<Any>::new(
+        "SELECT t.order_id, t.sku_id, t.quantity, t.limit_counted FROM trade_order_item t WHERE ",
+    );
+    part.push(&mut select, "t.sku_id");
+    for row in select.build().fetch_all(&mut *tx).await? {
         facts.items.push(ItemFacts {
             order_id: OrderId::new(row.try_get("order_id")?),
             sku_id: SkuId::new(row.try_get("sku_id")?),
@@ -315,34 +515,28 @@ async fn read_facts(tx: &mut AnyConnection) -> Result<Facts, StoreError> {
             limit_counted: row.try_get::<i64, _>("limit_counted")? != 0,
         });
     }
-    for row in sqlx::query("SELECT id, total, issued, per_user_limit FROM coupon_template").fetch_all(&mut *tx).await? {
-        facts.templates.push(TemplateFacts {
-            template_id: TemplateId::new(row.try_get("id")?),
-            total: row.try_get("total")?,
-            issued: row.try_get("issued")?,
-            per_user_limit: row.try_get("per_user_limit")?,
-        });
-    }
-    for row in
-        sqlx::query("SELECT id, user_id, template_id, status, order_id FROM coupon_record").fetch_all(&mut *tx).await?
-    {
-        let status: String = row.try_get("status")?;
-        facts.coupons.push(CouponFacts {
-            coupon_id: CouponId::new(row.try_get("id")?),
-            user_id: UserId::new(row.try_get("user_id")?),
-            template_id: TemplateId::new(row.try_get("template_id")?),
-            status: parse_status(&status, "coupon", CouponStatus::parse)?,
-            order_id: row.try_get::<Option<i64>, _>("order_id")?.map(OrderId::new),
-        });
-    }
-    for row in sqlx::query("SELECT user_id, sku_id, units FROM user_sku_purchase").fetch_all(&mut *tx).await? {
+    let mut select = QueryBuilder::<Any>::new(format!(
+        "SELECT o.id, o.user_id, o.status, o.coupon_id, {} FROM trade_order o \
+         WHERE o.id IN (SELECT r.order_id FROM inventory_reservation r WHERE ",
+        refunded_from_paid("o.id")
+    ));
+    part.push(&mut select, "r.sku_id");
+    select.push(") OR o.id IN (SELECT t.order_id FROM trade_order_item t WHERE ");
+    part.push(&mut select, "t.sku_id");
+    select.push(")");
+    facts.orders = orders_from(&select.build().fetch_all(&mut *tx).await?)?;
+    let mut select = QueryBuilder::<Any>::new("SELECT p.user_id, p.sku_id, p.units FROM user_sku_purchase p WHERE ");
+    part.push(&mut select, "p.sku_id");
+    for row in select.build().fetch_all(&mut *tx).await? {
         facts.purchases.push(PurchaseFacts {
             user_id: UserId::new(row.try_get("user_id")?),
             sku_id: SkuId::new(row.try_get("sku_id")?),
             units: row.try_get("units")?,
         });
     }
-    for row in sqlx::query("SELECT user_id, course_id, holders FROM learning_lesson").fetch_all(&mut *tx).await? {
+    let mut select = QueryBuilder::<Any>::new("SELECT n.user_id, n.course_id, n.holders FROM learning_lesson n WHERE ");
+    part.push(&mut select, "n.course_id");
+    for row in select.build().fetch_all(&mut *tx).await? {
         facts.lessons.push(LessonFacts {
             user_id: UserId::new(row.try_get("user_id")?),
             course_id: SkuId::new(row.try_get("course_id")?),

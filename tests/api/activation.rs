@@ -132,6 +132,10 @@ impl Store for GatedStore {
         self.inner.mark_published(ids, at_ms).await
     }
 
+    async fn prune_published(&self, before_ms: i64, limit: u32) -> Result<u64, StoreError> {
+        self.inner.prune_published(before_ms, limit).await
+    }
+
     async fn list_payments(
         &self,
         status: PaymentStatus,

@@ -13,8 +13,14 @@ use crate::metrics::{scrape, Scrape};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use tianji::config::{Settings, SETTINGS};
+use tianji::startup::STOP_WRITES_MAX;
 use yaml_rust2::{Yaml, YamlLoader};
+
+/// What the grace period keeps beyond a stop's worst case: the process ending after its last
+/// write, and the kubelet's own delay in sending SIGTERM after the preStop hook.
+const GRACE_SLACK: Duration = Duration::from_secs(2);
 
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy")
@@ -166,9 +172,19 @@ fn the_manifests_set_only_settings_the_binary_reads_with_values_it_accepts() {
     // One node owns every key: never two pods at once.
     assert_eq!(deployment["spec"]["replicas"], 1);
     assert_eq!(deployment["spec"]["strategy"]["type"], "Recreate");
-    // The graceful stop ends before the kubelet kills the pod.
+    // The graceful stop ends before the kubelet kills the pod. The grace period counts from
+    // the start of the preStop pause; the node's own worst case is TIANJI_SHUTDOWN_TIMEOUT for
+    // the HTTP drain plus STOP_WRITES_MAX for the writes after it (src/startup.rs).
     let grace = pod["spec"]["terminationGracePeriodSeconds"].as_u64().expect("terminationGracePeriodSeconds");
-    assert!(grace > settings.shutdown_timeout.as_secs(), "grace {grace} s vs TIANJI_SHUTDOWN_TIMEOUT");
+    let pause = container.pointer("/lifecycle/preStop/sleep/seconds").and_then(|s| s.as_u64()).unwrap_or(0);
+    assert!(pause > 0, "a preStop pause lets load balancers stop routing before the drain");
+    let worst_case = Duration::from_secs(pause) + settings.shutdown_timeout + STOP_WRITES_MAX;
+    assert!(
+        Duration::from_secs(grace) >= worst_case + GRACE_SLACK,
+        "terminationGracePeriodSeconds {grace} s < preStop {pause} s + TIANJI_SHUTDOWN_TIMEOUT {:?} \
+         + STOP_WRITES_MAX {STOP_WRITES_MAX:?} + {GRACE_SLACK:?} for the process to end",
+        settings.shutdown_timeout
+    );
     let resources = &container["resources"];
     for path in ["/requests/cpu", "/requests/memory", "/limits/memory"] {
         assert!(resources.pointer(path).is_some(), "resources{path}");

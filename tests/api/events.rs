@@ -10,11 +10,17 @@ use rand::Rng;
 use serde_json::{json, Value};
 use sqlx::{AnyPool, Row};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tianji::domain::UserId;
+use tianji::actors::relay::{Relay, RelaySettings};
+use tianji::domain::clock::SystemClock;
+use tianji::domain::{Cents, OrderId, UserId};
 use tianji::http::auth::{JwtKeys, Role};
 use tianji::http::payments::PaymentKey;
+use tianji::persistence::outbox::EventClaim;
+use tianji::persistence::redis::events::EventStream;
+use tianji::persistence::{Change, DynStore, Payment, PaymentStatus};
 
 /// A stream key of the test's own, so tests never read each other's events.
 fn stream_key(name: &str) -> String {
@@ -523,6 +529,8 @@ async fn killed_mid_publish(backend: Backend) {
     );
     delete_stream(&key).await;
     db.close().await;
+    // What the kills left agrees with itself: counters, leases, and an event per log row.
+    crate::reconcile::assert_reconciles_clean(&database.url, None).await;
 }
 
 #[actix_web::test]
@@ -533,4 +541,112 @@ async fn killed_mid_publish_every_event_reaches_the_stream_on_mariadb() {
 #[actix_web::test]
 async fn killed_mid_publish_every_event_reaches_the_stream_on_sqlite() {
     killed_mid_publish(Backend::Sqlite).await;
+}
+
+/// `n` payments kept for refund, committed at `at_ms` in batches of 100: one event each.
+async fn commit_kept_payments(store: &DynStore, n: usize, at_ms: i64) {
+    let kept = |k: usize| Change {
+        payment: Some(Payment {
+            out_trade_no: format!("kept-{at_ms}-{k}"),
+            order_id: OrderId::new(1 + k as i64),
+            amount_cents: Cents::new(100),
+            channel: "test".into(),
+            status: PaymentStatus::RefundRequired,
+        }),
+        ..Change::default()
+    };
+    let changes: Vec<Change> = (0..n).map(kept).collect();
+    for batch in changes.chunks(100) {
+        let report = store.commit(batch, at_ms).await.expect("commit");
+        assert!(report.outcomes.iter().all(Result::is_ok), "{:?}", report.outcomes);
+    }
+}
+
+async fn connect(url: &str) -> DynStore {
+    tianji::persistence::connect(url, true, Duration::from_secs(5)).await.expect("store")
+}
+
+/// Two nodes' relays on one MariaDB database, racing over the same backlog in small rounds:
+/// their claims never overlap, so the stream holds every event exactly once, and both worked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_on_one_mariadb_publish_each_event_once() {
+    const EVENTS: usize = 2_000;
+    let database = TestDatabase::create(Backend::MySql).await;
+    let (store_a, store_b) = (connect(&database.url).await, connect(&database.url).await);
+    commit_kept_payments(&store_a, EVENTS, 1_000).await;
+    let key = stream_key("two-relays");
+    let settings = RelaySettings { stream_key: key.clone(), batch_size_max: 16, ..RelaySettings::default() };
+    let relay = |store: &DynStore| {
+        let stream = EventStream::open(&redis_url(), &key, settings.stream_entries_max).expect("stream");
+        let clock = Arc::new(SystemClock);
+        Relay::start(Arc::clone(store), stream, clock, &settings, Duration::from_secs(5), Arc::default())
+    };
+    let (relay_a, relay_b) = (relay(&store_a), relay(&store_b));
+    let done = eventually(Duration::from_secs(30), || async {
+        store_a.unpublished_events(1).await.expect("unpublished").is_empty()
+    });
+    assert!(done.await, "events still unpublished after 30 s");
+    let entries = stream_entries(&key).await;
+    delete_stream(&key).await;
+    let ids: HashSet<i64> = entries.iter().map(|entry| entry.event_id).collect();
+    assert_eq!((entries.len(), ids.len()), (EVENTS, EVENTS), "every event once, none twice");
+    assert_eq!(ids, (1..=EVENTS as i64).collect::<HashSet<_>>());
+    let published = |relay: &Relay| relay.stats().published.load(Ordering::Relaxed);
+    let (a, b) = (published(&relay_a), published(&relay_b));
+    assert_eq!(a + b, EVENTS as u64, "published: {a} + {b}");
+    assert!(a > 0 && b > 0, "both relays published: {a} + {b}");
+}
+
+/// A claim holds its rows: on MariaDB a second claim takes only the others and a commit of new
+/// events does not wait for it; dropped, it marks nothing; marked, its rows are published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_holds_its_rows_until_marked_on_mariadb() {
+    let database = TestDatabase::create(Backend::MySql).await;
+    let store = connect(&database.url).await;
+    commit_kept_payments(&store, 5, 1_000).await;
+    let first = store.claim_unpublished(3).await.expect("claim");
+    let ids = |claim: &dyn EventClaim| claim.events().iter().map(|event| event.id).collect::<Vec<_>>();
+    assert_eq!(ids(&*first), vec![1, 2, 3]);
+    let second = store.claim_unpublished(10).await.expect("claim");
+    assert_eq!(ids(&*second), vec![4, 5], "the locked rows are skipped");
+    // No gap lock: the write pipeline's insert of a new event does not wait for the claims.
+    let inserted = tokio::time::timeout(Duration::from_secs(2), commit_kept_payments(&store, 1, 2_000)).await;
+    assert!(inserted.is_ok(), "a commit waited on a claim");
+    drop(second);
+    assert_eq!(first.mark_published(3_000).await.expect("mark"), 3);
+    let left: Vec<i64> = store.unpublished_events(10).await.expect("unpublished").iter().map(|e| e.id).collect();
+    assert_eq!(left, vec![4, 5, 6], "the dropped claim marked nothing");
+}
+
+/// Pruning deletes published events older than the cutoff, a bounded chunk at a time, oldest
+/// first, and never an unpublished one however old (explicit timestamps, no clock).
+async fn prune_keeps_unpublished_and_recent_events(backend: Backend) {
+    let database = TestDatabase::create(backend).await;
+    let store = connect(&database.url).await;
+    commit_kept_payments(&store, 5, 1_000).await;
+    let claim = store.claim_unpublished(3).await.expect("claim");
+    assert_eq!(claim.mark_published(1_000).await.expect("mark"), 3);
+    assert_eq!(store.mark_published(&[4], 9_000).await.expect("mark"), 1);
+    assert_eq!(store.prune_published(5_000, 2).await.expect("prune"), 2, "{backend:?}: a chunk of 2");
+    assert_eq!(store.prune_published(5_000, 2).await.expect("prune"), 1, "{backend:?}: the third");
+    assert_eq!(store.prune_published(5_000, 2).await.expect("prune"), 0, "{backend:?}: event 4 is recent");
+    assert_eq!(store.prune_published(i64::MAX, 10).await.expect("prune"), 1, "{backend:?}: event 4");
+    let pool = AnyPool::connect(&database.url).await.expect("pool");
+    let rows = event_rows(&pool).await;
+    assert_eq!(rows.keys().copied().collect::<Vec<_>>(), vec![5], "{backend:?}: the unpublished event stays");
+    assert!(!rows[&5].published);
+    // Ids are never reused after a prune.
+    commit_kept_payments(&store, 1, 10_000).await;
+    let left: Vec<i64> = store.unpublished_events(10).await.expect("unpublished").iter().map(|e| e.id).collect();
+    assert_eq!(left, vec![5, 6], "{backend:?}");
+}
+
+#[tokio::test]
+async fn prune_keeps_unpublished_and_recent_events_on_mariadb() {
+    prune_keeps_unpublished_and_recent_events(Backend::MySql).await;
+}
+
+#[tokio::test]
+async fn prune_keeps_unpublished_and_recent_events_on_sqlite() {
+    prune_keeps_unpublished_and_recent_events(Backend::Sqlite).await;
 }

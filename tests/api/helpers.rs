@@ -10,7 +10,7 @@
 use crate::proxy::{self, Proxy};
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::MigrateDatabase;
-use sqlx::{Any, AnyPool, Connection, Row};
+use sqlx::{Any, AnyConnection, AnyPool, Connection, Row};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -71,16 +71,39 @@ impl Drop for TestDatabase {
             return;
         }
         let url = self.url.clone();
-        // Drop runs inside the test's runtime, which cannot be blocked on: use a thread.
+        // Drop runs inside the test's runtime, which cannot be blocked on: use a thread. That
+        // runtime is frozen meanwhile, with whatever its tasks held (an event relay's claim is a
+        // transaction that holds a metadata lock until it commits): so first end every session
+        // still on the database, then drop it.
         let dropped = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-            runtime.block_on(async { Any::drop_database(&url).await })
+            runtime.block_on(async {
+                end_sessions_on(&url).await?;
+                Any::drop_database(&url).await
+            })
         })
         .join();
         if let Ok(Err(error)) = dropped {
             eprintln!("could not drop test database {}: {error}", self.url);
         }
     }
+}
+
+/// Ends (`KILL`s) every session connected to the database of `url`, so dropping it cannot wait
+/// on a lock one of them holds.
+async fn end_sessions_on(url: &str) -> Result<(), sqlx::Error> {
+    let name = url.rsplit('/').next().unwrap_or_default().to_owned();
+    let mut root = AnyConnection::connect(&mysql_root_url()).await?;
+    let sessions: Vec<i64> =
+        sqlx::query_scalar("SELECT CAST(id AS SIGNED) FROM information_schema.processlist WHERE db = ?")
+            .bind(name)
+            .fetch_all(&mut root)
+            .await?;
+    for session in sessions {
+        // A session may end on its own in between: its KILL then fails, which is fine.
+        let _ = sqlx::query(&format!("KILL {session}")).execute(&mut root).await;
+    }
+    root.close().await
 }
 
 pub struct TestApp {
@@ -705,4 +728,48 @@ impl TestApp {
             updated_at_ms: row.get("updated_at"),
         })
     }
+}
+
+/// The auditor of the tests that stop a node under load (SIGTERM in `shutdown`, SIGKILL in
+/// `recovery`): per SKU, the counters balance (`available + reserved + sold == total`, none
+/// negative), `sold` is exactly the units of its paid and finished orders and `reserved`
+/// exactly those of its pending ones, counted in the database while the node is down.
+/// `context` names the moment checked in a failure ("round 2").
+pub async fn assert_stock_agrees_with_orders(db: &AnyPool, skus: &[i64], context: &str) {
+    for sku_id in skus {
+        let counters = sqlx::query("SELECT total, available, reserved, sold FROM inventory WHERE sku_id = ?")
+            .bind(*sku_id)
+            .fetch_one(db)
+            .await
+            .unwrap_or_else(|e| panic!("{context}: counters of sku {sku_id}: {e}"));
+        let (total, available, reserved, sold): (i64, i64, i64, i64) =
+            (counters.get("total"), counters.get("available"), counters.get("reserved"), counters.get("sold"));
+        assert_eq!(available + reserved + sold, total, "{context}: sku {sku_id} unbalanced");
+        assert!(available >= 0 && reserved >= 0 && sold >= 0, "{context}: sku {sku_id} negative");
+        let units = |statuses: &'static str| {
+            let sql = format!(
+                "SELECT CAST(COALESCE(SUM(i.quantity), 0) AS SIGNED) AS units FROM trade_order_item i \
+                 JOIN trade_order o ON o.id = i.order_id WHERE i.sku_id = ? AND o.status IN ({statuses})"
+            );
+            async move { sqlx::query(&sql).bind(*sku_id).fetch_one(db).await.unwrap().get::<i64, _>("units") }
+        };
+        assert_eq!(sold, units("'paid', 'finished'").await, "{context}: sku {sku_id} sold != units of paid orders");
+        assert_eq!(reserved, units("'pending_payment'").await, "{context}: sku {sku_id} reserved != pending units");
+    }
+}
+
+/// The environment variable that replays a test's random timings (`timing_rng`).
+pub const TEST_SEED_VAR: &str = "TIANJI_TEST_SEED";
+
+/// A random generator for the moments a test picks at random (when to send SIGTERM, when to
+/// kill): seeded from `TIANJI_TEST_SEED` when set, else at random. The seed is printed first,
+/// so a failing run names the seed that replays its timings.
+pub fn timing_rng(test: &str) -> rand::rngs::StdRng {
+    use rand::SeedableRng;
+    let seed = match std::env::var(TEST_SEED_VAR) {
+        Ok(value) => value.parse().unwrap_or_else(|_| panic!("{TEST_SEED_VAR}={value:?} is not a u64")),
+        Err(_) => rand::random(),
+    };
+    eprintln!("{test}: timing seed {seed} (replay with {TEST_SEED_VAR}={seed})");
+    rand::rngs::StdRng::seed_from_u64(seed)
 }

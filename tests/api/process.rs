@@ -119,6 +119,29 @@ impl ServerProcess {
     }
 }
 
+/// How a process started with `start_logged` ended: its exit status and every line it logged.
+pub struct Exited {
+    pub status: std::process::ExitStatus,
+    pub lines: Vec<String>,
+}
+
+impl ServerProcess {
+    /// `exited_within`, then every line the process logged (only with `start_logged`): read
+    /// once its stderr has closed, so the last lines are in.
+    pub async fn log_lines_when_exited(self, bound: std::time::Duration) -> Exited {
+        let lines = std::sync::Arc::clone(self.stderr.as_ref().expect("started with start_logged"));
+        let status = self.exited_within(bound).await;
+        // The reader thread holds the other reference until it has read the end of stderr.
+        let deadline = std::time::Instant::now() + bound;
+        while Arc::strong_count(&lines) > 1 {
+            assert!(std::time::Instant::now() < deadline, "stderr still open {bound:?} after the exit");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let lines = lines.lock().unwrap().clone();
+        Exited { status, lines }
+    }
+}
+
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -1,8 +1,10 @@
 //! `tianji reconcile [--fix]`, the real binary against a real database (and Redis on MariaDB):
 //! a database after a normal lifecycle is clean (exit 0); each kind of difference written by
 //! hand is reported with its kind and key (exit 1); `--fix` repairs the safe ones and says so,
-//! leaves the rest reported, and a running server's actor is fenced by a counter repair; a
-//! database that is not migrated is refused (exit 2).
+//! leaves the rest reported (a template count a running actor is not fenced against with
+//! "stop the nodes first"), and a running server's actor is fenced by a counter repair; missing
+//! or wrong order events are reported and never written; a database that is not migrated is
+//! refused (exit 2).
 
 use crate::helpers::{spawn_app, status_and_json, Backend, TestApp, TestDatabase, JWT_SECRET, PAYMENT_SECRET};
 use serde_json::json;
@@ -85,6 +87,8 @@ struct Lifecycle {
     /// A paid order of user 11 that used a coupon.
     coupon_order: i64,
     coupon_id: i64,
+    /// An order of user 11 cancelled before payment, and what it would have cost.
+    cancelled: (i64, i64),
 }
 
 async fn place(app: &TestApp, user_id: i64, sku_id: i64, quantity: i64) -> (i64, i64) {
@@ -140,8 +144,8 @@ async fn lifecycle(app: &TestApp) -> Lifecycle {
     pay(app, coupon_order, order["pay_cents"].as_i64().unwrap()).await;
     // Awaiting payment; cancelled; refunded before delivery; refunded after delivery; finished.
     place(app, 11, open_sku, 1).await;
-    let (cancelled, _) = place(app, 11, open_sku, 2).await;
-    act(app, cancelled, "cancel", "closed").await;
+    let cancelled = place(app, 11, open_sku, 2).await;
+    act(app, cancelled.0, "cancel", "closed").await;
     let (returned, cents) = place(app, 11, limited_sku, 1).await;
     pay(app, returned, cents).await;
     act(app, returned, "refund", "refunded").await;
@@ -161,7 +165,7 @@ async fn lifecycle(app: &TestApp) -> Lifecycle {
             assert_eq!(snapshot.get("version"), Some(&version), "the snapshot of sku {sku_id} caught up");
         }
     }
-    Lifecycle { open_sku, limited_sku, broken_sku, template_id, coupon_order, coupon_id }
+    Lifecycle { open_sku, limited_sku, broken_sku, template_id, coupon_order, coupon_id, cancelled }
 }
 
 async fn a_normal_lifecycle_reconciles_clean(backend: Backend) {
@@ -198,10 +202,24 @@ async fn each_difference_is_reported_and_the_safe_ones_are_fixed() {
     let app = spawn_app(Backend::MySql).await;
     let story = lifecycle(&app).await;
     let (open, limited, broken) = (story.open_sku, story.limited_sku, story.broken_sku);
-    // Safe to repair: counters the leases prove, an issued count the records prove, snapshots.
+    let (cancelled, cancelled_cents) = story.cancelled;
+    // A payment that comes after the close is kept for refund, with its event.
+    let (status, body) = status_and_json(app.pay(cancelled, &format!("t-{cancelled}"), cancelled_cents).await).await;
+    assert_eq!(status, 409, "a payment for a closed order: {body}");
+    let valid_until = crate::helpers::rfc3339_from_now(3_600);
+    let (status, template) = app
+        .create_template(json!({"name": "50 off", "kind": "amount_off", "discount_cents": 50,
+            "min_spend_cents": 0, "total": 5, "per_user_limit": 1, "valid_until": valid_until}))
+        .await;
+    assert_eq!(status, 201, "{template}");
+    let overcounted = template["template_id"].as_i64().unwrap();
+    let (status, _) = app.receive_coupon(13, overcounted).await;
+    assert_eq!(status, 201);
+    // Safe to repair: counters the leases prove, an issued count the records prove (raised to
+    // them), snapshots.
     execute(&app, "UPDATE inventory SET reserved = reserved - 1, available = available + 1 WHERE sku_id = ?", open)
         .await;
-    execute(&app, "UPDATE coupon_template SET issued = issued + 2 WHERE id = ?", story.template_id).await;
+    execute(&app, "UPDATE coupon_template SET issued = issued - 1 WHERE id = ?", story.template_id).await;
     redis_command(&app, redis::cmd("HSET").arg(format!("tianji:sku:{limited}")).arg("sold").arg(99)).await;
     redis_command(&app, redis::cmd("DEL").arg(format!("tianji:sku:{broken}"))).await;
     // Not safe: a lease let go under a finished order, a purchase count, a lesson, a coupon.
@@ -215,6 +233,16 @@ async fn each_difference_is_reported_and_the_safe_ones_are_fixed() {
     execute(&app, "UPDATE learning_lesson SET holders = holders + 1 WHERE user_id = 11 AND course_id = ?", limited)
         .await;
     execute(&app, "UPDATE coupon_record SET status = 'unused', order_id = NULL WHERE id = ?", story.coupon_id).await;
+    // Not while a node runs: an issued count above the records (the template's running actor
+    // is not fenced against lowering it).
+    execute(&app, "UPDATE coupon_template SET issued = issued + 1 WHERE id = ?", overcounted).await;
+    // Never: events are history. A paid event gone (moved to an order that does not exist), a
+    // closed event turned into a paid one, a refund_required event gone.
+    let paid_event = "UPDATE order_event SET order_id = -order_id WHERE kind = 'paid' AND order_id = ?";
+    execute(&app, paid_event, story.coupon_order).await;
+    execute(&app, "UPDATE order_event SET kind = 'paid' WHERE kind = 'closed' AND order_id = ?", cancelled).await;
+    let kept_event = "UPDATE order_event SET order_id = -order_id WHERE kind = 'refund_required' AND order_id = ?";
+    execute(&app, kept_event, cancelled).await;
 
     let report = reconcile(&app, false).await;
     assert_eq!(report.code, EXIT_DIFFERENCES, "{}", report.text);
@@ -234,6 +262,10 @@ async fn each_difference_is_reported_and_the_safe_ones_are_fixed() {
         ("purchase_units", format!("purchase:11/{limited}")),
         ("lesson_holders", format!("lesson:11/{limited}")),
         ("coupon_order", format!("order:{}", story.coupon_order)),
+        ("coupon_issued", format!("template:{overcounted}")),
+        ("event_missing", format!("order:{}", story.coupon_order)),
+        ("event_mismatch", format!("order:{cancelled}")),
+        ("event_missing", format!("order:{cancelled}")),
     ];
     for (kind, key) in safe.iter().chain(&unsafe_ones) {
         assert!(report.has("difference", kind, key), "{kind} {key} not reported:\n{}", report.text);
@@ -250,6 +282,10 @@ async fn each_difference_is_reported_and_the_safe_ones_are_fixed() {
     for (kind, key) in &unsafe_ones {
         assert!(fixed.has("left", kind, key), "{kind} {key} not left:\n{}", fixed.text);
     }
+    let lowered = fixed.text.lines().find(|l| l.starts_with(&format!("left coupon_issued template:{overcounted} ")));
+    assert!(lowered.is_some_and(|l| l.ends_with("stop the nodes first)")), "{}", fixed.text);
+    let refund_line = format!("left event_missing order:{cancelled} expected=refund_required_events>=1 ");
+    assert!(fixed.text.contains(&refund_line), "{}", fixed.text);
     assert_eq!(fixed.count("left"), unsafe_ones.len() + 1, "{}", fixed.text);
     assert_eq!(fixed.count("unfixed"), 0, "{}", fixed.text);
 
@@ -260,6 +296,10 @@ async fn each_difference_is_reported_and_the_safe_ones_are_fixed() {
     assert_eq!((counters.reserved, counters.available, counters.sold), (1, 8, 1), "{counters:?}");
     let issued = app.count(&format!("SELECT issued FROM coupon_template WHERE id = {}", story.template_id)).await;
     assert_eq!(issued, 2);
+    let issued = app.count(&format!("SELECT issued FROM coupon_template WHERE id = {overcounted}")).await;
+    assert_eq!(issued, 2, "not lowered while a node may run");
+    let events = app.count(&format!("SELECT COUNT(*) FROM order_event WHERE order_id = {cancelled}")).await;
+    assert_eq!(events, 2, "no event is written");
 
     // The repair fenced the SKU's running actor: its next commit is refused, it reloads from
     // the repaired row, and the SKU goes on selling from there.
@@ -297,6 +337,10 @@ async fn each_difference_is_reported_and_the_safe_ones_are_fixed() {
         .await
         .expect("restore the coupon");
     assert_eq!(restored.rows_affected(), 1);
+    execute(&app, "UPDATE coupon_template SET issued = issued - 1 WHERE id = ?", overcounted).await;
+    execute(&app, "UPDATE order_event SET order_id = -order_id WHERE order_id = ?", -story.coupon_order).await;
+    execute(&app, "UPDATE order_event SET kind = 'closed' WHERE kind = 'paid' AND order_id = ?", cancelled).await;
+    execute(&app, "UPDATE order_event SET order_id = -order_id WHERE order_id = ?", -cancelled).await;
     let version = app.db_counters(open).await.version;
     assert_eq!(app.redis_snapshot(open, version).await.get("version"), Some(&version), "the new sale is published");
     let clean = reconcile(&app, false).await;
@@ -314,3 +358,43 @@ async fn a_database_that_is_not_migrated_is_refused() {
     let report = Report::of(&run_reconcile("mysql://root@127.0.0.1:1/none", None, false).await);
     assert_eq!(report.code, EXIT_ERROR, "an unreachable database: {}", report.text);
 }
+
+/// More SKUs than one part holds, and a lease of a SKU that does not exist: the check pages
+/// through every SKU and reads the rows of missing SKUs too.
+async fn a_database_larger_than_a_part_is_read_in_parts(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let skus = tianji::persistence::sql_reconcile::SKUS_PER_PART_MAX as i64 + 1;
+    let rows: Vec<String> = (1..=skus)
+        .map(|sku_id| {
+            // The last SKU (alone in the second part) counts a reservation no lease holds.
+            let (available, reserved) = if sku_id == skus { (4, 1) } else { (5, 0) };
+            format!("({sku_id}, 'bulk {sku_id}', 100, 5, {available}, {reserved}, 0, 1, 0, 0)")
+        })
+        .collect();
+    let insert = format!(
+        "INSERT INTO inventory (sku_id, name, price_cents, total, available, reserved, sold, version, created_at, \
+         updated_at) VALUES {}",
+        rows.join(", ")
+    );
+    let inserted = sqlx::query(&insert).execute(&app.db).await.expect("insert skus");
+    assert_eq!(inserted.rows_affected(), skus as u64);
+    let missing_sku = skus + 1_000;
+    execute(
+        &app,
+        "INSERT INTO inventory_reservation (sku_id, order_id, quantity, status, expires_at, created_at, updated_at) \
+         VALUES (?, 5, 1, 'released', 0, 0, 0)",
+        missing_sku,
+    )
+    .await;
+
+    let report = Report::of(&run_reconcile(&app.database.url, None, false).await);
+    assert_eq!(report.code, EXIT_DIFFERENCES, "{}", report.text);
+    assert!(report.has("difference", "sku_counters", &format!("sku:{skus}")), "{}", report.text);
+    let stray = format!("difference lease_status lease:{missing_sku}/5 expected=an_existing_sku found=released");
+    assert!(report.text.contains(&stray), "{}", report.text);
+    assert_eq!(report.count("difference"), 2, "{}", report.text);
+    let summary = report.text.lines().last().unwrap_or_default();
+    assert!(summary.starts_with(&format!("reconcile: 2 differences; {skus} skus, 1 leases, 0 orders")), "{summary}");
+}
+
+crate::helpers::on_both_backends!(a_database_larger_than_a_part_is_read_in_parts);

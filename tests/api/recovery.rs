@@ -316,30 +316,7 @@ async fn audit(db: &AnyPool, ledger: &Ledger, skus: &[i64], round: usize) {
         );
     }
 
-    for sku_id in skus {
-        let counters = sqlx::query("SELECT total, available, reserved, sold FROM inventory WHERE sku_id = ?")
-            .bind(*sku_id)
-            .fetch_one(db)
-            .await
-            .unwrap();
-        let (total, available, reserved, sold): (i64, i64, i64, i64) =
-            (counters.get("total"), counters.get("available"), counters.get("reserved"), counters.get("sold"));
-        assert_eq!(available + reserved + sold, total, "round {round}: sku {sku_id} unbalanced");
-        assert!(available >= 0 && reserved >= 0 && sold >= 0);
-        let units = |statuses: &'static str| {
-            let sql = format!(
-                "SELECT CAST(COALESCE(SUM(i.quantity), 0) AS SIGNED) AS units FROM trade_order_item i \
-                 JOIN trade_order o ON o.id = i.order_id WHERE i.sku_id = ? AND o.status IN ({statuses})"
-            );
-            async move { sqlx::query(&sql).bind(*sku_id).fetch_one(db).await.unwrap().get::<i64, _>("units") }
-        };
-        assert_eq!(sold, units("'paid', 'finished'").await, "round {round}: sku {sku_id} sold != units of paid orders");
-        assert_eq!(
-            reserved,
-            units("'pending_payment'").await,
-            "round {round}: sku {sku_id} reserved != units of pending orders"
-        );
-    }
+    crate::helpers::assert_stock_agrees_with_orders(db, skus, &format!("round {round}")).await;
 
     audit_coupons(db, ledger, round).await;
     crate::events::assert_events_match_log(db, &format!("round {round}")).await;
@@ -457,6 +434,7 @@ async fn killed_at_random_moments(backend: Backend) {
     let templates = create_templates(&server.address, &keys).await;
     let db = sqlx::any::AnyPoolOptions::new().max_connections(2).connect(&database.url).await.unwrap();
     let mut ledger = Ledger::default();
+    let mut timings = crate::helpers::timing_rng(&format!("killed_at_random_moments {backend:?}"));
 
     for round in 1..=ROUNDS {
         let clients = Arc::new(Clients::new(&server.address, &skus, &templates, std::mem::take(&mut ledger)));
@@ -466,7 +444,7 @@ async fn killed_at_random_moments(backend: Backend) {
         let acknowledged =
             eventually(Duration::from_secs(30), || async { !clients.ledger.lock().unwrap().orders.is_empty() }).await;
         assert!(acknowledged, "round {round}: no order was acknowledged within 30 s");
-        let kill_after = Duration::from_millis(rand::thread_rng().gen_range(0..750));
+        let kill_after = Duration::from_millis(timings.gen_range(0..750));
         tokio::time::sleep(kill_after).await;
         server.kill();
         for buyer in buyers {

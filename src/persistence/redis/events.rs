@@ -10,7 +10,7 @@
 //!   bounded by `REDIS_TIMEOUT`. `Ok` means Redis appended every entry of the batch; on any
 //!   failure the connection is dropped (the next batch connects again) and nothing is known
 //!   of what was appended, so the caller publishes the whole batch again.
-//! - The stream is bounded: every `XADD` trims it to about `len_max` entries (`MAXLEN ~`,
+//! - The stream is bounded: every `XADD` trims it to about `entries_max` entries (`MAXLEN ~`,
 //!   which Redis applies a whole node at a time, so it may hold slightly more).
 
 use super::REDIS_TIMEOUT;
@@ -20,6 +20,7 @@ use redis::aio::MultiplexedConnection;
 /// The most events one pipeline (one round trip) carries.
 pub const EVENTS_PER_ROUND_TRIP_MAX: usize = 10_000;
 
+/// Why a batch was not appended; either way nothing is known of what Redis appended.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
     #[error("redis: {0}")]
@@ -33,17 +34,18 @@ pub struct EventStream {
     client: redis::Client,
     connection: Option<MultiplexedConnection>,
     key: String,
-    len_max: usize,
+    entries_max: usize,
 }
 
 impl EventStream {
-    /// The stream `key` in the Redis at `url`, trimmed to about `len_max` entries (not
+    /// The stream `key` in the Redis at `url`, trimmed to about `entries_max` entries (not
     /// connected yet).
-    pub fn open(url: &str, key: &str, len_max: usize) -> Result<EventStream, StreamError> {
-        assert!(!key.is_empty() && len_max > 0);
-        Ok(EventStream { client: redis::Client::open(url)?, connection: None, key: key.to_owned(), len_max })
+    pub fn open(url: &str, key: &str, entries_max: usize) -> Result<EventStream, StreamError> {
+        assert!(!key.is_empty() && entries_max > 0);
+        Ok(EventStream { client: redis::Client::open(url)?, connection: None, key: key.to_owned(), entries_max })
     }
 
+    /// The stream's key, as events are published to it (for logs and for readers).
     pub fn key(&self) -> &str {
         &self.key
     }
@@ -61,7 +63,7 @@ impl EventStream {
                 .arg(&self.key)
                 .arg("MAXLEN")
                 .arg("~")
-                .arg(self.len_max)
+                .arg(self.entries_max)
                 .arg("*")
                 .arg("event_id")
                 .arg(event.id)

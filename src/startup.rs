@@ -55,6 +55,8 @@ pub struct Application {
     gate: ConnectionGate,
     /// `TIANJI_SHUTDOWN_TIMEOUT`.
     shutdown_timeout: Duration,
+    /// The membership loop of a cluster node (`TIANJI_ADVERTISE_URL`).
+    cluster: Option<crate::cluster::start::Clustered>,
 }
 
 /// How often the first phase of a stop looks at the open connections.
@@ -84,7 +86,15 @@ impl Shutdown {
 impl Application {
     /// Connects, migrates and binds. Needs a running actix `System` (actors start on it).
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
-        let store = persistence::connect(&settings.database_url, true, settings.limits.database_timeout).await?;
+        let (store, member) = match &settings.cluster {
+            None => (persistence::connect(&settings.database_url, true, settings.limits.database_timeout).await?, None),
+            Some(cluster) => {
+                let member =
+                    crate::cluster::start::join(&settings.database_url, settings.limits.database_timeout, cluster)
+                        .await?;
+                (member.store(), Some(member))
+            }
+        };
         let snapshots = Arc::new(match &settings.redis_url {
             Some(url) => Snapshots::with_redis(url)?,
             None => Snapshots::in_process(),
@@ -93,7 +103,7 @@ impl Application {
             Arc::clone(&store),
             snapshots,
             settings.limits,
-            settings.worker_id,
+            member.as_ref().map_or(settings.worker_id, |member| member.worker_id()),
             settings.pay_timeout,
             settings.actor_threads,
         );
@@ -102,6 +112,11 @@ impl Application {
         }
         let relay = match &settings.redis_url {
             Some(url) => Some(start_relay(url, &settings, store, &core)?),
+            None => None,
+        };
+        // A cluster node takes its first ranges before it repairs (repairs of others' ranges are refused).
+        let cluster = match member {
+            Some(member) => Some(member.start(&core).await?),
             None => None,
         };
         core.recover().await?;
@@ -156,7 +171,7 @@ impl Application {
         .run();
         tracing::info!(port, database = %redact(&settings.database_url), redis = settings.redis_url.is_some(), "tianji serving");
         let shutdown_timeout = settings.shutdown_timeout;
-        Ok(Application { port, server, core, relay, drain, gate, shutdown_timeout })
+        Ok(Application { port, server, core, relay, drain, gate, shutdown_timeout, cluster })
     }
 
     pub fn port(&self) -> u16 {
@@ -185,7 +200,7 @@ impl Application {
 
     /// Serves until `stop` completes, then stops gracefully in the phases of the module doc.
     pub async fn run_until(self, stop: impl Future<Output = ()>) -> std::io::Result<Shutdown> {
-        let Application { server, core, relay, drain, gate, shutdown_timeout, .. } = self;
+        let Application { server, core, relay, drain, gate, shutdown_timeout, cluster, .. } = self;
         let handle = server.handle();
         let mut serving = actix_web::rt::spawn(server);
         tokio::select! {
@@ -201,6 +216,10 @@ impl Application {
         let deadline = signalled + shutdown_timeout;
         let (connections_at_close, connections_cut) = close_server(handle, serving, &gate, deadline).await;
         let writes_settled = settle_writes(&core).await;
+        if let Some(cluster) = cluster {
+            // Released now, the ranges move to the other nodes at once instead of after a TTL.
+            cluster.leave().await;
+        }
         publish_left_events(relay.as_ref()).await;
         let learning_rows_kept = flush_write_behind(&core).await;
         core.stop();

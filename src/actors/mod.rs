@@ -8,6 +8,7 @@
 //! `Core` is the facade the HTTP layer talks to (commands and queries) and what the actors
 //! share. Actors run on dedicated arbiters (threads), apart from the HTTP workers, by key.
 
+pub mod cluster;
 pub mod coupon;
 pub mod inventory;
 pub mod journal;
@@ -240,6 +241,8 @@ pub struct Core {
     home: tokio::runtime::Handle,
     /// Signalled after every committed batch: wakes the event relay (`relay`).
     committed: Arc<tokio::sync::Notify>,
+    /// This node's leases when it is part of a cluster (`cluster.rs`); unset on a single node.
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Ownership>>,
 }
 
 /// The most coupons of one user a listing reads.
@@ -316,6 +319,7 @@ impl Core {
             placements: Placements::new(),
             home: tokio::runtime::Handle::current(),
             committed: Arc::new(tokio::sync::Notify::new()),
+            cluster: std::sync::OnceLock::new(),
         });
         tokio::spawn(timer_task.run(Arc::downgrade(&core), Arc::clone(&core.clock)));
         tokio::spawn(learning::run_flusher(Arc::downgrade(&core), limits.learning_flush));

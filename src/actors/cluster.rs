@@ -1,0 +1,59 @@
+//! The cluster side of `Core`: whether this node may serve a key, and evicting the actors of
+//! ranges it lost.
+//!
+//! Guarantees: on a single node (no `Ownership` joined) every key is served and nothing here
+//! costs more than one empty `OnceLock` read. On a cluster node an actor is activated only
+//! for a key of a range held (locally valid) now; the actors of a range lost or given up are
+//! dropped from their registries, so the next request for one of their keys meets the
+//! activation check (503 `not_owner`). A dropped actor may still finish a message it holds:
+//! its commit is fenced by the database and refused.
+
+use super::Core;
+use crate::cluster::{NotOwner, Ownership};
+use crate::domain::slots::{Key, RangeId};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+impl Core {
+    /// Makes this core a cluster node's: from now on keys are served only in held ranges.
+    /// Called once, before the node serves.
+    pub fn join_cluster(&self, ownership: Arc<Ownership>) {
+        assert!(self.cluster.set(ownership).is_ok(), "a core joins one cluster, once");
+    }
+
+    /// This node's leases, when it is part of a cluster.
+    pub fn cluster(&self) -> Option<&Arc<Ownership>> {
+        self.cluster.get()
+    }
+
+    /// Whether this node may activate an actor for `key`.
+    pub(crate) fn owns(&self, key: Key) -> Result<(), NotOwner> {
+        match self.cluster.get() {
+            None => Ok(()),
+            Some(ownership) => ownership.check(key),
+        }
+    }
+
+    /// A `NotOwner` for `range`, with its owner's address when known.
+    pub(crate) fn not_owner(&self, range: RangeId) -> NotOwner {
+        match self.cluster.get() {
+            None => NotOwner { range, owner: None },
+            Some(ownership) => ownership.not_owner(range),
+        }
+    }
+
+    /// Drops the actors of `ranges` from their registries. Returns how many were dropped.
+    pub fn evict_ranges(&self, ranges: &[RangeId]) -> usize {
+        if ranges.is_empty() {
+            return 0;
+        }
+        let lost: BTreeSet<RangeId> = ranges.iter().copied().collect();
+        let evicted = self.skus.evict(|sku_id| lost.contains(&Key::sku(*sku_id).range()))
+            + self.users.evict(|user_id| lost.contains(&Key::user(*user_id).range()))
+            + self.templates.evict(|template_id| lost.contains(&Key::template(*template_id).range()));
+        if evicted > 0 {
+            tracing::info!(evicted, ranges = lost.len(), "actors of lost ranges evicted");
+        }
+        evicted
+    }
+}

@@ -11,8 +11,28 @@
 use super::Core;
 use crate::cluster::{NotOwner, Ownership};
 use crate::domain::slots::{Key, RangeId};
+use crate::domain::Counters;
+use crate::persistence::redis::SkuSnapshot;
+use crate::persistence::NewSku;
 use std::collections::BTreeSet;
 use std::sync::Arc;
+
+/// The answer to creating `sku` on a node that does not own its key (any node creates SKUs;
+/// the id decides the owner): the SKU as written, since no actor of it runs here. `None`
+/// when this node owns it (the actor answers).
+pub(super) fn created_elsewhere(core: &Core, sku: &NewSku) -> Option<SkuSnapshot> {
+    core.owns(Key::sku(sku.sku_id)).err()?;
+    let counters = Counters { total: sku.total, available: sku.total, reserved: 0, sold: 0 };
+    assert!(counters.is_balanced());
+    Some(SkuSnapshot {
+        sku_id: sku.sku_id,
+        name: sku.name.clone(),
+        price_cents: sku.price_cents,
+        counters,
+        version: 0,
+        sale: sku.sale,
+    })
+}
 
 impl Core {
     /// Makes this core a cluster node's: from now on keys are served only in held ranges.

@@ -388,6 +388,9 @@ impl Core {
         self.bounded(|store| async move { store.create_sku(&stored).await }).await?;
         self.unknown_skus.remove(&sku.sku_id);
         tracing::info!(sku_id = %sku.sku_id, stock = sku.total, "sku created");
+        if let Some(created) = cluster::created_elsewhere(self, &sku) {
+            return Ok(created);
+        }
         self.sku_snapshot(sku.sku_id).await
     }
 

@@ -308,3 +308,31 @@ mod tests {
         assert_eq!(ownership.held().len(), usize::from(RANGE_COUNT), "still held until the renewal decides");
     }
 }
+
+#[cfg(test)]
+mod settings_tests {
+    use super::*;
+
+    fn parse(pairs: &[(&str, &str)], mysql: bool) -> Result<Option<ClusterSettings>, ConfigError> {
+        let get = |name: &str| pairs.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+        ClusterSettings::parse(get, mysql)
+    }
+
+    #[test]
+    fn a_cluster_needs_mysql_and_a_url_and_defaults_to_a_ten_second_lease() {
+        assert_eq!(parse(&[], true).unwrap(), None, "unset: one node owns every key");
+        let url = [("TIANJI_ADVERTISE_URL", "http://10.0.0.1:8080/")];
+        let settings = parse(&url, true).unwrap().unwrap();
+        assert_eq!(settings.advertise_url, "http://10.0.0.1:8080");
+        assert_eq!(settings.lease_ttl, LEASE_TTL_DEFAULT);
+        assert_eq!(settings.renew_every(), LEASE_TTL_DEFAULT / 3);
+        let sqlite = parse(&url, false).unwrap_err().to_string();
+        assert!(sqlite.contains("TIANJI_ADVERTISE_URL") && sqlite.contains("MySQL"), "{sqlite}");
+        let bad = parse(&[("TIANJI_ADVERTISE_URL", "10.0.0.1:8080")], true).unwrap_err().to_string();
+        assert!(bad.contains("TIANJI_ADVERTISE_URL"), "{bad}");
+        let ttl = parse(&[("TIANJI_ADVERTISE_URL", "http://a"), ("TIANJI_LEASE_TTL", "2s")], true).unwrap().unwrap();
+        assert_eq!(ttl.lease_ttl, Duration::from_secs(2));
+        let short = parse(&[("TIANJI_LEASE_TTL", "10ms")], true).unwrap_err().to_string();
+        assert!(short.contains("TIANJI_LEASE_TTL"), "{short}");
+    }
+}

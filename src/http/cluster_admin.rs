@@ -8,7 +8,7 @@ use super::errors::{ApiError, ErrorBody};
 use super::openapi::{Forbidden, Unauthorized};
 use super::AppState;
 use crate::cluster::{NodeRow, RangeRow};
-use crate::domain::slots::{Key, KeyKind};
+use crate::domain::slots::{Key, KeyKind, RangeId};
 use actix_web::{get, web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -48,6 +48,8 @@ pub struct ClusterBody {
     read_at_ms: i64,
     nodes: Vec<NodeRow>,
     ranges: Vec<RangeRow>,
+    /// The ranges this node holds now (cluster only).
+    held: Vec<u16>,
     /// Where `kind` and `id` live, when asked.
     key: Option<KeyPlace>,
 }
@@ -106,11 +108,13 @@ pub async fn cluster(
             read_at_ms: 0,
             nodes: vec![],
             ranges: vec![],
+            held: vec![],
             key,
         };
         return Ok(HttpResponse::Ok().json(body));
     };
     let view = ownership.view();
+    let held = RangeId::all().filter(|range| ownership.epoch(*range).is_some()).map(RangeId::get).collect();
     let key = key.map(|key| {
         let owned_here = ownership.check(key).is_ok();
         KeyPlace {
@@ -129,6 +133,7 @@ pub async fn cluster(
         read_at_ms: view.now_ms,
         nodes: view.nodes,
         ranges: view.ranges,
+        held,
         key,
     }))
 }

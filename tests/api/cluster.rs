@@ -5,7 +5,9 @@
 //! even while its lease still looks valid to itself. Process level: the real binary, three
 //! nodes splitting the ranges and answering `not_owner` for keys they do not own.
 
-use crate::helpers::{eventually, Backend, TestDatabase};
+use crate::helpers::{eventually, Backend, TestDatabase, JWT_SECRET};
+use crate::process::ServerProcess;
+use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +15,8 @@ use tianji::cluster::{ClusterView, Ownership};
 use tianji::domain::lease::CounterDelta;
 use tianji::domain::sale::Sale;
 use tianji::domain::slots::{Key, RangeId};
-use tianji::domain::{Cents, OrderId, SkuId};
+use tianji::domain::{Cents, OrderId, SkuId, UserId};
+use tianji::http::auth::{JwtKeys, Role};
 use tianji::persistence::sql::SqlStore;
 use tianji::persistence::sql_cluster::ClusterStore;
 use tianji::persistence::{Change, Conflict, LeaseWrite, NewSku, ReservationStatus, SkuEffect, Store};
@@ -219,4 +222,432 @@ async fn worker_ids_are_unique_among_live_nodes_and_a_dead_nodes_id_is_reused() 
     assert!(!silent.members.heartbeat(&silent.id, &[], TTL_MS).await.unwrap(), "n1's row is no longer its own");
     let live: Vec<u16> = nodes.iter().map(|node| node.worker_id).chain([newcomer.worker_id]).collect();
     assert_eq!(live.iter().collect::<BTreeSet<_>>().len(), 4);
+}
+
+// Process level: the real binary, several nodes on one database.
+
+/// The lease TTL of the process tests, and how often the nodes renew (a third of it).
+const LEASE_TTL: Duration = Duration::from_secs(2);
+const RENEW_EVERY: Duration = Duration::from_millis(667);
+/// How long a test waits for a node's admin view (a paused node never answers).
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a fresh cluster may take to split the ranges (joins are gradual).
+const SETTLE_BOUND: Duration = Duration::from_secs(40);
+
+/// Nodes of one cluster, each a `tianji serve` process, on one database.
+struct TestCluster {
+    nodes: Vec<Option<ServerProcess>>,
+    http: reqwest::Client,
+    keys: JwtKeys,
+    admin: String,
+    // Last: the processes are killed before the database is dropped.
+    database: TestDatabase,
+}
+
+/// A port free now, for a node that must know its advertised URL before it binds.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start_node(name: &str, database_url: &str) -> ServerProcess {
+    let port = free_port().to_string();
+    let bind = format!("127.0.0.1:{port}");
+    let advertise = format!("http://127.0.0.1:{port}");
+    let ttl = format!("{}ms", LEASE_TTL.as_millis());
+    let settings = [
+        ("TIANJI_BIND", bind.as_str()),
+        ("TIANJI_ADVERTISE_URL", advertise.as_str()),
+        ("TIANJI_LEASE_TTL", ttl.as_str()),
+        ("TIANJI_PAY_TIMEOUT", "10m"),
+    ];
+    let node = ServerProcess::start(name, database_url, &settings);
+    assert_eq!(node.address, advertise);
+    node
+}
+
+/// User ids from `from` whose key is in `range`, so their orders commit on the SKU's owner.
+fn users_in_range(range: RangeId, from: i64, count: usize) -> Vec<i64> {
+    (from..).filter(|id| Key::user(UserId::new(*id)).range() == range).take(count).collect()
+}
+
+fn range_of_sku(sku_id: i64) -> RangeId {
+    Key::sku(SkuId::new(sku_id)).range()
+}
+
+impl TestCluster {
+    async fn start(name: &str, count: usize) -> TestCluster {
+        let database = TestDatabase::create(Backend::MySql).await;
+        let nodes = (0..count).map(|n| Some(start_node(&format!("cluster-{name}-{n}"), &database.url))).collect();
+        let keys = JwtKeys::new(JWT_SECRET);
+        let admin = keys.mint(UserId::new(1), Role::Admin, Duration::from_secs(600));
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+        let cluster = TestCluster { nodes, http, keys, admin, database };
+        let settled = eventually(SETTLE_BOUND, || cluster.split()).await;
+        assert!(settled, "the nodes did not split the ranges in {SETTLE_BOUND:?}: {:?}", cluster.held_by_node().await);
+        cluster
+    }
+
+    fn address(&self, node: usize) -> &str {
+        &self.nodes[node].as_ref().expect("a live node").address
+    }
+
+    fn live(&self) -> Vec<usize> {
+        (0..self.nodes.len()).filter(|n| self.nodes[*n].is_some()).collect()
+    }
+
+    async fn admin_view(&self, node: usize, query: &str) -> Option<Value> {
+        let url = format!("{}/v1/admin/cluster{query}", self.address(node));
+        // Bounded: a paused node answers nothing.
+        let response = self.http.get(url).bearer_auth(&self.admin).timeout(ADMIN_TIMEOUT).send().await.ok()?;
+        assert_eq!(response.status(), 200);
+        response.json().await.ok()
+    }
+
+    /// The ranges each live node says it holds.
+    async fn held_by_node(&self) -> Vec<(usize, BTreeSet<u16>)> {
+        let mut held = Vec::new();
+        for node in self.live() {
+            let view = self.admin_view(node, "").await.unwrap_or(Value::Null);
+            let ranges = view["held"].as_array().map(|r| r.iter().map(|r| r.as_u64().unwrap() as u16).collect());
+            held.push((node, ranges.unwrap_or_default()));
+        }
+        held
+    }
+
+    /// Whether every range is held by exactly one live node and the split is settled: every
+    /// live node holds its fair share, `floor(64 / n)` or one more (`cluster::balance`).
+    async fn split(&self) -> bool {
+        let held = self.held_by_node().await;
+        let total: usize = held.iter().map(|(_, ranges)| ranges.len()).sum();
+        let union: BTreeSet<u16> = held.iter().flat_map(|(_, ranges)| ranges.iter().copied()).collect();
+        let floor = 64 / held.len();
+        total == 64 && union.len() == 64 && held.iter().all(|(_, ranges)| (floor..=floor + 1).contains(&ranges.len()))
+    }
+
+    /// The live node holding `range`, if one does now.
+    async fn holder(&self, range: RangeId) -> Option<usize> {
+        self.held_by_node().await.into_iter().find(|(_, ranges)| ranges.contains(&range.get())).map(|(node, _)| node)
+    }
+
+    /// Creates a SKU of `stock` units through `via`; its id (a snowflake) decides its owner.
+    async fn create_sku(&self, via: usize, stock: i64) -> i64 {
+        let response = self
+            .http
+            .post(format!("{}/v1/admin/skus", self.address(via)))
+            .bearer_auth(&self.admin)
+            .json(&json!({"name": "clustered", "price_cents": 100, "stock": stock}))
+            .send()
+            .await
+            .expect("create sku");
+        assert_eq!(response.status(), 201);
+        response.json::<Value>().await.unwrap()["sku_id"].as_i64().unwrap()
+    }
+
+    /// A new SKU whose range `owner` holds, created through `via` (SKUs are created until one
+    /// lands there: about one in three).
+    async fn sku_owned_by(&self, owner: usize, via: usize, stock: i64) -> i64 {
+        for _ in 0..200 {
+            let sku_id = self.create_sku(via, stock).await;
+            if self.holder(range_of_sku(sku_id)).await == Some(owner) {
+                return sku_id;
+            }
+        }
+        panic!("no SKU landed on node {owner}");
+    }
+
+    async fn place(&self, node: usize, user_id: i64, key: &str, sku_id: i64) -> Result<(u16, Value), reqwest::Error> {
+        let token = self.keys.mint(UserId::new(user_id), Role::User, Duration::from_secs(600));
+        let response = self
+            .http
+            .post(format!("{}/v1/orders", self.address(node)))
+            .bearer_auth(token)
+            .header("Idempotency-Key", key)
+            .json(&json!({"items": [{"sku_id": sku_id, "quantity": 1}]}))
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await.unwrap_or(Value::Null)))
+    }
+
+    async fn counters(&self, sku_id: i64) -> (i64, i64, i64, i64) {
+        let pool = sqlx::any::AnyPoolOptions::new().max_connections(1).connect(&self.database.url).await.unwrap();
+        let counters = sqlx::query_as("SELECT total, available, reserved, sold FROM inventory WHERE sku_id = ?")
+            .bind(sku_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        counters
+    }
+
+    async fn stored_orders(&self, sku_id: i64) -> BTreeSet<i64> {
+        let pool = sqlx::any::AnyPoolOptions::new().max_connections(1).connect(&self.database.url).await.unwrap();
+        let ids: Vec<i64> = sqlx::query_scalar("SELECT order_id FROM trade_order_item WHERE sku_id = ?")
+            .bind(sku_id)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        ids.into_iter().collect()
+    }
+}
+
+#[tokio::test]
+async fn three_nodes_split_the_ranges_and_send_clients_to_a_keys_owner() {
+    let cluster = TestCluster::start("split", 3).await;
+    let held = cluster.held_by_node().await;
+    for (a, (_, ranges_a)) in held.iter().enumerate() {
+        for (_, ranges_b) in held.iter().skip(a + 1) {
+            assert!(ranges_a.is_disjoint(ranges_b), "a range held twice: {held:?}");
+        }
+    }
+
+    // A SKU created through node 0 and owned by node 1: only node 1 serves it; the others
+    // answer 503 not_owner with node 1's address.
+    let sku_id = cluster.sku_owned_by(1, 0, 10).await;
+    let owner = cluster.address(1).to_owned();
+    let reader = cluster.keys.mint(UserId::new(7), Role::User, Duration::from_secs(600));
+    for node in [0, 2] {
+        let url = format!("{}/v1/skus/{sku_id}", cluster.address(node));
+        let response = cluster.http.get(url).bearer_auth(&reader).send().await.unwrap();
+        assert_eq!(response.status(), 503);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!((body["code"].as_str(), body["owner"].as_str()), (Some("not_owner"), Some(owner.as_str())));
+        let located = cluster.admin_view(node, &format!("?kind=sku&id={sku_id}")).await.unwrap();
+        assert_eq!(located["key"]["owned_here"], false);
+        assert_eq!(located["key"]["owner_address"].as_str(), Some(owner.as_str()));
+        assert_eq!(located["key"]["range_id"], range_of_sku(sku_id).get());
+    }
+    let response = cluster.http.get(format!("{owner}/v1/skus/{sku_id}")).bearer_auth(&reader).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+
+    // A buyer in the SKU's range orders on the owner; elsewhere the order is refused.
+    let buyer = users_in_range(range_of_sku(sku_id), 1, 1)[0];
+    let (status, body) = cluster.place(2, buyer, "k-elsewhere", sku_id).await.unwrap();
+    assert_eq!((status, body["code"].as_str()), (503, Some("not_owner")));
+    let (status, _) = cluster.place(1, buyer, "k-owner", sku_id).await.unwrap();
+    assert_eq!(status, 201);
+    assert_eq!(cluster.counters(sku_id).await, (10, 9, 1, 0));
+}
+
+#[tokio::test]
+async fn a_stopped_node_releases_its_ranges_and_the_others_take_them_at_once() {
+    let mut cluster = TestCluster::start("leave", 2).await;
+    let sku_id = cluster.sku_owned_by(1, 0, 10).await;
+    let range = range_of_sku(sku_id);
+    let stopped_at = Instant::now();
+    cluster.nodes[1].take().unwrap().terminate();
+    // Released on SIGTERM, the range is taken in node 0's next round, well before its TTL.
+    let taken = eventually(LEASE_TTL, || async { cluster.holder(range).await == Some(0) }).await;
+    assert!(taken, "node 0 did not take the released range within the TTL");
+    let buyer = users_in_range(range, 1, 1)[0];
+    let (status, _) = cluster.place(0, buyer, "k", sku_id).await.unwrap();
+    assert_eq!(status, 201, "after {:?}", stopped_at.elapsed());
+}
+
+/// How a buyer finds a SKU's owner: asks the nodes in turn where the key lives, as a client
+/// (or a later forwarding layer) would.
+#[derive(Clone)]
+struct Router {
+    http: reqwest::Client,
+    keys: Arc<JwtKeys>,
+    admin: String,
+    addresses: Vec<String>,
+}
+
+/// How a buyer's purchase ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purchase {
+    Bought(i64),
+    SoldOut,
+}
+
+impl Router {
+    fn of(cluster: &TestCluster) -> Router {
+        let addresses = cluster.live().into_iter().map(|n| cluster.address(n).to_owned()).collect();
+        let keys = Arc::new(JwtKeys::new(JWT_SECRET));
+        Router { http: cluster.http.clone(), keys, admin: cluster.admin.clone(), addresses }
+    }
+
+    async fn owner_of_sku(&self, sku_id: i64) -> Option<String> {
+        for address in &self.addresses {
+            let url = format!("{address}/v1/admin/cluster?kind=sku&id={sku_id}");
+            let Ok(response) = self.http.get(url).bearer_auth(&self.admin).timeout(ADMIN_TIMEOUT).send().await else {
+                continue;
+            };
+            let Ok(view) = response.json::<Value>().await else { continue };
+            if view["key"]["owned_here"] == true {
+                return Some(address.clone());
+            }
+            if let Some(owner) = view["key"]["owner_address"].as_str() {
+                return Some(owner.to_owned());
+            }
+        }
+        None
+    }
+
+    /// Buys one unit under one Idempotency-Key, following the owner and retrying (the same
+    /// key: a retry of a committed order answers with it) until bought or sold out.
+    async fn buy(&self, user_id: i64, sku_id: i64) -> Purchase {
+        let token = self.keys.mint(UserId::new(user_id), Role::User, Duration::from_secs(600));
+        let key = format!("buy-{user_id}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            assert!(Instant::now() < deadline, "buyer {user_id} never got an answer");
+            if let Some(owner) = self.owner_of_sku(sku_id).await {
+                let sent = self
+                    .http
+                    .post(format!("{owner}/v1/orders"))
+                    .bearer_auth(&token)
+                    .header("Idempotency-Key", &key)
+                    .json(&json!({"items": [{"sku_id": sku_id, "quantity": 1}]}))
+                    .send()
+                    .await;
+                if let Ok(response) = sent {
+                    let status = response.status().as_u16();
+                    let body: Value = response.json().await.unwrap_or(Value::Null);
+                    match (status, body["code"].as_str()) {
+                        (200 | 201, _) => return Purchase::Bought(body["order_id"].as_i64().expect("order_id")),
+                        (409, Some("insufficient_stock")) => return Purchase::SoldOut,
+                        (503, _) => {}
+                        other => panic!("buyer {user_id}: unexpected answer {other:?}: {body}"),
+                    }
+                }
+            }
+            // Back off before asking again: the owner is moving (or was killed).
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_killed_owners_ranges_are_taken_within_a_ttl_and_no_acknowledged_order_is_lost() {
+    const STOCK: i64 = 30;
+    const BUYERS: usize = 40;
+    let mut cluster = TestCluster::start("kill", 3).await;
+    let sku_id = cluster.sku_owned_by(1, 0, STOCK).await;
+    let range = range_of_sku(sku_id);
+    let router = Router::of(&cluster);
+    let bought = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let buyers: Vec<_> = users_in_range(range, 1, BUYERS)
+        .into_iter()
+        .map(|user_id| {
+            let (router, bought) = (router.clone(), Arc::clone(&bought));
+            tokio::spawn(async move {
+                let purchase = router.buy(user_id, sku_id).await;
+                bought.fetch_add(
+                    usize::from(matches!(purchase, Purchase::Bought(_))),
+                    std::sync::atomic::Ordering::SeqCst,
+                );
+                purchase
+            })
+        })
+        .collect();
+
+    // Mid-sale: the owner dies without a word.
+    let started =
+        eventually(Duration::from_secs(20), || async { bought.load(std::sync::atomic::Ordering::SeqCst) >= 5 }).await;
+    assert!(started, "the sale did not start");
+    cluster.nodes[1].take().unwrap().kill();
+    let killed_at = Instant::now();
+    // Its lease ends at most a TTL after the kill; a survivor's next round (one renewal
+    // interval later at most) takes it.
+    let bound = LEASE_TTL + RENEW_EVERY;
+    let taken = eventually(bound, || async { cluster.holder(range).await.is_some() }).await;
+    let takeover = killed_at.elapsed();
+    assert!(taken, "nobody took the dead node's range within {bound:?}");
+    eprintln!("takeover after kill -9: {takeover:?} (TTL {LEASE_TTL:?}, renewal every {RENEW_EVERY:?})");
+    // Two survivors may both try one orphan; the loser takes another one a round later.
+    let all_taken = eventually(RENEW_EVERY * 2, || async {
+        cluster.held_by_node().await.iter().map(|(_, ranges)| ranges.len()).sum::<usize>() == 64
+    })
+    .await;
+    assert!(all_taken, "the dead node's ranges are not all taken: {:?}", cluster.held_by_node().await);
+
+    let mut acknowledged = BTreeSet::new();
+    let mut sold_out = 0;
+    for buyer in buyers {
+        match buyer.await.unwrap() {
+            Purchase::Bought(order_id) => assert!(acknowledged.insert(order_id), "one order per buyer"),
+            Purchase::SoldOut => sold_out += 1,
+        }
+    }
+    let stored = cluster.stored_orders(sku_id).await;
+    assert!(acknowledged.is_subset(&stored), "acknowledged orders lost: {:?}", acknowledged.difference(&stored));
+    let (total, available, reserved, sold) = cluster.counters(sku_id).await;
+    assert_eq!(total, STOCK);
+    assert_eq!(available + reserved + sold, total, "stock is conserved");
+    assert_eq!(reserved + sold, stored.len() as i64, "one unit per stored order: nothing oversold");
+    assert_eq!(
+        (acknowledged.len(), sold_out),
+        (STOCK as usize, BUYERS - STOCK as usize),
+        "every unit sold exactly once"
+    );
+    assert_eq!(stored.len(), acknowledged.len(), "every stored order was acknowledged to its buyer");
+}
+
+#[tokio::test]
+async fn a_paused_owner_cannot_write_after_its_range_moved() {
+    let cluster = TestCluster::start("pause", 2).await;
+    let sku_id = cluster.sku_owned_by(1, 0, 20).await;
+    let range = range_of_sku(sku_id);
+    let buyers = users_in_range(range, 1, 11);
+    // The old owner's actors are live: its next requests need no activation.
+    let (status, _) = cluster.place(1, buyers[0], "before", sku_id).await.unwrap();
+    assert_eq!(status, 201);
+
+    let pid = cluster.nodes[1].as_ref().unwrap().pid().to_string();
+    let signal = |name: &str| {
+        let sent = std::process::Command::new("kill").args([name, &pid]).status().expect("run kill");
+        assert!(sent.success(), "{name} to {pid}");
+    };
+    signal("-STOP");
+    // Requests reach the paused owner (the kernel accepts their connections); it handles them
+    // only once resumed. Each on a new connection: a pooled one may be closed by the node's
+    // keep-alive timer as it resumes, before it reads the request.
+    let fresh = reqwest::Client::builder().pool_max_idle_per_host(0).timeout(Duration::from_secs(60)).build().unwrap();
+    let late: Vec<_> = buyers[1..6]
+        .iter()
+        .map(|user_id| {
+            let (router, user_id, http) = (Router::of(&cluster), *user_id, fresh.clone());
+            let address = cluster.address(1).to_owned();
+            tokio::spawn(async move {
+                let token = router.keys.mint(UserId::new(user_id), Role::User, Duration::from_secs(600));
+                let response = http
+                    .post(format!("{address}/v1/orders"))
+                    .bearer_auth(token)
+                    .header("Idempotency-Key", "late")
+                    .json(&json!({"items": [{"sku_id": sku_id, "quantity": 1}]}))
+                    .send()
+                    .await
+                    .expect("the paused node answers once resumed");
+                let status = response.status().as_u16();
+                (status, response.json::<Value>().await.unwrap_or(Value::Null))
+            })
+        })
+        .collect();
+
+    // Past its TTL, node 0 takes the range over and sells.
+    let moved = eventually(LEASE_TTL * 4, || async { cluster.holder(range).await == Some(0) }).await;
+    assert!(moved, "node 0 did not take the paused node's range");
+    for user_id in &buyers[6..11] {
+        let (status, body) = cluster.place(0, *user_id, "after", sku_id).await.unwrap();
+        assert_eq!(status, 201, "{body}");
+    }
+
+    signal("-CONT");
+    for answer in late {
+        let (status, body) = answer.await.unwrap();
+        assert_eq!(status, 503, "the old owner acknowledged a write after the move: {body}");
+    }
+    let pool = sqlx::any::AnyPoolOptions::new().max_connections(1).connect(&cluster.database.url).await.unwrap();
+    let late_orders: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM trade_order WHERE idempotency_key = 'late'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    assert_eq!(late_orders, 0, "the old owner wrote after the move");
+    let stored = cluster.stored_orders(sku_id).await;
+    assert_eq!(stored.len(), 1 + 5);
+    assert_eq!(cluster.counters(sku_id).await, (20, 20 - 6, 6, 0));
 }

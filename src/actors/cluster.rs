@@ -13,7 +13,7 @@ use crate::cluster::{NotOwner, Ownership};
 use crate::domain::slots::{Key, RangeId};
 use crate::domain::Counters;
 use crate::persistence::redis::SkuSnapshot;
-use crate::persistence::NewSku;
+use crate::persistence::{NewSku, StoreError};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -60,6 +60,17 @@ impl Core {
             None => NotOwner { range, owner: None },
             Some(ownership) => ownership.not_owner(range),
         }
+    }
+
+    /// Arms the payment deadline of every pending order again (after this node took ranges),
+    /// so the orders of a node that died are timed out here; the timer drops those whose keys
+    /// another node owns. Returns how many deadlines were armed.
+    pub async fn rearm_deadlines(&self) -> Result<usize, StoreError> {
+        let deadlines = self.bounded(|store| async move { store.pending_deadlines().await }).await?;
+        for chunk in deadlines.chunks(super::recovery::DEADLINES_PER_COMMAND_MAX) {
+            self.timer.schedule_many(chunk.to_vec()).await;
+        }
+        Ok(deadlines.len())
     }
 
     /// Drops the actors of `ranges` from their registries. Returns how many were dropped.

@@ -24,6 +24,8 @@ pub const START_ROUNDS_MAX: usize = 8;
 
 /// Called with ranges this node lost or gave up, to evict their actors.
 pub type OnLost = Arc<dyn Fn(&[RangeId]) + Send + Sync>;
+/// Called after a round took ranges, to take over their pending work (payment deadlines).
+pub type OnTaken = Arc<dyn Fn() + Send + Sync>;
 
 pub struct ClusterNode {
     store: ClusterStore,
@@ -33,6 +35,7 @@ pub struct ClusterNode {
     /// Bounds every statement of the loop.
     timeout: Duration,
     on_lost: OnLost,
+    on_taken: OnTaken,
 }
 
 /// What one round did.
@@ -53,8 +56,9 @@ impl ClusterNode {
         settings: ClusterSettings,
         timeout: Duration,
         on_lost: OnLost,
+        on_taken: OnTaken,
     ) -> ClusterNode {
-        ClusterNode { store, ownership, worker_id, settings, timeout, on_lost }
+        ClusterNode { store, ownership, worker_id, settings, timeout, on_lost, on_taken }
     }
 
     pub fn ownership(&self) -> &Arc<Ownership> {
@@ -105,6 +109,7 @@ impl ClusterNode {
             }
             if round.taken > 0 {
                 tracing::info!(taken = round.taken, "ranges taken");
+                (self.on_taken)();
             }
         }
         Ok(round)

@@ -2,7 +2,7 @@
 //! snowflake generator then uses), fence the store by this node's leases, take a first share
 //! of ranges before serving, run the renewal loop, and leave on a graceful stop.
 
-use super::node::{ClusterNode, OnLost};
+use super::node::{ClusterNode, OnLost, OnTaken};
 use super::{ClusterSettings, Ownership};
 use crate::actors::Core;
 use crate::persistence::sql_cluster::ClusterStore;
@@ -37,6 +37,18 @@ pub async fn join(database_url: &str, timeout: Duration, settings: &ClusterSetti
             }
         })
     };
+    let on_taken: OnTaken = {
+        let core = Arc::clone(&core);
+        Arc::new(move || {
+            let Some(core) = core.get().and_then(Weak::upgrade) else { return };
+            tokio::spawn(async move {
+                match core.rearm_deadlines().await {
+                    Ok(armed) => tracing::debug!(armed, "payment deadlines armed after a take"),
+                    Err(error) => tracing::warn!(%error, "payment deadlines not armed after a take"),
+                }
+            });
+        })
+    };
     let node = Arc::new(ClusterNode::new(
         cluster_store,
         Arc::clone(&ownership),
@@ -44,6 +56,7 @@ pub async fn join(database_url: &str, timeout: Duration, settings: &ClusterSetti
         settings.clone(),
         timeout,
         on_lost,
+        on_taken,
     ));
     let store: DynStore = Arc::new(sql.fenced_by(ownership));
     Ok(Member { store, worker_id, node, core })

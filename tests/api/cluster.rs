@@ -249,7 +249,7 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn start_node(name: &str, database_url: &str) -> ServerProcess {
+fn start_node(name: &str, database_url: &str, pay_timeout: &str) -> ServerProcess {
     let port = free_port().to_string();
     let bind = format!("127.0.0.1:{port}");
     let advertise = format!("http://127.0.0.1:{port}");
@@ -258,7 +258,7 @@ fn start_node(name: &str, database_url: &str) -> ServerProcess {
         ("TIANJI_BIND", bind.as_str()),
         ("TIANJI_ADVERTISE_URL", advertise.as_str()),
         ("TIANJI_LEASE_TTL", ttl.as_str()),
-        ("TIANJI_PAY_TIMEOUT", "10m"),
+        ("TIANJI_PAY_TIMEOUT", pay_timeout),
     ];
     let node = ServerProcess::start(name, database_url, &settings);
     assert_eq!(node.address, advertise);
@@ -276,8 +276,14 @@ fn range_of_sku(sku_id: i64) -> RangeId {
 
 impl TestCluster {
     async fn start(name: &str, count: usize) -> TestCluster {
+        Self::start_paying_within(name, count, "10m").await
+    }
+
+    /// `start`, with orders to be paid within `pay_timeout`.
+    async fn start_paying_within(name: &str, count: usize, pay_timeout: &str) -> TestCluster {
         let database = TestDatabase::create(Backend::MySql).await;
-        let nodes = (0..count).map(|n| Some(start_node(&format!("cluster-{name}-{n}"), &database.url))).collect();
+        let nodes =
+            (0..count).map(|n| Some(start_node(&format!("cluster-{name}-{n}"), &database.url, pay_timeout))).collect();
         let keys = JwtKeys::new(JWT_SECRET);
         let admin = keys.mint(UserId::new(1), Role::Admin, Duration::from_secs(600));
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
@@ -650,4 +656,37 @@ async fn a_paused_owner_cannot_write_after_its_range_moved() {
     let stored = cluster.stored_orders(sku_id).await;
     assert_eq!(stored.len(), 1 + 5);
     assert_eq!(cluster.counters(sku_id).await, (20, 20 - 6, 6, 0));
+}
+
+#[tokio::test]
+async fn the_pending_orders_of_a_killed_node_are_timed_out_by_the_node_that_takes_its_range() {
+    let mut cluster = TestCluster::start_paying_within("deadlines", 2, "3s").await;
+    let sku_id = cluster.sku_owned_by(1, 0, 10).await;
+    let range = range_of_sku(sku_id);
+    let mut orders = Vec::new();
+    for user_id in users_in_range(range, 1, 3) {
+        let (status, body) = cluster.place(1, user_id, "pending", sku_id).await.unwrap();
+        assert_eq!(status, 201, "{body}");
+        orders.push(body["order_id"].as_i64().unwrap());
+    }
+    assert_eq!(cluster.counters(sku_id).await, (10, 7, 3, 0));
+
+    // The owner dies with three orders awaiting payment; only node 0 is left to close them.
+    cluster.nodes[1].take().unwrap().kill();
+    let pool = sqlx::any::AnyPoolOptions::new().max_connections(1).connect(&cluster.database.url).await.unwrap();
+    let closed = || async {
+        let closed: i64 = sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM trade_order WHERE status = 'closed' AND id IN ({})",
+            orders.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
+        ))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        closed == 3
+    };
+    // The range moves within a TTL and a round; the deadlines are three seconds after placing.
+    let bound = LEASE_TTL + RENEW_EVERY + Duration::from_secs(3) + Duration::from_secs(2);
+    assert!(eventually(bound, closed).await, "the dead node's pending orders were not closed within {bound:?}");
+    pool.close().await;
+    assert_eq!(cluster.counters(sku_id).await, (10, 10, 0, 0), "their units are back on the shelf");
 }

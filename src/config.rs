@@ -34,7 +34,7 @@ pub enum ConfigError {
     File { path: PathBuf, reason: String },
 }
 
-fn invalid(name: &str, reason: impl ToString) -> ConfigError {
+pub(crate) fn invalid(name: &str, reason: impl ToString) -> ConfigError {
     ConfigError::Invalid { name: name.to_owned(), reason: reason.to_string() }
 }
 
@@ -82,6 +82,8 @@ pub const SETTINGS: &[&str] = &[
     "TIANJI_EVENTS_INTERVAL",
     "TIANJI_EVENTS_RETENTION",
     "TIANJI_SHUTDOWN_TIMEOUT",
+    "TIANJI_ADVERTISE_URL",
+    "TIANJI_LEASE_TTL",
 ];
 
 #[derive(Debug, Clone)]
@@ -113,6 +115,9 @@ pub struct Settings {
     pub events: RelaySettings,
     /// How long SIGTERM waits for open connections and requests in flight before it cuts them.
     pub shutdown_timeout: Duration,
+    /// Set (`TIANJI_ADVERTISE_URL`, MySQL only): this node joins the cluster of every node on
+    /// the database. Unset: one node owns every key.
+    pub cluster: Option<crate::cluster::ClusterSettings>,
 }
 
 impl Settings {
@@ -231,6 +236,7 @@ impl Settings {
         };
         let tokens = token_rules(get)?;
         let clients = client_limits(get)?;
+        let cluster = crate::cluster::ClusterSettings::parse(get, is_mysql(&database_url))?;
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         Ok(Settings {
             bind: get("TIANJI_BIND").unwrap_or("127.0.0.1:8080").parse().map_err(|e| invalid("TIANJI_BIND", e))?,
@@ -256,6 +262,7 @@ impl Settings {
             in_flight_max: parse_number(get, "TIANJI_IN_FLIGHT_MAX", IN_FLIGHT_MAX_DEFAULT, 1, 1 << 20)?,
             telemetry: telemetry_settings(get)?,
             events: relay_settings(get)?,
+            cluster,
             shutdown_timeout: parse_duration(
                 get,
                 "TIANJI_SHUTDOWN_TIMEOUT",
@@ -444,7 +451,7 @@ fn parse_rate<'a>(
     }
 }
 
-fn parse_duration<'a>(
+pub(crate) fn parse_duration<'a>(
     get: impl Fn(&str) -> Option<&'a str>,
     name: &str,
     default: Duration,

@@ -5,6 +5,7 @@
 //! (`persistence`), HTTP translates (`http`).
 
 pub mod actors;
+pub mod cluster;
 pub mod config;
 pub mod domain;
 pub mod http;

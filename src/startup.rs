@@ -63,6 +63,8 @@ pub struct Application {
     gate: ConnectionGate,
     /// `TIANJI_SHUTDOWN_TIMEOUT`.
     shutdown_timeout: Duration,
+    /// The membership loop of a cluster node (`TIANJI_ADVERTISE_URL`).
+    cluster: Option<crate::cluster::start::Clustered>,
 }
 
 /// How often the first phase of a stop looks at the open connections.
@@ -106,7 +108,15 @@ pub const EVENTS_DRAIN_MAX: Duration = Duration::from_secs(5);
 impl Application {
     /// Connects, migrates and binds. Needs a running actix `System` (actors start on it).
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
-        let store = persistence::connect(&settings.database_url, true, settings.limits.database_timeout).await?;
+        let (store, member) = match &settings.cluster {
+            None => (persistence::connect(&settings.database_url, true, settings.limits.database_timeout).await?, None),
+            Some(cluster) => {
+                let member =
+                    crate::cluster::start::join(&settings.database_url, settings.limits.database_timeout, cluster)
+                        .await?;
+                (member.store(), Some(member))
+            }
+        };
         // The app's one recorder: every handle below registers in it, `/metrics` renders it.
         let metrics = Metrics::new();
         // Registered even without Redis, so a dashboard's series exist (at 0) on every node.
@@ -119,7 +129,7 @@ impl Application {
             Arc::clone(&store),
             snapshots,
             settings.limits,
-            settings.worker_id,
+            member.as_ref().map_or(settings.worker_id, |member| member.worker_id()),
             settings.pay_timeout,
             settings.actor_threads,
             metrics.clone(),
@@ -132,6 +142,11 @@ impl Application {
             None => None,
         };
         export_relay(&metrics, relay.as_ref());
+        // A cluster node takes its first ranges before it repairs (repairs of others' ranges are refused).
+        let cluster = match member {
+            Some(member) => Some(member.start(&core).await?),
+            None => None,
+        };
         core.recover().await?;
         let limits = RateLimits::new(&settings.rate_limits, &metrics);
         let state = web::Data::new(AppState { core: Arc::clone(&core), limits });
@@ -182,7 +197,7 @@ impl Application {
         .run();
         tracing::info!(port, database = %redact(&settings.database_url), redis = settings.redis_url.is_some(), "tianji serving");
         let shutdown_timeout = settings.shutdown_timeout;
-        Ok(Application { port, server, core, relay, drain, gate, shutdown_timeout })
+        Ok(Application { port, server, core, relay, drain, gate, shutdown_timeout, cluster })
     }
 
     pub fn port(&self) -> u16 {
@@ -211,7 +226,7 @@ impl Application {
 
     /// Serves until `stop` completes, then stops gracefully in the phases of the module doc.
     pub async fn run_until(self, stop: impl Future<Output = ()>) -> std::io::Result<Shutdown> {
-        let Application { server, core, relay, drain, gate, shutdown_timeout, .. } = self;
+        let Application { server, core, relay, drain, gate, shutdown_timeout, cluster, .. } = self;
         let handle = server.handle();
         let mut serving = actix_web::rt::spawn(server);
         tokio::select! {
@@ -229,6 +244,11 @@ impl Application {
         let closed = close_server(handle, serving, &gate, http_deadline).await;
         let writes_settled = settle_writes(&core, writes_deadline).await;
         let learning_rows_kept = flush_write_behind(&core, writes_deadline).await;
+        if let Some(cluster) = cluster {
+            // Released now, the ranges move to the other nodes at once instead of after a TTL;
+            // after the learning flush, so a new owner's user actors read the latest progress.
+            cluster.leave().await;
+        }
         publish_left_events(relay.as_ref(), writes_deadline).await;
         core.stop();
         let shutdown = Shutdown {

@@ -31,6 +31,9 @@ pub enum ClaimFailure {
     /// Perhaps claimed: the commit's outcome is unknown (the user's coupon list tells).
     #[error("unavailable, the outcome is unknown: {0}")]
     Uncertain(String),
+    /// Another node of the cluster owns the key (`cluster`).
+    #[error(transparent)]
+    NotOwner(#[from] crate::cluster::NotOwner),
 }
 
 impl From<Refusal> for ClaimFailure {
@@ -45,7 +48,10 @@ impl From<Refusal> for ClaimFailure {
 
 impl From<StoreError> for ClaimFailure {
     fn from(error: StoreError) -> Self {
-        ClaimFailure::Unavailable(error.to_string())
+        match error {
+            StoreError::NotOwner(not_owner) => ClaimFailure::NotOwner(not_owner),
+            other => ClaimFailure::Unavailable(other.to_string()),
+        }
     }
 }
 
@@ -191,6 +197,7 @@ impl Core {
         if let Some(actor) = self.templates.get(template_id) {
             return Ok(actor);
         }
+        self.owns(crate::domain::slots::Key::template(template_id))?;
         self.templates
             .get_or_activate(template_id, || async {
                 let loaded = self.template_loader.submit(template_id).await;

@@ -45,6 +45,9 @@ pub enum SkuError {
     Overloaded,
     #[error("sku is unavailable: {0}")]
     Unavailable(String),
+    /// Another node of the cluster owns the key (`cluster`).
+    #[error(transparent)]
+    NotOwner(#[from] crate::cluster::NotOwner),
 }
 
 impl From<Refusal> for SkuError {
@@ -59,7 +62,10 @@ impl From<Refusal> for SkuError {
 
 impl From<StoreError> for SkuError {
     fn from(error: StoreError) -> Self {
-        SkuError::Unavailable(error.to_string())
+        match error {
+            StoreError::NotOwner(not_owner) => SkuError::NotOwner(not_owner),
+            other => SkuError::Unavailable(other.to_string()),
+        }
     }
 }
 
@@ -430,6 +436,9 @@ impl Handler<Committed> for InventoryActor {
                 Conflict::LeaseMismatch(sku_id, _) if *sku_id == self.info.sku_id => {
                     return self.fail("a lease in the database is not as this actor holds it", ctx);
                 }
+                Conflict::NotOwner(range) if *range == crate::domain::slots::Key::sku(self.info.sku_id).range() => {
+                    return self.fail("its range is no longer held by this node", ctx);
+                }
                 _ => {}
             }
             if !self.undo(effect) {
@@ -476,6 +485,7 @@ impl Core {
         if let Some(actor) = self.skus.get(sku_id) {
             return Ok(actor);
         }
+        self.owns(crate::domain::slots::Key::sku(sku_id))?;
         if self.unknown_skus.contains(&sku_id) {
             return Err(SkuError::NotFound(sku_id));
         }

@@ -50,6 +50,18 @@ pub enum LearningError {
     Overloaded,
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// Another node of the cluster owns the key (`cluster`).
+    #[error(transparent)]
+    NotOwner(#[from] crate::cluster::NotOwner),
+}
+
+impl From<StoreError> for LearningError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::NotOwner(not_owner) => LearningError::NotOwner(not_owner),
+            other => LearningError::Unavailable(other.to_string()),
+        }
+    }
 }
 
 impl From<Refusal> for LearningError {
@@ -336,19 +348,19 @@ pub(crate) fn lessons_at_activation(
 impl Core {
     /// Merges a heartbeat on the user's actor; answered from memory.
     pub async fn heartbeat(self: &Arc<Self>, user_id: UserId, heartbeat: Heartbeat) -> Result<Progress, LearningError> {
-        let user = self.user(user_id).await.map_err(|e| LearningError::Unavailable(e.to_string()))?;
+        let user = self.user(user_id).await?;
         self.users.ask(user.addr(), |reply| Beat { heartbeat, reply }).await
     }
 
     /// The courses a user owns with their progress.
     pub async fn lessons(self: &Arc<Self>, user_id: UserId) -> Result<Vec<Lesson>, LearningError> {
-        let user = self.user(user_id).await.map_err(|e| LearningError::Unavailable(e.to_string()))?;
+        let user = self.user(user_id).await?;
         self.users.ask(user.addr(), |reply| ReadLessons { reply }).await
     }
 
     /// The latest accepted progress of a user on an owned course.
     pub async fn progress(self: &Arc<Self>, user_id: UserId, course_id: SkuId) -> Result<Progress, LearningError> {
-        let user = self.user(user_id).await.map_err(|e| LearningError::Unavailable(e.to_string()))?;
+        let user = self.user(user_id).await?;
         self.users.ask(user.addr(), |reply| ReadProgress { course_id, reply }).await
     }
 

@@ -8,6 +8,7 @@
 //! `Core` is the facade the HTTP layer talks to (commands and queries) and what the actors
 //! share. Actors run on dedicated arbiters (threads), apart from the HTTP workers, by key.
 
+pub mod cluster;
 pub mod coupon;
 pub mod inventory;
 pub mod journal;
@@ -242,6 +243,8 @@ pub struct Core {
     home: tokio::runtime::Handle,
     /// Signalled after every committed batch: wakes the event relay (`relay`).
     committed: Arc<tokio::sync::Notify>,
+    /// This node's leases when it is part of a cluster (`cluster.rs`); unset on a single node.
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Ownership>>,
 }
 
 /// What a core is started with besides its store and limits.
@@ -354,6 +357,7 @@ impl Core {
             metrics,
             home: tokio::runtime::Handle::current(),
             committed: Arc::new(tokio::sync::Notify::new()),
+            cluster: std::sync::OnceLock::new(),
         });
         tokio::spawn(timer_task.run(Arc::downgrade(&core), Arc::clone(&core.clock)));
         tokio::spawn(learning::run_flusher(Arc::downgrade(&core), limits.learning_flush));
@@ -429,6 +433,9 @@ impl Core {
         self.bounded(|store| async move { store.create_sku(&stored).await }).await?;
         self.unknown_skus.remove(&sku.sku_id);
         tracing::info!(sku_id = %sku.sku_id, stock = sku.total, "sku created");
+        if let Some(created) = cluster::created_elsewhere(self, &sku) {
+            return Ok(created);
+        }
         self.sku_snapshot(sku.sku_id).await
     }
 

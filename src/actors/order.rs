@@ -67,6 +67,9 @@ pub enum LifecycleError {
     Overloaded,
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// Another node of the cluster owns the key (`cluster`).
+    #[error(transparent)]
+    NotOwner(#[from] crate::cluster::NotOwner),
 }
 
 impl From<Refusal> for LifecycleError {
@@ -80,7 +83,10 @@ impl From<Refusal> for LifecycleError {
 
 impl From<StoreError> for LifecycleError {
     fn from(error: StoreError) -> Self {
-        LifecycleError::Unavailable(error.to_string())
+        match error {
+            StoreError::NotOwner(not_owner) => LifecycleError::NotOwner(not_owner),
+            other => LifecycleError::Unavailable(other.to_string()),
+        }
     }
 }
 
@@ -278,6 +284,7 @@ fn conflict_error(conflict: Conflict) -> LifecycleError {
     match conflict {
         Conflict::DeadlinePassed => LifecycleError::OrderClosed,
         Conflict::DuplicatePayment => LifecycleError::AlreadyPaid,
+        Conflict::NotOwner(range) => LifecycleError::NotOwner(crate::cluster::NotOwner { range, owner: None }),
         other => LifecycleError::Unavailable(other.to_string()),
     }
 }

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 /// Repairs submitted together; the pipeline puts them into batches of its own size.
 const REPAIRS_PER_ROUND_MAX: usize = 1_000;
 /// Deadlines handed to the timer in one command.
-const DEADLINES_PER_COMMAND_MAX: usize = 10_000;
+pub(super) const DEADLINES_PER_COMMAND_MAX: usize = 10_000;
 /// How long recovery keeps retrying a database that fails before the start gives up.
 pub const RECOVERY_RETRY_FOR: Duration = Duration::from_secs(300);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -86,6 +86,10 @@ impl Core {
         let mut unrepairable = 0;
         let mut repairs: Vec<(UnsettledLease, Change)> = Vec::new();
         for lease in unsettled {
+            if self.owns(crate::domain::slots::Key::sku(lease.sku_id)).is_err() {
+                // Another node of the cluster owns the SKU: it repairs it.
+                continue;
+            }
             match repair_change(&lease) {
                 Some(change) => repairs.push((lease, change)),
                 None if !lease_agrees(lease.status, lease.order_status, lease.refunded_from_paid) => {

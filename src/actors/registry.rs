@@ -107,6 +107,18 @@ impl<K: Eq + Hash + Copy, A: Actor> Registry<K, A> {
         self.actors.remove_if(&key, |_, held| held.get().is_none_or(|a| a == addr));
     }
 
+    /// Drops the entries of the keys `doomed` picks: no new message reaches their actors,
+    /// which stop when idle. Returns how many were dropped.
+    pub fn evict(&self, mut doomed: impl FnMut(&K) -> bool) -> usize {
+        let mut evicted = 0;
+        self.actors.retain(|key, _| {
+            let drop = doomed(key);
+            evicted += usize::from(drop);
+            !drop
+        });
+        evicted
+    }
+
     pub fn len(&self) -> usize {
         self.actors.len()
     }

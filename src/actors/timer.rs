@@ -149,6 +149,9 @@ impl TimerTask {
                         match outcome {
                             // Closed now, or it left PendingPayment some other way: done.
                             Ok(_) | Err(LifecycleError::NotFound | LifecycleError::InvalidTransition(_)) => {}
+                            // Another node of the cluster owns the order's keys: its timer
+                            // closes it (a node that takes ranges arms every deadline again).
+                            Err(LifecycleError::NotOwner(_)) => {}
                             Err(error) => {
                                 tracing::warn!(%order_id, %error, failed = failed + 1, "timing out an order failed; retrying with backoff");
                                 let _ = retries.send(Command::Retry(order_id, failed + 1)).await;

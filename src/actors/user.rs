@@ -73,6 +73,9 @@ pub enum PlaceError {
     /// Perhaps placed: the commit's outcome is unknown. A retry with the same key finds out.
     #[error("unavailable, the outcome is unknown: {0}")]
     Uncertain(String),
+    /// Another node of the cluster owns the key (`cluster`).
+    #[error(transparent)]
+    NotOwner(#[from] crate::cluster::NotOwner),
 }
 
 impl PlaceError {
@@ -89,6 +92,7 @@ impl PlaceError {
             PlaceError::Overloaded => 7,
             PlaceError::Unavailable(_) => 8,
             PlaceError::Uncertain(_) => 9,
+            PlaceError::NotOwner(_) => 10,
         }
     }
 
@@ -104,6 +108,7 @@ impl PlaceError {
             SkuError::InvalidSale(other) => PlaceError::Unavailable(other.to_string()),
             SkuError::Overloaded => PlaceError::Overloaded,
             SkuError::Unavailable(reason) => PlaceError::Unavailable(reason),
+            SkuError::NotOwner(not_owner) => PlaceError::NotOwner(not_owner),
         }
     }
 }
@@ -120,7 +125,10 @@ impl From<Refusal> for PlaceError {
 
 impl From<StoreError> for PlaceError {
     fn from(error: StoreError) -> Self {
-        PlaceError::Unavailable(error.to_string())
+        match error {
+            StoreError::NotOwner(not_owner) => PlaceError::NotOwner(not_owner),
+            other => PlaceError::Unavailable(other.to_string()),
+        }
     }
 }
 
@@ -156,7 +164,8 @@ pub fn placement_outcome(result: &Result<Placed, PlaceError>) -> PlacementOutcom
         Err(PlaceError::KeyReused) => PlacementOutcome::IdempotencyKeyReused,
         Err(PlaceError::Invalid(_)) => PlacementOutcome::Invalid,
         Err(PlaceError::Overloaded) => PlacementOutcome::Overloaded,
-        Err(PlaceError::Unavailable(_)) => PlacementOutcome::Unavailable,
+        // A key owned by another node is a 503 like any unavailability.
+        Err(PlaceError::Unavailable(_) | PlaceError::NotOwner(_)) => PlacementOutcome::Unavailable,
         Err(PlaceError::Uncertain(_)) => PlacementOutcome::Uncertain,
     }
 }
@@ -645,6 +654,7 @@ impl Core {
     pub(crate) async fn user(self: &Arc<Self>, user_id: UserId) -> Result<ActorRef<UserActor>, StoreError> {
         let load =
             || async { self.user_loader.submit(user_id).await.map_err(|e| StoreError::Unavailable(e.to_string())) };
+        self.owns(crate::domain::slots::Key::user(user_id))?;
         let user = self
             .users
             .get_or_activate(user_id, || async {
@@ -735,6 +745,9 @@ impl Core {
             Ok(Err(Conflict::SoldOut(_))) => (IssueSettled::Refused { stale: true }, Err(ClaimError::SoldOut.into())),
             Ok(Err(Conflict::ClaimLimit(_))) => {
                 (IssueSettled::Refused { stale: false }, Err(ClaimError::LimitReached.into()))
+            }
+            Ok(Err(Conflict::NotOwner(range))) => {
+                (IssueSettled::Refused { stale: false }, Err(ClaimFailure::NotOwner(self.not_owner(range))))
             }
             Ok(Err(conflict)) => {
                 (IssueSettled::Refused { stale: false }, Err(ClaimFailure::Unavailable(conflict.to_string())))
@@ -844,6 +857,7 @@ impl Core {
             Ok(template) => Ok(Some(template.draft.rules)),
             Err(ClaimFailure::NotFound(_)) => Err(PlaceError::CouponUnavailable),
             Err(ClaimFailure::Overloaded) => Err(PlaceError::Overloaded),
+            Err(ClaimFailure::NotOwner(not_owner)) => Err(PlaceError::NotOwner(not_owner)),
             Err(other) => Err(PlaceError::Unavailable(other.to_string())),
         }
     }
@@ -910,6 +924,7 @@ impl Core {
                 Err(PlaceError::PurchaseLimitReached { sku_id, limit })
             }
             Ok(Err(Conflict::CouponMismatch(_))) => Err(PlaceError::CouponUnavailable),
+            Ok(Err(Conflict::NotOwner(range))) => Err(PlaceError::NotOwner(self.not_owner(range))),
             Ok(Err(conflict)) => Err(PlaceError::Unavailable(conflict.to_string())),
             Err(SubmitError::Overloaded) => {
                 self.abandon(effects);

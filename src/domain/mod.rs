@@ -15,6 +15,7 @@ pub mod payment;
 pub mod reconcile;
 pub mod sale;
 pub mod sku;
+pub mod slots;
 
 pub use ids::{CouponId, OrderId, SkuId, Snowflake, TemplateId, UserId};
 pub use inventory::{Counters, InventoryError, Ledger, Quantity, Reservation};

@@ -7,6 +7,7 @@ use crate::actors::inventory::SkuError;
 use crate::actors::learning::LearningError;
 use crate::actors::order::LifecycleError;
 use crate::actors::user::PlaceError;
+use crate::cluster::NotOwner;
 use crate::domain::coupon::{ClaimError, TemplateRuleError};
 use crate::domain::inventory::InventoryError;
 use crate::domain::learning::HeartbeatError;
@@ -27,6 +28,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// `not_owner` only: where the key's owner is reached, when known.
+    pub owner: Option<String>,
 }
 
 /// The body of every error response.
@@ -37,11 +40,22 @@ pub struct ErrorBody {
     pub code: String,
     /// For people; clients branch on `code`.
     pub message: String,
+    /// With `not_owner`: the advertised URL of the node that owns the key, when one does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError { status, code, message: message.into(), owner: None }
+    }
+
+    /// 503 `not_owner`: another node of the cluster (or none, during a takeover) owns the key.
+    pub fn not_owner(error: &NotOwner) -> Self {
+        ApiError {
+            owner: error.owner.clone(),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "not_owner", error.to_string())
+        }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -100,7 +114,11 @@ impl ResponseError for ApiError {
         if matches!(self.status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) {
             response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS.to_string()));
         }
-        response.json(ErrorBody { code: self.code.to_owned(), message: self.message.clone() })
+        response.json(ErrorBody {
+            code: self.code.to_owned(),
+            message: self.message.clone(),
+            owner: self.owner.clone(),
+        })
     }
 }
 
@@ -109,6 +127,7 @@ impl From<StoreError> for ApiError {
         match error {
             StoreError::Unavailable(_) => ApiError::unavailable(error),
             StoreError::Corrupt(_) | StoreError::Database(_) => ApiError::internal(error),
+            StoreError::NotOwner(not_owner) => ApiError::not_owner(&not_owner),
         }
     }
 }
@@ -145,6 +164,7 @@ impl From<SkuError> for ApiError {
             SkuError::InvalidSale(inner) => inner.into(),
             SkuError::Overloaded => ApiError::overloaded(),
             SkuError::Unavailable(reason) => ApiError::unavailable(reason),
+            SkuError::NotOwner(not_owner) => ApiError::not_owner(&not_owner),
         }
     }
 }
@@ -188,6 +208,7 @@ impl From<ClaimFailure> for ApiError {
             ClaimFailure::Unavailable(reason) | ClaimFailure::Uncertain(reason) => {
                 ApiError::unavailable(reason.clone())
             }
+            ClaimFailure::NotOwner(not_owner) => ApiError::not_owner(not_owner),
         }
     }
 }
@@ -238,6 +259,7 @@ impl From<PlaceError> for ApiError {
             PlaceError::Invalid(inner) => inner.into(),
             PlaceError::Overloaded => ApiError::overloaded(),
             PlaceError::Unavailable(reason) | PlaceError::Uncertain(reason) => ApiError::unavailable(reason),
+            PlaceError::NotOwner(not_owner) => ApiError::not_owner(&not_owner),
         }
     }
 }
@@ -255,6 +277,7 @@ impl From<LifecycleError> for ApiError {
             LifecycleError::Stale => conflict("stale_version"),
             LifecycleError::Overloaded => ApiError::overloaded(),
             LifecycleError::Unavailable(reason) => ApiError::unavailable(reason),
+            LifecycleError::NotOwner(not_owner) => ApiError::not_owner(not_owner),
         }
     }
 }
@@ -271,6 +294,7 @@ impl From<LearningError> for ApiError {
             LearningError::NotOwned(_) => ApiError::new(StatusCode::FORBIDDEN, "course_not_owned", error.to_string()),
             LearningError::Overloaded => ApiError::overloaded(),
             LearningError::Unavailable(reason) => ApiError::unavailable(reason),
+            LearningError::NotOwner(not_owner) => ApiError::not_owner(&not_owner),
         }
     }
 }

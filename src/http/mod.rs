@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod clients;
+pub mod cluster_admin;
 pub mod coupons;
 pub mod drain;
 pub mod errors;
@@ -121,6 +122,7 @@ pub fn routes(config: &mut ServiceConfig) {
         .service(orders::refund)
         .service(payments::callback)
         .service(payments_admin::list_payments)
+        .service(cluster_admin::cluster)
         .service(learning::list_lessons)
         .service(learning::receive_heartbeat)
         .service(learning::read_progress)

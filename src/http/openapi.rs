@@ -46,6 +46,7 @@ pub const ADMIN_TOKEN: &str = "admin_token";
         (name = "orders", description = "Orders and their lifecycle"),
         (name = "payments", description = "The payment provider's signed callback"),
         (name = "learning", description = "Owned courses, heartbeats and progress"),
+        (name = "cluster", description = "Members and range leases of a cluster, and where a key lives"),
     )
 )]
 struct ApiDoc;

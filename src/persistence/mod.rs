@@ -18,6 +18,7 @@ pub mod outbox;
 pub mod plan;
 pub mod redis;
 pub mod sql;
+pub mod sql_cluster;
 mod sql_learning;
 mod sql_outbox;
 mod sql_promotion;
@@ -47,6 +48,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("database error: {0}")]
     Database(String),
+    /// The key's range is not held by this node of a cluster (nothing was read or written).
+    #[error(transparent)]
+    NotOwner(#[from] crate::cluster::NotOwner),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -284,6 +288,10 @@ pub enum Conflict {
     /// another status, or expired).
     #[error("coupon {0} is not available")]
     CouponMismatch(CouponId),
+    /// The change touches a key of a range this node of a cluster no longer holds (at the
+    /// epoch it took it, unexpired by the database clock): another node may own it now.
+    #[error("range {0} is not owned by this node")]
+    NotOwner(crate::domain::slots::RangeId),
 }
 
 /// What one `Store::commit` did: one outcome per change, in order, and the version each

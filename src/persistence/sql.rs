@@ -10,17 +10,21 @@
 
 use super::outbox::{self, EventClaim, StoredEvent};
 use super::plan::{decide, Facts, Plan, SkuRow, Wanted};
+use super::sql_cluster;
 use super::sql_learning::write_lessons;
 use super::sql_outbox::write_events;
 use super::sql_promotion::{sale_from_row, write_promotion};
 use super::{
-    Change, CommitReport, LeaseWrite, NewSku, NewTemplate, Payment, PaymentCursor, PaymentRecord, PaymentStatus,
-    RecentKey, ReservationStatus, SkuInfo, SkuState, Store, StoreError, TemplateState, UnsettledLease, UserState,
+    Change, CommitReport, Conflict, LeaseWrite, NewSku, NewTemplate, Payment, PaymentCursor, PaymentRecord,
+    PaymentStatus, RecentKey, ReservationStatus, SkuInfo, SkuState, Store, StoreError, TemplateState, UnsettledLease,
+    UserState,
 };
+use crate::cluster::Ownership;
 use crate::domain::coupon::{Coupon, CouponStatus};
 use crate::domain::inventory::{Counters, Reservation};
 use crate::domain::lease::settled_lease_statuses;
 use crate::domain::order::{Order, OrderItem, OrderStatus, StatusLogEntry};
+use crate::domain::slots::RangeId;
 use crate::domain::{Cents, CouponId, OrderId, SkuId, TemplateId, UserId};
 use async_trait::async_trait;
 use sqlx::any::{Any, AnyRow};
@@ -28,6 +32,7 @@ use sqlx::query_builder::Separated;
 use sqlx::AnyConnection;
 use sqlx::{AnyPool, QueryBuilder, Row};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 /// Rows per multi-row statement; keeps every statement under SQLite's 32,766 bound parameters.
 pub(super) const ROWS_PER_STATEMENT_MAX: usize = 512;
@@ -153,11 +158,56 @@ pub(super) async fn upsert_rows<T>(
 pub struct SqlStore {
     pub(super) pool: AnyPool,
     pub(super) dialect: Dialect,
+    /// A cluster node's leases: every commit is fenced by them (`sql_cluster::fence`). `None`
+    /// on a single node, whose commits run no extra statement.
+    fence: Option<Arc<Ownership>>,
 }
 
 impl SqlStore {
     pub fn new(pool: AnyPool, dialect: Dialect) -> Self {
-        SqlStore { pool, dialect }
+        SqlStore { pool, dialect, fence: None }
+    }
+
+    /// This store with every commit fenced by `ownership`'s leases (MariaDB only).
+    pub fn fenced_by(self, ownership: Arc<Ownership>) -> Self {
+        assert_eq!(self.dialect, Dialect::MySql, "a cluster runs on MariaDB only");
+        SqlStore { fence: Some(ownership), ..self }
+    }
+
+    /// The pool, for the cluster's own statements (`sql_cluster::ClusterStore`).
+    pub fn pool(&self) -> AnyPool {
+        self.pool.clone()
+    }
+
+    /// Refuses with `Conflict::NotOwner` every change touching a range this node no longer
+    /// holds (locally or in the database, checked under a share lock held to the commit).
+    /// `None` when every change may go on.
+    async fn refuse_lost_ranges(
+        &self,
+        tx: &mut AnyConnection,
+        changes: &[Change],
+    ) -> Result<Option<Vec<Option<Conflict>>>, StoreError> {
+        let Some(ownership) = &self.fence else { return Ok(None) };
+        let touched: Vec<BTreeSet<RangeId>> = changes.iter().map(sql_cluster::ranges_of).collect();
+        let mut held = BTreeMap::new();
+        let mut lost = BTreeSet::new();
+        for range in touched.iter().flatten() {
+            match ownership.epoch(*range) {
+                Some(epoch) => {
+                    held.insert(*range, epoch);
+                }
+                None => {
+                    lost.insert(*range);
+                }
+            }
+        }
+        lost.extend(sql_cluster::fence(tx, ownership.node_id(), &held).await?);
+        if lost.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(
+            touched.iter().map(|ranges| ranges.intersection(&lost).next().map(|r| Conflict::NotOwner(*r))).collect(),
+        ))
     }
 }
 
@@ -357,11 +407,36 @@ impl Store for SqlStore {
             return Ok(CommitReport::default());
         }
         let mut tx = self.pool.begin_with(self.dialect.begin_write()).await?;
+        let refused = self.refuse_lost_ranges(&mut tx, changes).await?;
+        let kept: Vec<Change>;
+        let changes = match &refused {
+            None => changes,
+            Some(refused) => {
+                kept = changes.iter().zip(refused).filter(|(_, r)| r.is_none()).map(|(c, _)| c.clone()).collect();
+                &kept
+            }
+        };
         let facts = self.read_facts(&mut tx, &Wanted::of(changes)).await?;
         let plan = decide(changes, facts, now_ms);
         write_plan(&mut tx, self.dialect, changes, &plan, now_ms).await?;
         tx.commit().await?;
-        Ok(CommitReport { versions: plan.versions(), outcomes: plan.outcomes })
+        let versions = plan.versions();
+        let outcomes = match refused {
+            None => plan.outcomes,
+            Some(refused) => {
+                let mut decided = plan.outcomes.into_iter();
+                let outcomes: Vec<_> = refused
+                    .into_iter()
+                    .map(|r| match r {
+                        Some(conflict) => Err(conflict),
+                        None => decided.next().expect("one decided outcome per kept change"),
+                    })
+                    .collect();
+                assert!(decided.next().is_none());
+                outcomes
+            }
+        };
+        Ok(CommitReport { versions, outcomes })
     }
 
     async fn find_order(&self, order_id: OrderId) -> Result<Option<Order>, StoreError> {

@@ -1,6 +1,7 @@
 //! Integration tests: the real server over HTTP, on MariaDB (with Redis) and on SQLite.
 
 mod activation;
+mod cluster;
 mod deploy;
 mod events;
 mod faults;

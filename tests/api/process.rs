@@ -98,6 +98,11 @@ impl ServerProcess {
 }
 
 impl ServerProcess {
+    /// The process id, for signals a test sends itself (SIGSTOP, SIGCONT).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends SIGTERM and returns at once: the process drains while the test goes on.
     pub fn send_terminate(&self) {
         let pid = self.child.id().to_string();

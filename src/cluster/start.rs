@@ -1,0 +1,103 @@
+//! Starting and stopping a cluster node: join the membership table (the worker id the
+//! snowflake generator then uses), fence the store by this node's leases, take a first share
+//! of ranges before serving, run the renewal loop, and leave on a graceful stop.
+
+use super::node::{ClusterNode, OnLost, OnTaken};
+use super::{ClusterSettings, Ownership};
+use crate::actors::Core;
+use crate::persistence::sql_cluster::ClusterStore;
+use crate::persistence::{mysql, within, DynStore};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// A node that joined the membership table, before its core runs.
+pub struct Member {
+    store: DynStore,
+    worker_id: u16,
+    node: Arc<ClusterNode>,
+    core: Arc<OnceLock<Weak<Core>>>,
+}
+
+/// Connects to MariaDB (migrating), joins the cluster and builds the fenced store.
+pub async fn join(database_url: &str, timeout: Duration, settings: &ClusterSettings) -> anyhow::Result<Member> {
+    let sql = mysql::connect(database_url, true, timeout).await?;
+    let cluster_store = ClusterStore::new(sql.pool());
+    let node_id = uuid::Uuid::new_v4().simple().to_string();
+    let ttl_ms = settings.lease_ttl.as_millis() as i64;
+    let worker_id = within(timeout, cluster_store.join(&node_id, &settings.advertise_url, ttl_ms)).await?;
+    tracing::info!(node_id, worker_id, address = settings.advertise_url, "joined the cluster");
+    let ownership = Arc::new(Ownership::new(node_id, settings.advertise_url.clone(), settings.lease_ttl));
+    let core: Arc<OnceLock<Weak<Core>>> = Arc::new(OnceLock::new());
+    let on_lost: OnLost = {
+        let core = Arc::clone(&core);
+        Arc::new(move |ranges| {
+            if let Some(core) = core.get().and_then(Weak::upgrade) {
+                core.evict_ranges(ranges);
+            }
+        })
+    };
+    let on_taken: OnTaken = {
+        let core = Arc::clone(&core);
+        Arc::new(move || {
+            let Some(core) = core.get().and_then(Weak::upgrade) else { return };
+            tokio::spawn(async move {
+                match core.rearm_deadlines().await {
+                    Ok(armed) => tracing::debug!(armed, "payment deadlines armed after a take"),
+                    Err(error) => tracing::warn!(%error, "payment deadlines not armed after a take"),
+                }
+            });
+        })
+    };
+    let node = Arc::new(ClusterNode::new(
+        cluster_store,
+        Arc::clone(&ownership),
+        worker_id,
+        settings.clone(),
+        timeout,
+        on_lost,
+        on_taken,
+    ));
+    let store: DynStore = Arc::new(sql.fenced_by(ownership));
+    Ok(Member { store, worker_id, node, core })
+}
+
+impl Member {
+    /// The store every commit of this node goes through, fenced by its leases.
+    pub fn store(&self) -> DynStore {
+        Arc::clone(&self.store)
+    }
+
+    /// The worker id the membership table handed out.
+    pub fn worker_id(&self) -> u16 {
+        self.worker_id
+    }
+
+    /// Hands the leases to `core`, takes a first share of ranges and starts the loop.
+    pub async fn start(self, core: &Arc<Core>) -> anyhow::Result<Clustered> {
+        core.join_cluster(Arc::clone(self.node.ownership()));
+        let _ = self.core.set(Arc::downgrade(core));
+        self.node.settle().await?;
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(Arc::clone(&self.node).run(stopped));
+        Ok(Clustered { node: self.node, stop, task })
+    }
+}
+
+/// A running cluster node's loop.
+pub struct Clustered {
+    node: Arc<ClusterNode>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Clustered {
+    /// Stops the loop and leaves: every lease released now, the heartbeat ended.
+    pub async fn leave(self) {
+        let _ = self.stop.send(true);
+        if let Err(error) = self.task.await {
+            tracing::warn!(%error, "the cluster loop ended abnormally");
+        }
+        self.node.leave().await;
+    }
+}

@@ -209,6 +209,14 @@ impl Ownership {
         NotOwner { range, owner: state.view.owner_address(range).map(str::to_owned) }
     }
 
+    /// Whether this node holds at least one range whose lease is still valid locally (not
+    /// expired since the renewal that last confirmed it): a cluster node is ready only then.
+    pub fn holds_any(&self) -> bool {
+        let state = self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = Instant::now();
+        state.held.iter().flatten().any(|held| held.valid_until > now)
+    }
+
     /// Every range held, with its epoch (whatever its local validity: the renewal decides).
     pub fn held(&self) -> Vec<(RangeId, i64)> {
         let state = self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -286,16 +294,19 @@ mod tests {
         let key = Key::sku(SkuId::new(7));
         let range = key.range();
         assert_eq!(ownership.check(key), Err(NotOwner { range, owner: None }));
+        assert!(!ownership.holds_any(), "nothing taken yet: not ready");
 
         let lost = ownership.apply(view(1_000, |r| (r == range.get()).then_some(("a", 3, 5_000))), Instant::now());
         assert!(lost.is_empty());
         assert_eq!(ownership.check(key), Ok(()));
         assert_eq!(ownership.epoch(range), Some(3));
+        assert!(ownership.holds_any());
 
         // Taken over by b at a newer epoch: lost here, and b's address is the answer.
         let lost = ownership.apply(view(6_000, |r| (r == range.get()).then_some(("b", 4, 9_000))), Instant::now());
         assert_eq!(lost, vec![range]);
         assert_eq!(ownership.check(key), Err(NotOwner { range, owner: Some("http://b".into()) }));
+        assert!(!ownership.holds_any(), "its only range lost: not ready again");
     }
 
     #[test]
@@ -305,6 +316,7 @@ mod tests {
         let long_ago = Instant::now() - Duration::from_secs(9);
         ownership.apply(view(1_000, |_| Some(("a", 1, 5_000))), long_ago);
         assert!(ownership.check(key).is_err(), "8s of local validity passed 9s ago");
+        assert!(!ownership.holds_any(), "every lease lapsed locally: not ready");
         assert_eq!(ownership.held().len(), usize::from(RANGE_COUNT), "still held until the renewal decides");
     }
 }

@@ -1,6 +1,8 @@
 //! Liveness and readiness. `/readyz` is ready only while the node is not draining (see
-//! `drain`) and the database answers within the database timeout, so it turns not-ready at
-//! once on SIGTERM and within about a second of an outage.
+//! `drain`), the database answers within the database timeout and, on a cluster node, it
+//! holds at least one range lease still valid by its last renewal (`Ownership::holds_any`),
+//! so it turns not-ready at once on SIGTERM, within about a second of an outage, and while a
+//! cluster node owns nothing (before its first take, or after losing every range).
 
 use super::drain::Drain;
 use super::errors::ErrorBody;
@@ -26,7 +28,7 @@ pub async fn healthz() -> HttpResponse {
     tag = "health",
     responses(
         (status = 200, description = "The database answers", body = HealthBody),
-        (status = 503, description = "`draining`: the node is shutting down; `not_ready`: the database does not answer within its timeout", body = ErrorBody,
+        (status = 503, description = "`draining`: the node is shutting down; `not_owner_yet`: a cluster node holds no range lease (not yet, or lost them all); `not_ready`: the database does not answer within its timeout", body = ErrorBody,
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
     )
 )]
@@ -36,6 +38,11 @@ pub async fn readyz(state: web::Data<AppState>, drain: web::Data<Drain>) -> Http
         return HttpResponse::ServiceUnavailable()
             .insert_header(("Retry-After", super::errors::RETRY_AFTER_SECS.to_string()))
             .json(json!({"code": "draining", "message": "the node is shutting down; send new work elsewhere"}));
+    }
+    if state.core.cluster().is_some_and(|ownership| !ownership.holds_any()) {
+        return HttpResponse::ServiceUnavailable()
+            .insert_header(("Retry-After", super::errors::RETRY_AFTER_SECS.to_string()))
+            .json(json!({"code": "not_owner_yet", "message": "this cluster node holds no range lease (not yet, or lost them all); send work elsewhere"}));
     }
     match state.core.ready().await {
         Ok(()) => HttpResponse::Ok().json(HealthBody { status: "ready" }),

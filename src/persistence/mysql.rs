@@ -26,6 +26,10 @@ pub async fn connect(url: &str, migrate: bool, timeout: Duration) -> anyhow::Res
         .after_connect(move |connection, _| {
             Box::pin(async move {
                 connection.execute(format!("SET SESSION innodb_lock_wait_timeout = {lock_wait_secs}").as_str()).await?;
+                // UTC sessions: the cluster's lease times are `UNIX_TIMESTAMP(NOW(3))`, which
+                // goes through the session's time zone; in a zone with daylight saving the hour
+                // that repeats would move every lease by an hour.
+                connection.execute("SET SESSION time_zone = '+00:00'").await?;
                 Ok(())
             })
         })

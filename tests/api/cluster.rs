@@ -3,7 +3,8 @@
 //! unowned or expired lease is taken, expiry is on the database clock, worker ids are unique
 //! among live nodes, and an old owner's commit after a takeover is refused and writes nothing
 //! even while its lease still looks valid to itself. Process level: the real binary, three
-//! nodes splitting the ranges and answering `not_owner` for keys they do not own.
+//! nodes splitting the ranges and answering `not_owner` for keys they do not own, and a node
+//! ready (`/readyz`) only while it holds a range.
 
 use crate::helpers::{eventually, Backend, TestDatabase, JWT_SECRET};
 use crate::process::ServerProcess;
@@ -429,6 +430,10 @@ async fn three_nodes_split_the_ranges_and_send_clients_to_a_keys_owner() {
     }
     let response = cluster.http.get(format!("{owner}/v1/skus/{sku_id}")).bearer_auth(&reader).send().await.unwrap();
     assert_eq!(response.status(), 200);
+    for node in cluster.live() {
+        let response = cluster.http.get(format!("{}/readyz", cluster.address(node))).send().await.unwrap();
+        assert_eq!(response.status(), 200, "node {node} holds its share: ready");
+    }
 
     // A buyer in the SKU's range orders on the owner; elsewhere the order is refused.
     let buyer = users_in_range(range_of_sku(sku_id), 1, 1)[0];
@@ -437,6 +442,53 @@ async fn three_nodes_split_the_ranges_and_send_clients_to_a_keys_owner() {
     let (status, _) = cluster.place(1, buyer, "k-owner", sku_id).await.unwrap();
     assert_eq!(status, 201);
     assert_eq!(cluster.counters(sku_id).await, (10, 9, 1, 0));
+}
+
+/// `GET /readyz` of `address`: its status and error code.
+async fn readiness(http: &reqwest::Client, address: &str) -> (u16, Option<String>) {
+    let response = http.get(format!("{address}/readyz")).send().await.expect("readyz");
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    (status, body["code"].as_str().map(str::to_owned))
+}
+
+#[tokio::test]
+async fn a_node_is_ready_only_once_it_holds_a_range() {
+    let database = TestDatabase::create(Backend::MySql).await;
+    // A store-level node holds every range and keeps renewing: the process node can take none.
+    let holder = Node::join(&database.url, "holder").await;
+    let all: Vec<RangeId> = RangeId::all().collect();
+    assert_eq!(holder.members.take(&holder.id, &all, TTL_MS).await.unwrap(), all.len() as u64);
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let renewal = {
+        let (members, id, all) = (holder.members.clone(), holder.id.clone(), all.clone());
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(Duration::from_millis(TTL_MS as u64 / 5));
+            while !*stopped.borrow() {
+                assert!(members.heartbeat(&id, &all, TTL_MS).await.expect("renew"));
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    _ = stopped.changed() => {}
+                }
+            }
+        })
+    };
+    let node = start_node("cluster-ready-0", &database.url, "10m");
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    // Not ready through several of its rounds while every range is held elsewhere.
+    let watched_until = Instant::now() + LEASE_TTL;
+    while Instant::now() < watched_until {
+        assert_eq!(readiness(&http, &node.address).await, (503, Some("not_owner_yet".to_owned())));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Released, the ranges are taken and the node turns ready.
+    stop.send(true).unwrap();
+    renewal.await.unwrap();
+    assert_eq!(holder.members.release(&holder.id, &all).await.unwrap(), all.len() as u64);
+    let ready = eventually(LEASE_TTL * 2, || async { readiness(&http, &node.address).await.0 == 200 }).await;
+    assert!(ready, "the node did not turn ready after taking ranges: {:?}", readiness(&http, &node.address).await);
+    node.terminate();
 }
 
 #[tokio::test]

@@ -1,11 +1,13 @@
 //! The deployment files under `deploy/` against the binary they deploy: the Kubernetes
-//! manifests of one node (`deploy/k8s`) and the Grafana dashboard (`deploy/grafana`).
+//! manifests of one node (`deploy/k8s`) and of a three-node cluster (`deploy/k8s-cluster`),
+//! and the Grafana dashboard (`deploy/grafana`).
 //!
 //! What can go wrong and is checked: a setting the binary does not read (it would refuse to
 //! start) or a value it refuses; a container port that is not `TIANJI_BIND`'s; a probe, a
 //! Service or the scrape annotations pointing at another port or at a path that does not answer
 //! 200; a grace period shorter than the graceful stop; a second replica (two owners of every
-//! key); a dashboard querying a metric, or grouping by a label, that a running node does not
+//! key); a cluster node advertising an address other than its name under the headless Service
+//! its StatefulSet governs; a dashboard querying a metric, or grouping by a label, that a running node does not
 //! export.
 
 use crate::helpers::{spawn_app, status_and_json, Backend, TestApp};
@@ -53,9 +55,14 @@ fn to_json(yaml: &Yaml) -> Value {
 
 /// Every document of every `*.yaml` in `deploy/k8s`, by file name.
 fn manifests() -> BTreeMap<String, Vec<Value>> {
-    let dir = deploy_dir().join("k8s");
+    manifests_in("k8s")
+}
+
+/// Every document of every `*.yaml` in `deploy/<dir>`, by file name.
+fn manifests_in(dir: &str) -> BTreeMap<String, Vec<Value>> {
+    let dir = deploy_dir().join(dir);
     let mut files = BTreeMap::new();
-    for entry in std::fs::read_dir(&dir).expect("deploy/k8s") {
+    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
         let path = entry.expect("entry").path();
         if path.extension().is_none_or(|ext| ext != "yaml") {
             continue;
@@ -84,7 +91,7 @@ fn string_map(value: &Value) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// The container of the Deployment.
+/// The container of the Deployment (or StatefulSet).
 fn container(deployment: &Value) -> &Value {
     let containers = deployment["spec"]["template"]["spec"]["containers"].as_array().expect("containers");
     assert_eq!(containers.len(), 1, "one container");
@@ -172,9 +179,26 @@ fn the_manifests_set_only_settings_the_binary_reads_with_values_it_accepts() {
     // One node owns every key: never two pods at once.
     assert_eq!(deployment["spec"]["replicas"], 1);
     assert_eq!(deployment["spec"]["strategy"]["type"], "Recreate");
-    // The graceful stop ends before the kubelet kills the pod. The grace period counts from
-    // the start of the preStop pause; the node's own worst case is TIANJI_SHUTDOWN_TIMEOUT for
-    // the HTTP drain plus STOP_WRITES_MAX for the writes after it (src/startup.rs).
+    assert_the_pod_stops_in_its_grace_period(pod, container, &settings);
+
+    // Everything but the Secret's example is applied by the kustomization, and it names files
+    // that exist.
+    let kustomization = &files["kustomization.yaml"][0];
+    let listed: BTreeSet<&str> =
+        kustomization["resources"].as_array().expect("resources").iter().filter_map(Value::as_str).collect();
+    let expected: BTreeSet<&str> = files
+        .keys()
+        .map(String::as_str)
+        .filter(|name| *name != "kustomization.yaml" && *name != "secret.example.yaml")
+        .collect();
+    assert_eq!(listed, expected);
+}
+
+/// The graceful stop ends before the kubelet kills the pod, and the pod reserves what it
+/// needs. The grace period counts from the start of the preStop pause; the node's own worst
+/// case is TIANJI_SHUTDOWN_TIMEOUT for the HTTP drain plus STOP_WRITES_MAX for the writes
+/// after it (src/startup.rs).
+fn assert_the_pod_stops_in_its_grace_period(pod: &Value, container: &Value, settings: &Settings) {
     let grace = pod["spec"]["terminationGracePeriodSeconds"].as_u64().expect("terminationGracePeriodSeconds");
     let pause = container.pointer("/lifecycle/preStop/sleep/seconds").and_then(|s| s.as_u64()).unwrap_or(0);
     assert!(pause > 0, "a preStop pause lets load balancers stop routing before the drain");
@@ -189,17 +213,136 @@ fn the_manifests_set_only_settings_the_binary_reads_with_values_it_accepts() {
     for path in ["/requests/cpu", "/requests/memory", "/limits/memory"] {
         assert!(resources.pointer(path).is_some(), "resources{path}");
     }
+}
 
-    // Everything but the Secret's example is applied by the kustomization, and it names files
-    // that exist.
+/// What the downward API gives a pod's `fieldRef`s in the cluster test: the first pod of the
+/// StatefulSet, in the default namespace.
+fn downward(field: &str, stateful_set: &Value) -> String {
+    match field {
+        "metadata.name" => format!("{}-0", stateful_set["metadata"]["name"].as_str().expect("a name")),
+        "metadata.namespace" => "default".to_owned(),
+        other => panic!("a fieldRef the test does not know: {other}"),
+    }
+}
+
+/// `value` with every `$(NAME)` replaced by `NAME`'s value in `defined`, as the kubelet
+/// expands an env entry from those listed before it.
+fn expand(value: &str, defined: &BTreeMap<String, String>) -> String {
+    let mut expanded = value.to_owned();
+    for (name, replacement) in defined {
+        expanded = expanded.replace(&format!("$({name})"), replacement);
+    }
+    assert!(!expanded.contains("$("), "{value}: a reference to a variable not defined before it");
+    expanded
+}
+
+#[test]
+fn the_cluster_manifests_run_three_nodes_that_advertise_their_headless_service_names() {
+    let files = manifests_in("k8s-cluster");
+    let one_node = manifests();
+    let secret = one_of_kind(&one_node, "Secret");
+    let config_map = one_of_kind(&files, "ConfigMap");
+    let stateful_set = one_of_kind(&files, "StatefulSet");
+    let container = container(stateful_set);
+    assert!(files.values().flatten().all(|doc| doc["kind"] != "Deployment" && doc["kind"] != "Secret"));
+
+    // Settings: the ConfigMap, the one Secret of deploy/k8s, and the pod's own env, whose
+    // `$(VAR)`s are expanded from the downward API as the kubelet would.
+    let mut values = string_map(&config_map["data"]);
+    for (name, value) in string_map(&secret["stringData"]) {
+        assert!(values.insert(name.clone(), value).is_none(), "{name} in both the ConfigMap and the Secret");
+    }
+    let mut defined = BTreeMap::new();
+    for entry in container["env"].as_array().expect("env") {
+        let name = entry["name"].as_str().expect("an env name").to_owned();
+        let value = match entry["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+            Some(field) => downward(field, stateful_set),
+            None => expand(entry["value"].as_str().expect("a literal or a fieldRef"), &defined),
+        };
+        if name.starts_with("TIANJI_") {
+            assert!(values.insert(name.clone(), value.clone()).is_none(), "{name} set twice");
+        } else {
+            assert!(!entry["valueFrom"].is_null(), "{name}: only downward API values besides the settings");
+        }
+        defined.insert(name, value);
+    }
+    for name in values.keys() {
+        assert!(SETTINGS.contains(&name.as_str()), "{name} is not a setting the binary reads: {SETTINGS:?}");
+    }
+    assert!(!values.contains_key("TIANJI_WORKER_ID"), "a cluster node's worker id comes from the membership table");
+    let settings = Settings::from_values(&values).unwrap_or_else(|e| panic!("the manifests' settings: {e}"));
+    assert!(settings.is_mysql(), "a cluster shares one MySQL database");
+    let cluster = settings.cluster.as_ref().expect("TIANJI_ADVERTISE_URL makes each pod a cluster node");
+
+    let sources: BTreeSet<(&str, &str)> = container["envFrom"]
+        .as_array()
+        .expect("envFrom")
+        .iter()
+        .flat_map(|source| {
+            ["configMapRef", "secretRef"]
+                .into_iter()
+                .filter_map(|reference| source[reference]["name"].as_str().map(|name| (reference, name)))
+        })
+        .collect();
+    let expected = BTreeSet::from([
+        ("configMapRef", config_map["metadata"]["name"].as_str().expect("a name")),
+        ("secretRef", secret["metadata"]["name"].as_str().expect("a name")),
+    ]);
+    assert_eq!(sources, expected, "the pod reads the ConfigMap and the Secret, by name");
+
+    // Three nodes, started and stopped together, each with a stable name under the headless
+    // Service the StatefulSet governs.
+    assert_eq!(stateful_set["spec"]["replicas"], 3);
+    assert_eq!(stateful_set["spec"]["podManagementPolicy"], "Parallel");
+    let services: Vec<&Value> = files.values().flatten().filter(|doc| doc["kind"] == "Service").collect();
+    let (headless, clients): (Vec<&Value>, Vec<&Value>) =
+        services.iter().partition(|service| service["spec"]["clusterIP"] == "None");
+    assert_eq!((headless.len(), clients.len()), (1, 1), "a headless Service for peers, one for clients");
+    let (headless, clients) = (headless[0], clients[0]);
+    assert_eq!(headless["spec"]["publishNotReadyAddresses"], true, "peers reach a node before it is ready");
+    let peers = headless["metadata"]["name"].as_str().expect("a name");
+    assert_eq!(stateful_set["spec"]["serviceName"].as_str(), Some(peers));
+
+    let advertised = reqwest::Url::parse(&cluster.advertise_url).expect("TIANJI_ADVERTISE_URL is a URL");
+    let pod_name = downward("metadata.name", stateful_set);
+    let namespace = downward("metadata.namespace", stateful_set);
+    assert_eq!(advertised.host_str(), Some(format!("{pod_name}.{peers}.{namespace}.svc.cluster.local").as_str()));
+    assert_eq!(advertised.port_or_known_default(), Some(settings.bind.port()), "the pod's DNS name is its IP");
+
+    // Ports, probes and selectors as for one node.
+    let ports = container["ports"].as_array().expect("ports");
+    assert_eq!(ports.len(), 1, "{ports:?}");
+    let (port_name, port) = (ports[0]["name"].as_str().expect("a named port"), ports[0]["containerPort"].as_u64());
+    assert_eq!(port, Some(u64::from(settings.bind.port())), "containerPort is TIANJI_BIND's port");
+    assert!(settings.bind.ip().is_unspecified(), "TIANJI_BIND listens on every interface of the pod");
+    for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+        let target = &container[probe]["httpGet"]["port"];
+        assert!(target == port_name || target.as_u64() == port, "{probe} port {target}");
+    }
+    assert_eq!(probe_paths(container), ["/healthz", "/healthz", "/readyz"], "startup, liveness, readiness");
+    let pod = &stateful_set["spec"]["template"];
+    let pod_labels = string_map(&pod["metadata"]["labels"]);
+    for service in [headless, clients] {
+        for service_port in service["spec"]["ports"].as_array().expect("service ports") {
+            let target = &service_port["targetPort"];
+            assert!(target == port_name || target.as_u64() == port, "Service targetPort {target}");
+        }
+        let selector = string_map(&service["spec"]["selector"]);
+        assert!(selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)), "the Service selects the pod");
+    }
+    let selector = string_map(&stateful_set["spec"]["selector"]["matchLabels"]);
+    assert!(selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)), "the StatefulSet selects its pods");
+    let annotations = string_map(&pod["metadata"]["annotations"]);
+    assert_eq!(annotations.get("prometheus.io/port").and_then(|p| p.parse::<u64>().ok()), port);
+    assert_eq!(annotations.get("prometheus.io/path").map(String::as_str), Some("/metrics"));
+
+    assert_the_pod_stops_in_its_grace_period(pod, container, &settings);
+
     let kustomization = &files["kustomization.yaml"][0];
     let listed: BTreeSet<&str> =
         kustomization["resources"].as_array().expect("resources").iter().filter_map(Value::as_str).collect();
-    let expected: BTreeSet<&str> = files
-        .keys()
-        .map(String::as_str)
-        .filter(|name| *name != "kustomization.yaml" && *name != "secret.example.yaml")
-        .collect();
+    let expected: BTreeSet<&str> =
+        files.keys().map(String::as_str).filter(|name| *name != "kustomization.yaml").collect();
     assert_eq!(listed, expected);
 }
 

@@ -272,30 +272,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_is_refused_not_waited_on() {
-        let limits = BatchLimits { size_max: 1, delay: Duration::ZERO, queue_max: 1 };
-        let (entered_tx, entered) = tokio::sync::watch::channel(false);
-        let (release, gate) = tokio::sync::watch::channel(false);
-        let batcher = Batcher::spawn("slow", limits, move |items: Vec<u32>| {
-            let mut gate = gate.clone();
-            let _ = entered_tx.send(true);
-            async move {
-                gate.wait_for(|open| *open).await.expect("gate sender alive");
-                Ok(items)
-            }
-        });
-        let first = tokio::spawn({
-            let batcher = batcher.clone();
-            async move { batcher.submit(1).await }
-        });
-        // The writer holds item 1 inside its flush; item 2 then fills the one queue slot.
-        entered.clone().wait_for(|in_flush| *in_flush).await.unwrap();
-        let second = batcher.submit(2);
-        tokio::pin!(second);
-        assert!(futures::poll!(&mut second).is_pending());
+        let (batcher, release, earlier) = full_queue().await;
         assert!(matches!(batcher.submit(3).await, Err(SubmitError::Overloaded)));
         release.send(true).unwrap();
-        assert_eq!(first.await.unwrap().unwrap(), 1);
-        assert_eq!(second.await.unwrap(), 2);
+        for (expected, job) in (1..).zip(earlier) {
+            assert_eq!(job.await.unwrap().unwrap(), expected);
+        }
     }
 
     /// A submission running in its own task.

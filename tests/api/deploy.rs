@@ -150,15 +150,7 @@ fn the_manifests_set_only_settings_the_binary_reads_with_values_it_accepts() {
     assert_eq!(sources, expected);
 
     // One port, the one the node binds, named for the probes, the Service and the scrape.
-    let ports = container["ports"].as_array().expect("ports");
-    assert_eq!(ports.len(), 1, "{ports:?}");
-    let (port_name, port) = (ports[0]["name"].as_str().expect("a named port"), ports[0]["containerPort"].as_u64());
-    assert_eq!(port, Some(u64::from(settings.bind.port())), "containerPort is TIANJI_BIND's port");
-    assert!(settings.bind.ip().is_unspecified(), "TIANJI_BIND listens on every interface of the pod");
-    for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
-        let target = &container[probe]["httpGet"]["port"];
-        assert!(target == port_name || target.as_u64() == port, "{probe} port {target}");
-    }
+    let (port_name, port) = assert_one_port_on_bind(container, &settings);
     assert_eq!(probe_paths(container).len(), 3, "every probe is an HTTP GET");
     let service = one_of_kind(&files, "Service");
     let service_ports = service["spec"]["ports"].as_array().expect("service ports");
@@ -310,15 +302,7 @@ fn the_cluster_manifests_run_three_nodes_that_advertise_their_headless_service_n
     assert_eq!(advertised.port_or_known_default(), Some(settings.bind.port()), "the pod's DNS name is its IP");
 
     // Ports, probes and selectors as for one node.
-    let ports = container["ports"].as_array().expect("ports");
-    assert_eq!(ports.len(), 1, "{ports:?}");
-    let (port_name, port) = (ports[0]["name"].as_str().expect("a named port"), ports[0]["containerPort"].as_u64());
-    assert_eq!(port, Some(u64::from(settings.bind.port())), "containerPort is TIANJI_BIND's port");
-    assert!(settings.bind.ip().is_unspecified(), "TIANJI_BIND listens on every interface of the pod");
-    for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
-        let target = &container[probe]["httpGet"]["port"];
-        assert!(target == port_name || target.as_u64() == port, "{probe} port {target}");
-    }
+    let (port_name, port) = assert_one_port_on_bind(container, &settings);
     assert_eq!(probe_paths(container), ["/healthz", "/healthz", "/readyz"], "startup, liveness, readiness");
     let pod = &stateful_set["spec"]["template"];
     let pod_labels = string_map(&pod["metadata"]["labels"]);
@@ -488,4 +472,19 @@ fn promql_metric_names_and_labels_are_read_from_expressions() {
     assert!(used[1].1.is_empty());
     assert_eq!(grouped_by(expression), BTreeSet::from(["route".to_owned(), "status".to_owned()]));
     assert!(metrics_in("label_values(tianji_build_info, instance)").iter().any(|(n, _)| n == "tianji_build_info"));
+}
+
+/// The container's one port, which must be `TIANJI_BIND`'s (on every interface) and the one
+/// every probe targets, by name or number: its name and number.
+fn assert_one_port_on_bind<'a>(container: &'a Value, settings: &Settings) -> (&'a str, Option<u64>) {
+    let ports = container["ports"].as_array().expect("ports");
+    assert_eq!(ports.len(), 1, "{ports:?}");
+    let (port_name, port) = (ports[0]["name"].as_str().expect("a named port"), ports[0]["containerPort"].as_u64());
+    assert_eq!(port, Some(u64::from(settings.bind.port())), "containerPort is TIANJI_BIND's port");
+    assert!(settings.bind.ip().is_unspecified(), "TIANJI_BIND listens on every interface of the pod");
+    for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+        let target = &container[probe]["httpGet"]["port"];
+        assert!(target == port_name || target.as_u64() == port, "{probe} port {target}");
+    }
+    (port_name, port)
 }

@@ -18,6 +18,7 @@
 
 pub mod balance;
 pub mod node;
+pub mod peers;
 pub mod start;
 
 use crate::config::ConfigError;

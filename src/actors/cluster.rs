@@ -54,6 +54,18 @@ impl Core {
         }
     }
 
+    /// What an actor for `key` activated now records (`Change::held_ranges`): the range of its
+    /// key with the epoch this node holds it at, so its commits are refused once the range
+    /// was lost, even if this node took it back since. Empty on a single node.
+    pub(crate) fn activation_ranges(&self, key: Key) -> Result<Vec<(RangeId, i64)>, NotOwner> {
+        let Some(ownership) = self.cluster.get() else { return Ok(Vec::new()) };
+        let range = key.range();
+        match ownership.epoch(range) {
+            Some(epoch) => Ok(vec![(range, epoch)]),
+            None => Err(ownership.not_owner(range)),
+        }
+    }
+
     /// A `NotOwner` for `range`, with its owner's address when known.
     pub(crate) fn not_owner(&self, range: RangeId) -> NotOwner {
         match self.cluster.get() {

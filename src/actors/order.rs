@@ -17,6 +17,7 @@ use super::{Core, Refusal, Reply};
 use crate::domain::inventory::InventoryError;
 use crate::domain::order::{deadline_passed, InvalidTransition, Order, StockStep};
 use crate::domain::payment::{decide, KnownPayment, PaymentDecision, Refusal as PaymentRefusal};
+use crate::domain::slots::RangeId;
 use crate::domain::{Cents, OrderEvent, OrderId, OrderStatus, UserId};
 use crate::persistence::group_commit::SubmitError;
 use crate::persistence::{
@@ -110,6 +111,8 @@ type Ending = (Result<Order, LifecycleError>, Option<Order>);
 pub struct OrderSession {
     order_id: OrderId,
     order: Order,
+    /// The user's range as held when the session started (`Change::held_ranges`).
+    held_ranges: Arc<[(RangeId, i64)]>,
     last_active: Instant,
     core: Arc<Core>,
 }
@@ -162,10 +165,11 @@ impl Handler<Pay> for OrderSession {
         let Pay { out_trade_no, amount_cents, channel, reply } = msg;
         let core = Arc::clone(&self.core);
         let order = self.order.clone();
+        let held = Arc::clone(&self.held_ranges);
         self.exclusive(reply, async move {
             let payment =
                 Payment { out_trade_no, order_id: order.id, amount_cents, channel, status: PaymentStatus::Paid };
-            pay(&core, order, payment).await
+            pay(&core, &held, order, payment).await
         })
     }
 }
@@ -177,6 +181,7 @@ impl Handler<Act> for OrderSession {
         let Act { event, owner, reply } = msg;
         let core = Arc::clone(&self.core);
         let order = self.order.clone();
+        let held = Arc::clone(&self.held_ranges);
         self.exclusive(reply, async move {
             if owner.is_some_and(|owner| owner != order.user_id) {
                 return (Err(LifecycleError::NotFound), Some(order));
@@ -185,14 +190,20 @@ impl Handler<Act> for OrderSession {
                 // A deadline that moved or fired early: not due yet, nothing to do.
                 return (Ok(order.clone()), Some(order));
             }
-            step(&core, order, event, None).await
+            step(&core, &held, order, event, None).await
         })
     }
 }
 
 /// Applies `event` to `order` as one change: the transition, its stock effect on every SKU of
-/// the order, and `payment` when there is one.
-async fn step(core: &Arc<Core>, order: Order, event: OrderEvent, payment: Option<Payment>) -> Ending {
+/// the order, and `payment` when there is one; fenced by the session's `held` ranges.
+async fn step(
+    core: &Arc<Core>,
+    held: &[(RangeId, i64)],
+    order: Order,
+    event: OrderEvent,
+    payment: Option<Payment>,
+) -> Ending {
     let to = match order.status.apply(event) {
         Ok(to) => to,
         Err(error) => return (Err(error.into()), Some(order)),
@@ -223,6 +234,7 @@ async fn step(core: &Arc<Core>, order: Order, event: OrderEvent, payment: Option
         purchases: purchases.clone(),
         coupon,
         lessons: lessons.clone(),
+        held_ranges: held.to_vec(),
         ..Change::default()
     };
     match core.journal.submit(change).await {
@@ -332,7 +344,7 @@ async fn stock_effects(core: &Arc<Core>, order: &Order, event: OrderEvent) -> Re
 }
 
 /// A payment for `order`, idempotent on `out_trade_no` (see `domain::payment`).
-async fn pay(core: &Arc<Core>, order: Order, payment: Payment) -> Ending {
+async fn pay(core: &Arc<Core>, held: &[(RangeId, i64)], order: Order, payment: Payment) -> Ending {
     let out_trade_no = payment.out_trade_no.clone();
     let known = match core.bounded(|store| async move { store.find_payment(&out_trade_no).await }).await {
         Ok(known) => known,
@@ -350,21 +362,21 @@ async fn pay(core: &Arc<Core>, order: Order, payment: Payment) -> Ending {
         }
         PaymentDecision::Refuse(refusal) => (Err(refusal.into()), Some(order)),
         PaymentDecision::Pay => {
-            let (result, after) = step(core, order.clone(), OrderEvent::Pay, Some(payment.clone())).await;
+            let (result, after) = step(core, held, order.clone(), OrderEvent::Pay, Some(payment.clone())).await;
             match result {
-                Err(LifecycleError::OrderClosed) => close_and_keep_for_refund(core, order, payment).await,
+                Err(LifecycleError::OrderClosed) => close_and_keep_for_refund(core, held, order, payment).await,
                 Err(LifecycleError::AlreadyPaid) => {
                     // Another callback with the same out_trade_no won the race: answer as a repeat.
                     let Some(order) = after else { return (Err(LifecycleError::Stale), None) };
-                    Box::pin(pay(core, order, payment)).await
+                    Box::pin(pay(core, held, order, payment)).await
                 }
                 other => (other, after),
             }
         }
-        PaymentDecision::CloseAndKeepForRefund => close_and_keep_for_refund(core, order, payment).await,
+        PaymentDecision::CloseAndKeepForRefund => close_and_keep_for_refund(core, held, order, payment).await,
         PaymentDecision::KeepForRefund(refusal) => {
             let kept = Payment { status: PaymentStatus::RefundRequired, ..payment };
-            let change = Change { payment: Some(kept.clone()), ..Change::default() };
+            let change = Change { payment: Some(kept.clone()), held_ranges: held.to_vec(), ..Change::default() };
             match core.journal.submit(change).await {
                 Ok(Ok(())) | Ok(Err(Conflict::DuplicatePayment)) => {
                     tracing::warn!(order_id = %order.id, out_trade_no = %kept.out_trade_no, status = %order.status, "payment for an order that cannot take it; recorded for refund");
@@ -379,10 +391,15 @@ async fn pay(core: &Arc<Core>, order: Order, payment: Payment) -> Ending {
 
 /// The deadline passed before the payment could be committed: the order closes (its units go
 /// back) and the payment is kept for refund, in one change.
-async fn close_and_keep_for_refund(core: &Arc<Core>, order: Order, payment: Payment) -> Ending {
+async fn close_and_keep_for_refund(
+    core: &Arc<Core>,
+    held: &[(RangeId, i64)],
+    order: Order,
+    payment: Payment,
+) -> Ending {
     let kept = Payment { status: PaymentStatus::RefundRequired, ..payment };
     tracing::warn!(order_id = %order.id, out_trade_no = %kept.out_trade_no, "payment after the deadline; closing the order and keeping the payment for refund");
-    match step(core, order, OrderEvent::Timeout, Some(kept)).await {
+    match step(core, held, order, OrderEvent::Timeout, Some(kept)).await {
         (Ok(_), after) => (Err(LifecycleError::OrderClosed), after),
         other => other,
     }
@@ -390,10 +407,16 @@ async fn close_and_keep_for_refund(core: &Arc<Core>, order: Order, payment: Paym
 
 /// The order side of `Core`.
 impl Core {
-    fn start_session(self: &Arc<Self>, order: Order) -> Addr<OrderSession> {
+    fn start_session(self: &Arc<Self>, order: Order, held_ranges: Vec<(RangeId, i64)>) -> Addr<OrderSession> {
         let arbiter = self.arbiters.for_key(order.id.get());
         let capacity = self.limits.mailbox_capacity;
-        let session = OrderSession { order_id: order.id, order, last_active: Instant::now(), core: Arc::clone(self) };
+        let session = OrderSession {
+            order_id: order.id,
+            order,
+            held_ranges: held_ranges.into(),
+            last_active: Instant::now(),
+            core: Arc::clone(self),
+        };
         super::start_on(&arbiter, capacity, session)
     }
 
@@ -403,7 +426,9 @@ impl Core {
             .get_or_activate(order_id, || async {
                 let read = move |store: crate::persistence::DynStore| async move { store.find_order(order_id).await };
                 let order = self.bounded(read).await?.ok_or(LifecycleError::NotFound)?;
-                Ok(self.start_session(order))
+                // A session runs on the node that owns its buyer (beside the user's actor).
+                let held_ranges = self.activation_ranges(crate::domain::slots::Key::user(order.user_id))?;
+                Ok(self.start_session(order, held_ranges))
             })
             .await
     }

@@ -34,6 +34,7 @@ use crate::domain::inventory::InventoryError;
 use crate::domain::learning::Progress;
 use crate::domain::order::{NewOrderHeader, Order, OrderError, PlaceOrder};
 use crate::domain::sale::{check_allowance, SaleError};
+use crate::domain::slots::RangeId;
 use crate::domain::{Cents, CouponId, IdempotencyKey, OrderId, OrderLine, SkuId, TemplateId, UserId};
 use crate::metrics::PlacementOutcome;
 use crate::persistence::group_commit::SubmitError;
@@ -233,6 +234,13 @@ enum KeyState {
 }
 
 /// How a placement saga ended, with what it held that its end must settle.
+/// Who a placement is for: the user's actor and the range it was activated under.
+pub(crate) struct Buyer {
+    addr: Addr<UserActor>,
+    user_id: UserId,
+    held_ranges: Arc<[(RangeId, i64)]>,
+}
+
 pub(crate) struct PlaceOutcome {
     pub result: Result<Placed, PlaceError>,
     /// Units held by `HoldUnits`.
@@ -257,12 +265,20 @@ pub struct UserActor {
     /// An outcome was unknown: memory may be behind the database. Stops when nothing is in
     /// flight.
     stale: bool,
+    /// The user's range as held at activation (`Change::held_ranges`).
+    held_ranges: Arc<[(RangeId, i64)]>,
     last_active: Instant,
     core: Arc<Core>,
 }
 
 impl UserActor {
-    fn new(core: Arc<Core>, user_id: UserId, state: UserState, pending_before: &[(SkuId, Progress)]) -> Self {
+    fn new(
+        core: Arc<Core>,
+        user_id: UserId,
+        state: UserState,
+        pending_before: &[(SkuId, Progress)],
+        held_ranges: Vec<(RangeId, i64)>,
+    ) -> Self {
         let lessons = lessons_at_activation(&core, user_id, &state, pending_before);
         let mut actor = UserActor {
             lessons,
@@ -274,6 +290,7 @@ impl UserActor {
             claims: state.claims.into_iter().collect(),
             claim_queue: HashMap::new(),
             stale: false,
+            held_ranges: held_ranges.into(),
             last_active: Instant::now(),
             core,
         };
@@ -348,6 +365,7 @@ impl UserActor {
         self.remember(key.as_str().to_owned(), in_flight);
         let core = Arc::clone(&self.core);
         let (user_id, me) = (self.user_id, ctx.address());
+        let held_ranges = Arc::clone(&self.held_ranges);
         let saga_key = key.clone();
         let saga = async move {
             if look_up_first {
@@ -363,7 +381,8 @@ impl UserActor {
                     return PlaceOutcome { result, held: Vec::new() };
                 }
             }
-            core.place_new(me, user_id, order_id, saga_key, request, coupon).await
+            let buyer = Buyer { addr: me, user_id, held_ranges };
+            core.place_new(buyer, order_id, saga_key, request, coupon).await
         };
         ctx.spawn(saga.in_current_span().into_actor(self).map(move |outcome, actor, ctx| {
             actor.settle_holds(&outcome, order_id, coupon.map(|c| c.id));
@@ -454,7 +473,8 @@ impl UserActor {
         self.claim_queue.entry(template_id).or_default();
         let core = Arc::clone(&self.core);
         let user_id = self.user_id;
-        let claim = async move { core.claim(user_id, template_id, seq).await };
+        let held_ranges = Arc::clone(&self.held_ranges);
+        let claim = async move { core.claim(user_id, &held_ranges, template_id, seq).await };
         ctx.spawn(claim.in_current_span().into_actor(self).map(move |result, actor, ctx| {
             actor.last_active = Instant::now();
             match &result {
@@ -658,6 +678,8 @@ impl Core {
         let user = self
             .users
             .get_or_activate(user_id, || async {
+                // Before the read: a range lost and taken back meanwhile fences this actor out.
+                let held_ranges = self.activation_ranges(crate::domain::slots::Key::user(user_id))?;
                 let pending = pending_before_read(self, user_id);
                 let mut state = load().await?;
                 for _ in 0..ACTIVATION_READS_MAX {
@@ -666,7 +688,7 @@ impl Core {
                     }
                     state = load().await?;
                 }
-                let actor = UserActor::new(Arc::clone(self), user_id, state, &pending);
+                let actor = UserActor::new(Arc::clone(self), user_id, state, &pending, held_ranges);
                 let arbiter = self.arbiters.for_key(user_id.get());
                 Ok::<_, StoreError>(super::start_on(&arbiter, self.limits.mailbox_capacity, actor))
             })
@@ -736,11 +758,13 @@ impl Core {
     async fn claim(
         self: &Arc<Self>,
         user_id: UserId,
+        held_ranges: &[(RangeId, i64)],
         template_id: TemplateId,
         seq: i64,
     ) -> Result<Coupon, ClaimFailure> {
         let (issue, template) = self.issue(template_id, user_id, seq).await?;
-        let (settled, result) = match self.journal.submit(Change { issue: Some(issue), ..Change::default() }).await {
+        let change = Change { issue: Some(issue), held_ranges: held_ranges.to_vec(), ..Change::default() };
+        let (settled, result) = match self.journal.submit(change).await {
             Ok(Ok(())) => (IssueSettled::Committed, Ok(issue.coupon)),
             Ok(Err(Conflict::SoldOut(_))) => (IssueSettled::Refused { stale: true }, Err(ClaimError::SoldOut.into())),
             Ok(Err(Conflict::ClaimLimit(_))) => {
@@ -773,23 +797,20 @@ impl Core {
     /// is committed.
     async fn place_new(
         self: &Arc<Self>,
-        user: Addr<UserActor>,
-        user_id: UserId,
+        buyer: Buyer,
         order_id: OrderId,
         key: IdempotencyKey,
         request: PlaceOrder,
         coupon: Option<Coupon>,
     ) -> PlaceOutcome {
         let mut held = Vec::new();
-        let result = self.place_held(&user, user_id, order_id, key, request, coupon, &mut held).await;
+        let result = self.place_held(&buyer, order_id, key, request, coupon, &mut held).await;
         PlaceOutcome { result, held }
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn place_held(
         self: &Arc<Self>,
-        user: &Addr<UserActor>,
-        user_id: UserId,
+        buyer: &Buyer,
         order_id: OrderId,
         key: IdempotencyKey,
         request: PlaceOrder,
@@ -799,7 +820,7 @@ impl Core {
         let now_ms = self.clock.now_ms();
         let header = NewOrderHeader {
             id: order_id,
-            user_id,
+            user_id: buyer.user_id,
             idempotency_key: key,
             request_hash: request.fingerprint(),
             created_at_ms: now_ms,
@@ -838,13 +859,14 @@ impl Core {
             })
             .collect();
         if !limited.is_empty() {
-            if let Err(error) = self.users.ask(user, |reply| HoldUnits { lines: limited.clone(), reply }).await {
+            if let Err(error) = self.users.ask(&buyer.addr, |reply| HoldUnits { lines: limited.clone(), reply }).await {
                 self.abandon(grants.into_iter().map(|g| g.effect));
                 return Err(error);
             }
             held.extend(limited.iter().map(|&(sku_id, units, _)| (sku_id, units)));
         }
-        match self.price_and_submit(header, &request, grants, &limited, coupon, rules.ok().flatten()).await {
+        let rules = rules.ok().flatten();
+        match self.price_and_submit(header, &request, grants, &limited, coupon, rules, &buyer.held_ranges).await {
             Err(PlaceError::Uncertain(reason)) => Err(PlaceError::Uncertain(reason)),
             other => other,
         }
@@ -862,7 +884,9 @@ impl Core {
         }
     }
 
-    /// Prices the order from its grants and the coupon, submits it as one change, and answers.
+    /// Prices the order from its grants and the coupon, submits it as one change (fenced by the
+    /// buyer's `held_ranges`), and answers.
+    #[allow(clippy::too_many_arguments)]
     async fn price_and_submit(
         self: &Arc<Self>,
         header: NewOrderHeader,
@@ -871,6 +895,7 @@ impl Core {
         limited: &[(SkuId, i64, i64)],
         coupon: Option<Coupon>,
         rules: Option<CouponRules>,
+        held_ranges: &[(RangeId, i64)],
     ) -> Result<Placed, PlaceError> {
         let lines: Vec<OrderLine> = request
             .lines
@@ -902,8 +927,14 @@ impl Core {
             .collect();
         let coupon =
             coupon.map(|c| CouponMove { coupon_id: c.id, user_id: order.user_id, step: CouponStep::Lock(order.id) });
-        let change =
-            Change { order: Some(order.clone()), skus: effects.clone(), purchases, coupon, ..Change::default() };
+        let change = Change {
+            order: Some(order.clone()),
+            skus: effects.clone(),
+            purchases,
+            coupon,
+            held_ranges: held_ranges.to_vec(),
+            ..Change::default()
+        };
         match self.journal.submit(change).await {
             Ok(Ok(())) => {
                 self.timer.schedule(order.id, order.pay_deadline_ms).await;

@@ -9,10 +9,13 @@
 //! leases.
 //!
 //! Guarantees: a node activates actors only for keys of ranges it holds (others get
-//! `NotOwner`, 503 `not_owner` with the owner's address when known), and every commit of a
-//! cluster node checks, inside its own transaction and under a share lock, that each range its
-//! keys touch is still held at the epoch this node took and not expired by the database clock;
-//! a change on a lost range is refused, never acknowledged. The database's transactions are
+//! `NotOwner`, 503 `not_owner` with the owner's address when known; an order's session runs
+//! only where its buyer's range is held), and every commit of a cluster node checks, inside its
+//! own transaction and under a share lock, that each range its keys touch is still held and
+//! not expired by the database clock, at the epoch the actors that made the change were
+//! activated under (a range lost and taken back fences out the actors of before); a change on
+//! a lost range is refused, never acknowledged. A SKU is activated (its epoch bumped) only
+//! under the same check, so a node that lost a range cannot fence out the new owner's actor. The database's transactions are
 //! the only arbiter: nothing here elects anything. Without `TIANJI_ADVERTISE_URL` none of this
 //! runs and one node owns every key.
 

@@ -221,6 +221,10 @@ pub struct Change {
     pub lessons: Option<LessonGrant>,
     /// Learning progress written behind from the user actors (never refused).
     pub progress: Vec<ProgressWrite>,
+    /// On a cluster node: the ranges the actors that made this change were activated under,
+    /// with the epoch this node held each at then. The commit is refused unless each is still
+    /// held at that epoch (`sql_cluster::needed`). Empty on a single node.
+    pub held_ranges: Vec<(crate::domain::slots::RangeId, i64)>,
 }
 
 /// Opens or revokes the courses of one order for its buyer: a course is a SKU, every SKU of a

@@ -24,7 +24,7 @@ use crate::domain::coupon::{Coupon, CouponStatus};
 use crate::domain::inventory::{Counters, Reservation};
 use crate::domain::lease::settled_lease_statuses;
 use crate::domain::order::{Order, OrderItem, OrderStatus, StatusLogEntry};
-use crate::domain::slots::RangeId;
+use crate::domain::slots::{Key, RangeId};
 use crate::domain::{Cents, CouponId, OrderId, SkuId, TemplateId, UserId};
 use async_trait::async_trait;
 use sqlx::any::{Any, AnyRow};
@@ -180,34 +180,39 @@ impl SqlStore {
     }
 
     /// Refuses with `Conflict::NotOwner` every change touching a range this node no longer
-    /// holds (locally or in the database, checked under a share lock held to the commit).
-    /// `None` when every change may go on.
+    /// holds at the epoch the change needs (`sql_cluster::needed`), checked in the database
+    /// under a share lock held to the commit. `None` when every change may go on.
     async fn refuse_lost_ranges(
         &self,
         tx: &mut AnyConnection,
         changes: &[Change],
     ) -> Result<Option<Vec<Option<Conflict>>>, StoreError> {
         let Some(ownership) = &self.fence else { return Ok(None) };
-        let touched: Vec<BTreeSet<RangeId>> = changes.iter().map(sql_cluster::ranges_of).collect();
-        let mut held = BTreeMap::new();
-        let mut lost = BTreeSet::new();
-        for range in touched.iter().flatten() {
-            match ownership.epoch(*range) {
-                Some(epoch) => {
-                    held.insert(*range, epoch);
-                }
-                None => {
-                    lost.insert(*range);
-                }
-            }
+        let needs: Vec<_> = changes.iter().map(|change| sql_cluster::needed(change, |r| ownership.epoch(r))).collect();
+        let ranges: BTreeSet<RangeId> = needs.iter().flatten().map(|(range, _)| *range).collect();
+        let held = sql_cluster::fence(tx, ownership.node_id(), &ranges).await?;
+        let refusals: Vec<Option<Conflict>> = needs
+            .iter()
+            .map(|need| {
+                let lost = need.iter().find(|(range, epoch)| epoch.is_none() || held.get(range) != epoch.as_ref());
+                lost.map(|(range, _)| Conflict::NotOwner(*range))
+            })
+            .collect();
+        Ok(refusals.iter().any(Option::is_some).then_some(refusals))
+    }
+
+    /// On a cluster node, fails unless every SKU of `sku_ids` is in a range this node holds now
+    /// (in the database, under a share lock held to the end of `tx`): an activation bumps the
+    /// SKU's epoch, which must never happen on a node that lost the range (it would fence out
+    /// the owner's live actor).
+    async fn fence_activation(&self, tx: &mut AnyConnection, sku_ids: &[SkuId]) -> Result<(), StoreError> {
+        let Some(ownership) = &self.fence else { return Ok(()) };
+        let ranges: BTreeSet<RangeId> = sku_ids.iter().map(|id| Key::sku(*id).range()).collect();
+        let held = sql_cluster::fence(tx, ownership.node_id(), &ranges).await?;
+        match ranges.iter().find(|range| ownership.epoch(**range).is_none_or(|epoch| held.get(range) != Some(&epoch))) {
+            None => Ok(()),
+            Some(range) => Err(StoreError::NotOwner(ownership.not_owner(*range))),
         }
-        lost.extend(sql_cluster::fence(tx, ownership.node_id(), &held).await?);
-        if lost.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(
-            touched.iter().map(|ranges| ranges.intersection(&lost).next().map(|r| Conflict::NotOwner(*r))).collect(),
-        ))
     }
 }
 
@@ -317,6 +322,7 @@ impl Store for SqlStore {
         }
         let ids: Vec<i64> = sku_ids.iter().map(|id| id.get()).collect();
         let mut tx = self.pool.begin_with(self.dialect.begin_write()).await?;
+        self.fence_activation(&mut tx, sku_ids).await?;
         let mut states: HashMap<i64, SkuState> = HashMap::with_capacity(ids.len());
         for chunk in statements(&ids, ROWS_PER_STATEMENT_MAX) {
             let mut bump = QueryBuilder::<Any>::new("UPDATE inventory SET epoch = epoch + 1 WHERE sku_id IN ");

@@ -29,7 +29,8 @@ pub const JOIN_ATTEMPTS_MAX: usize = 16;
 /// The ranges a change's keys fall in: its user's (a new order, purchases, a coupon move or
 /// issue, courses opened), its SKUs' and its template's. Learning progress is not fenced: it
 /// is merged (a join that never loses progress), so a late write of an old owner is harmless.
-/// An order transition is fenced through the SKU effects and user writes it comes with.
+/// An order transition or a payment is fenced by the range its order session was activated
+/// under (the user's, in `Change::held_ranges`), whatever else it carries.
 pub fn ranges_of(change: &Change) -> BTreeSet<RangeId> {
     let users = change
         .order
@@ -46,33 +47,46 @@ pub fn ranges_of(change: &Change) -> BTreeSet<RangeId> {
     users.chain(skus).chain(templates).map(Key::range).collect()
 }
 
-/// Inside a commit's transaction: which of `held` (range, the epoch this node took it at) the
-/// database no longer shows held by `node_id` at that epoch and unexpired. Locks the rows in
-/// share mode until the transaction ends.
+/// What `change` needs to commit on a cluster node: every range it touches, held at an epoch.
+/// A range its actors were activated under (`Change::held_ranges`) must still be held at the
+/// epoch of that activation (a range lost and taken back since fences them out: their memory
+/// may be stale); any other range at the epoch this node holds it now (`current`; `None`: not
+/// held, so refused). SKU keys need no more: their own epoch fences an earlier activation.
+pub fn needed(change: &Change, current: impl Fn(RangeId) -> Option<i64>) -> Vec<(RangeId, Option<i64>)> {
+    let mut needs: BTreeMap<RangeId, Option<i64>> =
+        ranges_of(change).into_iter().map(|range| (range, current(range))).collect();
+    for (range, epoch) in &change.held_ranges {
+        needs.insert(*range, Some(*epoch));
+    }
+    needs.into_iter().collect()
+}
+
+/// Inside a commit's transaction: of `ranges`, those the database shows held by `node_id`
+/// and unexpired, with the epoch each is held at. Locks the rows in share mode until the
+/// transaction ends, so no take of them can commit before this transaction does.
 pub async fn fence(
     tx: &mut AnyConnection,
     node_id: &str,
-    held: &BTreeMap<RangeId, i64>,
-) -> Result<BTreeSet<RangeId>, StoreError> {
-    if held.is_empty() {
-        return Ok(BTreeSet::new());
+    ranges: &BTreeSet<RangeId>,
+) -> Result<BTreeMap<RangeId, i64>, StoreError> {
+    if ranges.is_empty() {
+        return Ok(BTreeMap::new());
     }
     let mut select = QueryBuilder::<Any>::new(format!(
         "SELECT range_id, owner, epoch, expires_at - {DB_NOW_MS} AS remaining_ms FROM cluster_range WHERE range_id IN "
     ));
-    push_list(&mut select, held.keys().map(|range| i64::from(range.get())));
+    push_list(&mut select, ranges.iter().map(|range| i64::from(range.get())));
     select.push(" LOCK IN SHARE MODE");
-    let mut lost: BTreeSet<RangeId> = held.keys().copied().collect();
+    let mut held = BTreeMap::new();
     for row in select.build().fetch_all(&mut *tx).await? {
         let range = range_from(row.try_get("range_id")?)?;
         let owner: Option<String> = row.try_get("owner")?;
-        let epoch: i64 = row.try_get("epoch")?;
         let remaining_ms: i64 = row.try_get("remaining_ms")?;
-        if owner.as_deref() == Some(node_id) && held.get(&range) == Some(&epoch) && remaining_ms > 0 {
-            lost.remove(&range);
+        if owner.as_deref() == Some(node_id) && remaining_ms > 0 {
+            held.insert(range, row.try_get("epoch")?);
         }
     }
-    Ok(lost)
+    Ok(held)
 }
 
 fn range_from(value: i64) -> Result<RangeId, StoreError> {

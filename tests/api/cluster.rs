@@ -191,6 +191,98 @@ async fn the_old_owners_commit_after_a_takeover_is_refused_and_writes_nothing() 
 }
 
 #[tokio::test]
+async fn a_change_is_fenced_by_the_epoch_its_actor_was_activated_under() {
+    let database = TestDatabase::create(Backend::MySql).await;
+    let a = Node::join(&database.url, "a").await;
+    let range = Key::user(UserId::new(42)).range();
+    let far = Instant::now() + Duration::from_secs(60);
+    assert_eq!(a.take(range, far).await, 1);
+    let first = a.ownership.epoch(range).expect("held");
+    // A change that touches no key (an order step with no stock effect, say) is still fenced
+    // by the range its session was activated under.
+    let made_under = |epoch: i64| Change { held_ranges: vec![(range, epoch)], ..Change::default() };
+    let report = a.store.commit(&[made_under(first)], 1).await.unwrap();
+    assert_eq!(report.outcomes, vec![Ok(())]);
+
+    // The range lapses and A takes it back: a new epoch. What an actor activated under the
+    // first epoch made is refused (its memory may be stale: another node could have served
+    // the key meanwhile); an actor activated under the new one commits.
+    until_expired(&a, range, &[]).await;
+    let report = a.store.commit(&[made_under(first)], 2).await.unwrap();
+    assert_eq!(report.outcomes, vec![Err(Conflict::NotOwner(range))], "expired: refused");
+    assert_eq!(a.take(range, far).await, 1);
+    let second = a.ownership.epoch(range).expect("held again");
+    assert_eq!(second, first + 1);
+    let report = a.store.commit(&[made_under(first), made_under(second)], 3).await.unwrap();
+    assert_eq!(report.outcomes, vec![Err(Conflict::NotOwner(range)), Ok(())]);
+}
+
+#[tokio::test]
+async fn an_activation_on_a_node_that_lost_the_range_is_refused_and_bumps_no_epoch() {
+    let database = TestDatabase::create(Backend::MySql).await;
+    let (a, b) = (Node::join(&database.url, "a").await, Node::join(&database.url, "b").await);
+    let sku_id = sku_in_new_range(1, &BTreeSet::new());
+    let range = Key::sku(sku_id).range();
+    create_sku(&a.store, sku_id, 10).await;
+    let far = Instant::now() + Duration::from_secs(60);
+    assert_eq!(a.take(range, far).await, 1);
+    let first = a.store.activate_skus(&[sku_id]).await.unwrap().remove(0).unwrap().epoch;
+
+    // B takes the range over and activates the SKU; A, paused, still believes it holds it.
+    until_expired(&a, range, &[]).await;
+    assert_eq!(b.take(range, Instant::now()).await, 1);
+    let owners = b.store.activate_skus(&[sku_id]).await.unwrap().remove(0).unwrap().epoch;
+    assert_eq!(owners, first + 1);
+    assert_eq!(a.ownership.epoch(range), Some(1), "A's own view still says it holds the range");
+    let refused = a.store.activate_skus(&[sku_id]).await;
+    assert!(matches!(refused, Err(tianji::persistence::StoreError::NotOwner(_))), "{refused:?}");
+    let epoch: i64 = sqlx::query_scalar("SELECT epoch FROM inventory WHERE sku_id = ?")
+        .bind(sku_id.get())
+        .fetch_one(&a.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(epoch, owners, "the owner's actor is not fenced out by a node without the range");
+    let report = b.store.commit(&[reserve_one(sku_id, owners, 1)], 1).await.unwrap();
+    assert_eq!(report.outcomes, vec![Ok(())]);
+}
+
+#[tokio::test]
+async fn a_take_waits_for_a_commit_that_passed_the_fence() {
+    let database = TestDatabase::create(Backend::MySql).await;
+    let (a, b) = (Node::join(&database.url, "a").await, Node::join(&database.url, "b").await);
+    let range = RangeId::new(9).unwrap();
+    assert_eq!(a.take(range, Instant::now()).await, 1);
+    // A's commit passes the fence (a live lease), holding the row in share mode...
+    let pool = a.store.pool();
+    let mut commit = pool.begin().await.unwrap();
+    let held = tianji::persistence::sql_cluster::fence(&mut commit, &a.id, &BTreeSet::from([range])).await.unwrap();
+    assert_eq!(held.get(&range), Some(&1));
+    // ...and is still open when the lease lapses and B tries to take the range.
+    let (probe_pool, b_id) = (b.store.pool(), b.id.clone());
+    until_expired(&b, range, &[]).await;
+    let take =
+        tokio::spawn(async move { ClusterStore::new(probe_pool).take(&b_id, &[range], TTL_MS).await.expect("take") });
+    // The take's UPDATE is seen still running half a second after it started (a one-row
+    // UPDATE takes microseconds unless it waits for a lock).
+    let waiting = eventually(Duration::from_secs(4), || async {
+        let blocked: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM information_schema.processlist \
+             WHERE info LIKE 'UPDATE cluster_range SET owner%' AND time_ms > 500",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        blocked > 0
+    })
+    .await;
+    assert!(waiting, "the take never waited on the commit's lock");
+    assert!(!take.is_finished(), "the take went through while a fenced commit was open");
+    commit.commit().await.unwrap();
+    assert_eq!(take.await.unwrap(), 1, "taken once the commit is done");
+    assert_eq!(b.view().await.ranges[range.index()].epoch, 2);
+}
+
+#[tokio::test]
 async fn worker_ids_are_unique_among_live_nodes_and_a_dead_nodes_id_is_reused() {
     let database = TestDatabase::create(Backend::MySql).await;
     let url = database.url.clone();

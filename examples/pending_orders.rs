@@ -147,7 +147,7 @@ async fn run(args: Args, url: &str) -> anyhow::Result<()> {
 
     // Payment callbacks through the order sessions (activated from the database each).
     let pending = second_store.pending_deadlines().await?;
-    let to_pay: Vec<OrderId> = pending.iter().take(args.payments as usize).map(|(id, _)| *id).collect();
+    let to_pay: Vec<OrderId> = pending.iter().take(args.payments as usize).map(|(id, _, _)| *id).collect();
     let payer = Arc::clone(&second);
     let paid = Arc::new(AtomicU64::new(0));
     let paid_count = Arc::clone(&paid);

@@ -11,7 +11,7 @@
 use super::Core;
 use crate::cluster::{NotOwner, Ownership};
 use crate::domain::slots::{Key, RangeId};
-use crate::domain::Counters;
+use crate::domain::{Counters, OrderId, UserId};
 use crate::persistence::redis::SkuSnapshot;
 use crate::persistence::{NewSku, StoreError};
 use std::collections::BTreeSet;
@@ -74,15 +74,23 @@ impl Core {
         }
     }
 
-    /// Arms the payment deadline of every pending order again (after this node took ranges),
-    /// so the orders of a node that died are timed out here; the timer drops those whose keys
-    /// another node owns. Returns how many deadlines were armed.
+    /// Arms the payment deadline of every pending order of a buyer this node serves again
+    /// (after it took ranges), so the orders of a node that died are timed out here. Returns
+    /// how many deadlines were armed.
     pub async fn rearm_deadlines(&self) -> Result<usize, StoreError> {
         let deadlines = self.bounded(|store| async move { store.pending_deadlines().await }).await?;
+        let deadlines = self.own_deadlines(deadlines);
         for chunk in deadlines.chunks(super::recovery::DEADLINES_PER_COMMAND_MAX) {
             self.timer.schedule_many(chunk.to_vec()).await;
         }
         Ok(deadlines.len())
+    }
+
+    /// The deadlines of orders whose buyer this node serves (their sessions run here), as the
+    /// timer takes them. Every one on a single node.
+    pub(crate) fn own_deadlines(&self, deadlines: Vec<(OrderId, UserId, i64)>) -> Vec<(OrderId, i64)> {
+        let ours = |user_id: UserId| self.owns(Key::user(user_id)).is_ok();
+        deadlines.into_iter().filter(|(_, user_id, _)| ours(*user_id)).map(|(id, _, at)| (id, at)).collect()
     }
 
     /// Drops the actors of `ranges` from their registries. Returns how many were dropped.

@@ -63,6 +63,7 @@ impl Core {
         let unrepairable = self.retrying("settle leases", || self.settle_leases(&repaired)).await?;
         let repaired_ms = started.elapsed().as_millis() as u64;
         let deadlines = self.retrying("load deadlines", || self.store.pending_deadlines()).await?;
+        let deadlines = self.own_deadlines(deadlines);
         let mut recovered = Recovered {
             leases_repaired: repaired.load(Ordering::Relaxed),
             leases_unrepairable: unrepairable,

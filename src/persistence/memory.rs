@@ -384,13 +384,13 @@ impl Store for MemoryStore {
         Ok(orders)
     }
 
-    async fn pending_deadlines(&self) -> Result<Vec<(OrderId, i64)>, StoreError> {
+    async fn pending_deadlines(&self) -> Result<Vec<(OrderId, UserId, i64)>, StoreError> {
         let state = self.lock();
         Ok(state
             .orders
             .values()
             .filter(|o| o.status == OrderStatus::PendingPayment)
-            .map(|o| (o.id, o.pay_deadline_ms))
+            .map(|o| (o.id, o.user_id, o.pay_deadline_ms))
             .collect())
     }
 

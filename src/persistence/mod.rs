@@ -446,8 +446,8 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<Order>, StoreError>;
 
-    /// Every order awaiting payment with its deadline, for the deadline timer at start.
-    async fn pending_deadlines(&self) -> Result<Vec<(OrderId, i64)>, StoreError>;
+    /// Every order awaiting payment with its buyer and deadline, for the deadline timer.
+    async fn pending_deadlines(&self) -> Result<Vec<(OrderId, UserId, i64)>, StoreError>;
 
     /// Reservations whose status disagrees with their order's (`domain::lease`), whatever
     /// their status.

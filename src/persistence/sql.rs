@@ -493,12 +493,20 @@ impl Store for SqlStore {
         self.orders_with_items(rows).await
     }
 
-    async fn pending_deadlines(&self) -> Result<Vec<(OrderId, i64)>, StoreError> {
-        let rows = sqlx::query("SELECT id, pay_deadline FROM trade_order WHERE status = ?")
+    async fn pending_deadlines(&self) -> Result<Vec<(OrderId, UserId, i64)>, StoreError> {
+        let rows = sqlx::query("SELECT id, user_id, pay_deadline FROM trade_order WHERE status = ?")
             .bind(OrderStatus::PendingPayment.as_str())
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(|row| Ok((OrderId::new(row.try_get("id")?), row.try_get("pay_deadline")?))).collect()
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    OrderId::new(row.try_get("id")?),
+                    UserId::new(row.try_get("user_id")?),
+                    row.try_get("pay_deadline")?,
+                ))
+            })
+            .collect()
     }
 
     async fn unsettled_leases(&self) -> Result<Vec<UnsettledLease>, StoreError> {

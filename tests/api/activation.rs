@@ -116,7 +116,7 @@ impl Store for GatedStore {
         self.inner.list_orders(user_id, status, before, limit).await
     }
 
-    async fn pending_deadlines(&self) -> Result<Vec<(OrderId, i64)>, StoreError> {
+    async fn pending_deadlines(&self) -> Result<Vec<(OrderId, UserId, i64)>, StoreError> {
         self.inner.pending_deadlines().await
     }
 

@@ -86,11 +86,18 @@ pub struct Shutdown {
     /// Whether the HTTP server failed while stopping (its task ended with an error or a
     /// panic): what its connections got is unknown, whatever `connections_cut` says.
     pub server_failed: bool,
+    /// The stop began because the node was expelled from its cluster (it exits 1, to be
+    /// started again as a new member).
+    pub expelled: bool,
 }
 
 impl Shutdown {
     pub fn is_clean(&self) -> bool {
-        self.connections_cut == 0 && !self.server_failed && self.writes_settled && self.learning_rows_kept == 0
+        self.connections_cut == 0
+            && !self.server_failed
+            && self.writes_settled
+            && self.learning_rows_kept == 0
+            && !self.expelled
     }
 }
 
@@ -229,6 +236,13 @@ impl Application {
         let Application { server, core, relay, drain, gate, shutdown_timeout, cluster, .. } = self;
         let handle = server.handle();
         let mut serving = actix_web::rt::spawn(server);
+        let expelled = async {
+            match &cluster {
+                Some(cluster) => cluster.expelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut was_expelled = false;
         tokio::select! {
             ended = &mut serving => {
                 // The server ends on its own only when it failed.
@@ -236,6 +250,10 @@ impl Application {
                 return Err(std::io::Error::other("the HTTP server stopped without being asked"));
             }
             () = stop => {}
+            () = expelled => {
+                tracing::error!("expelled from the cluster (presumed dead, its worker id reused): stopping");
+                was_expelled = true;
+            }
         }
         let signalled = Instant::now();
         let http_deadline = signalled + shutdown_timeout;
@@ -257,6 +275,7 @@ impl Application {
             writes_settled,
             learning_rows_kept,
             server_failed: closed.failed,
+            expelled: was_expelled,
         };
         if shutdown.is_clean() {
             tracing::info!(?shutdown, took = ?signalled.elapsed(), "stopped");
@@ -475,11 +494,13 @@ mod tests {
             writes_settled: true,
             learning_rows_kept: 0,
             server_failed: false,
+            expelled: false,
         };
         assert!(clean.is_clean());
         assert!(!Shutdown { connections_cut: 1, ..clean }.is_clean());
         assert!(!Shutdown { server_failed: true, ..clean }.is_clean(), "a failed server with nothing counted open");
         assert!(!Shutdown { writes_settled: false, ..clean }.is_clean());
         assert!(!Shutdown { learning_rows_kept: 1, ..clean }.is_clean());
+        assert!(!Shutdown { expelled: true, ..clean }.is_clean(), "an expelled node exits 1, to be started again");
     }
 }

@@ -126,10 +126,10 @@ impl ClusterNode {
         Ok(())
     }
 
-    /// Runs rounds every `renew_every` until `stop` turns true or the node is expelled. A
-    /// failed round is logged; leases not renewed in time stop being trusted locally
-    /// (`Ownership::check`) and the database refuses commits on them.
-    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+    /// Runs rounds every `renew_every` until `stop` turns true (`false`) or the node is
+    /// expelled (`true`). A failed round is logged; leases not renewed in time stop being
+    /// trusted locally (`Ownership::check`) and the database refuses commits on them.
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) -> bool {
         let mut ticks = tokio::time::interval(self.settings.renew_every());
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -138,10 +138,10 @@ impl ClusterNode {
                 _ = stop.changed() => {}
             }
             if *stop.borrow() {
-                return;
+                return false;
             }
             match self.round().await {
-                Ok(round) if round.expelled => return,
+                Ok(round) if round.expelled => return true,
                 Ok(_) => {}
                 Err(error) => tracing::warn!(%error, "cluster round failed; retrying next round"),
             }

@@ -79,8 +79,14 @@ impl Member {
         let _ = self.core.set(Arc::downgrade(core));
         self.node.settle().await?;
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(Arc::clone(&self.node).run(stopped));
-        Ok(Clustered { node: self.node, stop, task })
+        let (expel, expelled) = watch::channel(false);
+        let node = Arc::clone(&self.node);
+        let task = tokio::spawn(async move {
+            if node.run(stopped).await {
+                let _ = expel.send(true);
+            }
+        });
+        Ok(Clustered { node: self.node, stop, task, expelled })
     }
 }
 
@@ -89,9 +95,20 @@ pub struct Clustered {
     node: Arc<ClusterNode>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    expelled: watch::Receiver<bool>,
 }
 
 impl Clustered {
+    /// Completes when the node learns it was expelled (presumed dead, its member row taken
+    /// over): it holds nothing any more and must stop, so whatever runs it starts a fresh
+    /// node. Never completes otherwise.
+    pub async fn expelled(&self) {
+        let mut expelled = self.expelled.clone();
+        if expelled.wait_for(|expelled| *expelled).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// Stops the loop and leaves: every lease released now, the heartbeat ended.
     pub async fn leave(self) {
         let _ = self.stop.send(true);

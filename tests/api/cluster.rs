@@ -807,6 +807,50 @@ async fn a_paused_owner_cannot_write_after_its_range_moved() {
 }
 
 #[tokio::test]
+async fn a_node_presumed_dead_whose_worker_id_was_reused_stops_with_exit_code_one() {
+    let mut cluster = TestCluster::start("expel", 2).await;
+    let paused = cluster.nodes[1].take().unwrap();
+    let pid = paused.pid().to_string();
+    let signal = |name: &str| {
+        let sent = std::process::Command::new("kill").args([name, &pid]).status().expect("run kill");
+        assert!(sent.success(), "{name} to {pid}");
+    };
+    signal("-STOP");
+    // Silent for two TTLs by the database clock, its worker id is free for a newcomer.
+    let pool = sqlx::any::AnyPoolOptions::new().max_connections(1).connect(&cluster.database.url).await.unwrap();
+    let silent = eventually(LEASE_TTL * 6, || async {
+        let dead: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM cluster_node WHERE heartbeat_at < CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED) - ?",
+        )
+        .bind(2 * LEASE_TTL.as_millis() as i64)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        dead == 1
+    })
+    .await;
+    assert!(silent, "the paused node's heartbeat never aged past two TTLs");
+    let workers_before: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM cluster_node").fetch_one(&pool).await.unwrap();
+    cluster.nodes.push(Some(start_node("cluster-expel-2", &cluster.database.url, "10m")));
+    let reused = eventually(SETTLE_BOUND, || async {
+        let addresses: Vec<String> =
+            sqlx::query_scalar("SELECT address FROM cluster_node").fetch_all(&pool).await.unwrap();
+        addresses.iter().any(|address| address == cluster.address(2))
+    })
+    .await;
+    assert!(reused, "the newcomer never joined");
+    let workers_after: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM cluster_node").fetch_one(&pool).await.unwrap();
+    assert_eq!(workers_after, workers_before, "the newcomer took the silent node's worker id, not a new one");
+    pool.close().await;
+
+    // Resumed, the old node learns its member row is not its own and stops: 1, so whatever
+    // runs it starts a fresh member (a new node id, a worker id no live node holds).
+    signal("-CONT");
+    let status = paused.exited_within(Duration::from_secs(60)).await;
+    assert_eq!(status.code(), Some(1), "{status:?}");
+}
+
+#[tokio::test]
 async fn the_pending_orders_of_a_killed_node_are_timed_out_by_the_node_that_takes_its_range() {
     let mut cluster = TestCluster::start_paying_within("deadlines", 2, "3s").await;
     let sku_id = cluster.sku_owned_by(1, 0, 10).await;

@@ -54,6 +54,7 @@ const REQUEST_HEADERS_DROPPED: &[&str] = &[
     "te",
     "trailer",
     "upgrade",
+    "expect",
     "host",
     "content-length",
     FORWARDED_HEADER,
@@ -298,6 +299,38 @@ where
             Some(forwarding) => {
                 Either::Right(Box::pin(Arc::clone(forwarding).route(request, Rc::clone(&self.service))))
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_owners_answer_is_relayed_as_is_without_its_connection_headers() {
+        let header = |name: &str, value: &str| (name.to_owned(), value.as_bytes().to_vec());
+        let answer = PeerResponse {
+            status: 201,
+            headers: vec![
+                header("content-type", "application/json"),
+                header("idempotency-replayed", "true"),
+                header("set-cookie", "a=1"),
+                header("set-cookie", "b=2"),
+                header("connection", "close"),
+                header("content-length", "2"),
+                header("x-request-id", "the-owners-id"),
+            ],
+            body: Bytes::from_static(b"{}"),
+        };
+        let relayed = relayed(answer);
+        assert_eq!(relayed.status(), StatusCode::CREATED);
+        let headers = relayed.headers();
+        assert_eq!(headers.get("content-type").unwrap(), "application/json");
+        assert_eq!(headers.get("idempotency-replayed").unwrap(), "true");
+        assert_eq!(headers.get_all("set-cookie").count(), 2, "repeated headers stay repeated");
+        for dropped in ["connection", "content-length", "x-request-id"] {
+            assert!(!headers.contains_key(dropped), "{dropped} is this node's to set");
         }
     }
 }

@@ -374,7 +374,13 @@ impl TestCluster {
         panic!("no SKU landed on node {owner}");
     }
 
-    pub(crate) async fn place(&self, node: usize, user_id: i64, key: &str, sku_id: i64) -> Result<(u16, Value), reqwest::Error> {
+    pub(crate) async fn place(
+        &self,
+        node: usize,
+        user_id: i64,
+        key: &str,
+        sku_id: i64,
+    ) -> Result<(u16, Value), reqwest::Error> {
         let token = self.keys.mint(UserId::new(user_id), Role::User, Duration::from_secs(600));
         let response = self
             .http
@@ -429,8 +435,7 @@ async fn three_nodes_split_the_ranges_and_send_clients_to_a_keys_owner() {
     let reader = cluster.keys.mint(UserId::new(7), Role::User, Duration::from_secs(600));
     for node in [0, 2] {
         let url = format!("{}/v1/skus/{sku_id}", cluster.address(node));
-        let response =
-            cluster.http.get(url).bearer_auth(&reader).header(FORWARDED, "test").send().await.unwrap();
+        let response = cluster.http.get(url).bearer_auth(&reader).header(FORWARDED, "test").send().await.unwrap();
         assert_eq!(response.status(), 503);
         let body: Value = response.json().await.unwrap();
         assert_eq!((body["code"].as_str(), body["owner"].as_str()), (Some("not_owner"), Some(owner.as_str())));

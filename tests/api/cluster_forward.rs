@@ -253,13 +253,13 @@ async fn forwarding_latency() {
     };
     let (mut read_direct, mut read_forwarded, mut order_direct, mut order_forwarded) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for round in 0..ROUNDS + WARM_UP {
+    for (round, token) in tokens.iter().enumerate() {
         let read = |base: &str| cluster.http.get(format!("{base}/v1/skus/{sku_id}")).bearer_auth(&reader);
         let order = |base: &str, key: &str| {
             cluster
                 .http
                 .post(format!("{base}/v1/orders"))
-                .bearer_auth(&tokens[round])
+                .bearer_auth(token)
                 .header("Idempotency-Key", key)
                 .json(&json!({"items": [{"sku_id": sku_id, "quantity": 1}]}))
         };

@@ -175,15 +175,18 @@ async fn a_paused_or_killed_owner_is_answered_for_with_503_in_time_and_served_ag
     assert_eq!(placed.status, 201, "{placed:?}");
     let order_id = placed.body["order_id"].as_i64().unwrap();
 
-    // Paused (well within its lease): the forward times out, its outcome unknown.
-    let pid = cluster.nodes[1].as_ref().unwrap().pid().to_string();
+    // Another owner paused: the forward to it times out, its outcome unknown. (Node 2, not 1:
+    // a pause on a loaded machine may outlast its lease, and node 1's range must not move
+    // before it is killed.)
+    let paused_sku = cluster.sku_owned_by(2, 0, 10).await;
+    let pid = cluster.nodes[2].as_ref().unwrap().pid().to_string();
     let signal = |name: &str| {
         let sent = std::process::Command::new("kill").args([name, &pid]).status().expect("run kill");
         assert!(sent.success(), "{name} to {pid}");
     };
     signal("-STOP");
     let sent_at = Instant::now();
-    let timed_out = cluster.get_sku(0, sku_id).await;
+    let timed_out = cluster.get_sku(0, paused_sku).await;
     let waited = sent_at.elapsed();
     signal("-CONT");
     assert_eq!((timed_out.status, timed_out.body["code"].as_str()), (503, Some("owner_unavailable")), "{timed_out:?}");
@@ -191,6 +194,7 @@ async fn a_paused_or_killed_owner_is_answered_for_with_503_in_time_and_served_ag
     assert!(timed_out.body["message"].as_str().unwrap().contains("may or may not"), "{timed_out:?}");
     assert!(waited >= PEER_TIMEOUT && waited < PEER_TIMEOUT + ANSWER_SLACK, "answered after {waited:?}");
     assert_eq!(cluster.forwarded(0, "timeout").await, 1);
+    assert_eq!(cluster.holder(range).await, Some(1), "node 1 still holds its range");
 
     // Killed: refused at once, then (its lease expired) no owner is known, until one takes it.
     cluster.nodes[1].take().unwrap().kill();
@@ -217,8 +221,9 @@ async fn a_paused_or_killed_owner_is_answered_for_with_503_in_time_and_served_ag
     assert_eq!((during.status, during.replayed), (201, false), "{during:?}");
     let replay = cluster.order(0, buyers[0], "before", sku_id).await;
     assert_eq!((replay.status, replay.replayed, replay.body["order_id"].as_i64()), (201, true, Some(order_id)));
-    assert_eq!(cluster.stored_orders(sku_id).await.len(), 2);
-    assert_eq!(cluster.counters(sku_id).await, (10, 8, 2, 0));
+    let stored = cluster.stored_orders(sku_id).await;
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    assert_eq!(cluster.counters(sku_id).await, (10, 8, 2, 0), "orders {stored:?}");
 }
 
 /// p50 and p99 of `samples`, in microseconds.

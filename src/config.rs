@@ -84,6 +84,8 @@ pub const SETTINGS: &[&str] = &[
     "TIANJI_SHUTDOWN_TIMEOUT",
     "TIANJI_ADVERTISE_URL",
     "TIANJI_LEASE_TTL",
+    "TIANJI_PEER_TIMEOUT",
+    "TIANJI_PEER_IN_FLIGHT_MAX",
 ];
 
 #[derive(Debug, Clone)]
@@ -422,7 +424,7 @@ fn read_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
         .collect()
 }
 
-fn parse_number<'a>(
+pub(crate) fn parse_number<'a>(
     get: impl Fn(&str) -> Option<&'a str>,
     name: &str,
     default: usize,

@@ -158,6 +158,12 @@ pub const EVENTS_OLDEST_UNPUBLISHED: MetricDef = def(
     &[],
     "Age of the oldest unpublished order event the relay's last round found, in seconds, when it found it (0 when none waited): how far the stream lags behind the commits",
 );
+pub const FORWARDED: MetricDef = def(
+    "tianji_forwarded_requests_total",
+    MetricKind::Counter,
+    &["outcome"],
+    "Requests of a cluster node for a key another node owns, by outcome: `answered` (forwarded, the owner's answer returned, whatever its status), `overloaded` (too many forwards in flight: 503), `unreachable` and `timeout` (the owner did not answer: 503 owner_unavailable), `not_owner` (not forwarded: the owner is unknown, or the request was forwarded here already: 503)",
+);
 pub const BUILD_INFO: MetricDef =
     def("tianji_build_info", MetricKind::Gauge, &["version"], "Always 1; the version of the running binary");
 
@@ -181,6 +187,7 @@ pub const ALL: &[MetricDef] = &[
     EVENTS_PUBLISHED,
     EVENTS_RELAY_FAILURES,
     EVENTS_OLDEST_UNPUBLISHED,
+    FORWARDED,
     BUILD_INFO,
 ];
 
@@ -514,6 +521,55 @@ impl RelayMetrics {
     }
 }
 
+/// How a request for a key another node owns ended on this node (`http::forward`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardOutcome {
+    Answered,
+    Overloaded,
+    Unreachable,
+    Timeout,
+    NotOwner,
+}
+
+impl ForwardOutcome {
+    pub const ALL: [ForwardOutcome; 5] = [
+        ForwardOutcome::Answered,
+        ForwardOutcome::Overloaded,
+        ForwardOutcome::Unreachable,
+        ForwardOutcome::Timeout,
+        ForwardOutcome::NotOwner,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ForwardOutcome::Answered => "answered",
+            ForwardOutcome::Overloaded => "overloaded",
+            ForwardOutcome::Unreachable => "unreachable",
+            ForwardOutcome::Timeout => "timeout",
+            ForwardOutcome::NotOwner => "not_owner",
+        }
+    }
+}
+
+/// One counter per forwarding outcome, indexed by the outcome. Registered by cluster nodes
+/// only: a single node forwards nothing.
+#[derive(Debug, Clone)]
+pub struct ForwardMetrics {
+    by_outcome: [Counter; ForwardOutcome::ALL.len()],
+}
+
+impl ForwardMetrics {
+    pub fn new(metrics: &Metrics) -> Self {
+        ForwardMetrics {
+            by_outcome: ForwardOutcome::ALL.map(|outcome| metrics.counter(&FORWARDED, &[("outcome", outcome.label())])),
+        }
+    }
+
+    pub fn record(&self, outcome: ForwardOutcome) {
+        self.by_outcome[outcome as usize].increment(1);
+    }
+}
+
 /// The handles of one rate-limited route class.
 #[derive(Debug, Clone)]
 pub struct RateLimitMetrics {
@@ -555,6 +611,9 @@ mod tests {
             assert!(metric.name.starts_with("tianji_"), "{}", metric.name);
             assert_eq!(metric.kind == MetricKind::Counter, metric.name.ends_with("_total"), "{}", metric.name);
             assert!(!metric.help.is_empty());
+        }
+        for (index, outcome) in ForwardOutcome::ALL.iter().enumerate() {
+            assert_eq!(*outcome as usize, index, "ALL is in declaration order: `record` indexes by it");
         }
         for (index, outcome) in PlacementOutcome::ALL.iter().enumerate() {
             assert_eq!(*outcome as usize, index, "ALL is in declaration order: `record` indexes by it");

@@ -168,6 +168,11 @@ impl Application {
         let drain_flag = Arc::clone(&drain);
         let admission = gate.clone();
         let payment_key = web::Data::new(PaymentKey::new(settings.payment_secret()));
+        // Only a cluster node forwards; on a single node the layer passes every request straight on.
+        let forward = http::forward::Forward::new(settings.cluster.as_ref().and_then(|cluster| {
+            let peers = crate::cluster::peers::Peers::new(cluster.peers);
+            http::forward::Forwarding::of(&core, peers, keys.clone(), payment_key.clone(), &metrics)
+        }));
         let listener = TcpListener::bind(settings.bind)?;
         let port = listener.local_addr()?.port();
         let server = HttpServer::new(move || {
@@ -178,6 +183,8 @@ impl Application {
                 .openapi_service(http::openapi::serve)
                 .into_app()
                 .app_data(draining.clone())
+                // Innermost: a forwarded request is counted, capped and traced like any other.
+                .wrap(forward.clone())
                 .wrap(http::metrics::RequestMetrics::new(metrics.clone()))
                 .wrap(InFlightCap::new(Arc::clone(&in_flight)))
                 // Outside the others: a slow or oversized body is refused before any other layer sees it.

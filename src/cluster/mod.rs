@@ -45,6 +45,9 @@ pub struct ClusterSettings {
     pub advertise_url: String,
     /// How long a range lease and a membership heartbeat last without renewal.
     pub lease_ttl: Duration,
+    /// The bounds of calls to other nodes (forwarded requests): `TIANJI_PEER_TIMEOUT`,
+    /// `TIANJI_PEER_IN_FLIGHT_MAX`.
+    pub peers: peers::PeerLimits,
 }
 
 impl ClusterSettings {
@@ -56,6 +59,7 @@ impl ClusterSettings {
     ) -> Result<Option<ClusterSettings>, ConfigError> {
         let lease_ttl =
             crate::config::parse_duration(get, "TIANJI_LEASE_TTL", LEASE_TTL_DEFAULT, LEASE_TTL_MIN, LEASE_TTL_MAX)?;
+        let peers = peers::PeerLimits::parse(get)?;
         let Some(url) = get("TIANJI_ADVERTISE_URL") else {
             return Ok(None);
         };
@@ -72,7 +76,7 @@ impl ClusterSettings {
                 format!("expected an http:// or https:// URL of at most {ADVERTISE_URL_LEN_MAX} bytes"),
             ));
         }
-        Ok(Some(ClusterSettings { advertise_url: url.trim_end_matches('/').to_owned(), lease_ttl }))
+        Ok(Some(ClusterSettings { advertise_url: url.trim_end_matches('/').to_owned(), lease_ttl, peers }))
     }
 
     /// How often leases are renewed: a third of the TTL, so two renewals can fail before one
@@ -350,5 +354,24 @@ mod settings_tests {
         assert_eq!(ttl.lease_ttl, Duration::from_secs(2));
         let short = parse(&[("TIANJI_LEASE_TTL", "10ms")], true).unwrap_err().to_string();
         assert!(short.contains("TIANJI_LEASE_TTL"), "{short}");
+        assert_eq!(settings.peers, peers::PeerLimits::default());
+    }
+
+    #[test]
+    fn peer_calls_default_to_two_seconds_and_1024_in_flight_and_are_bounded() {
+        let url = ("TIANJI_ADVERTISE_URL", "http://a");
+        let set = parse(&[url, ("TIANJI_PEER_TIMEOUT", "500ms"), ("TIANJI_PEER_IN_FLIGHT_MAX", "8")], true);
+        let limits = set.unwrap().unwrap().peers;
+        assert_eq!((limits.timeout, limits.in_flight_max), (Duration::from_millis(500), 8));
+        for bad in [
+            ("TIANJI_PEER_TIMEOUT", "1ms"),
+            ("TIANJI_PEER_TIMEOUT", "2h"),
+            ("TIANJI_PEER_TIMEOUT", "soon"),
+            ("TIANJI_PEER_IN_FLIGHT_MAX", "0"),
+            ("TIANJI_PEER_IN_FLIGHT_MAX", "many"),
+        ] {
+            let error = parse(&[url, bad], true).unwrap_err().to_string();
+            assert!(error.contains(bad.0), "{bad:?}: {error}");
+        }
     }
 }

@@ -16,6 +16,12 @@ use tokio::sync::Semaphore;
 pub const PEER_TIMEOUT_DEFAULT: Duration = Duration::from_secs(2);
 /// `TIANJI_PEER_IN_FLIGHT_MAX` when unset.
 pub const PEER_IN_FLIGHT_MAX_DEFAULT: usize = 1_024;
+/// Bounds of `TIANJI_PEER_TIMEOUT`: under 10 ms a loaded owner's answers are refused as lost;
+/// over a minute a dead owner holds a caller that long.
+pub const PEER_TIMEOUT_MIN: Duration = Duration::from_millis(10);
+pub const PEER_TIMEOUT_MAX: Duration = Duration::from_secs(60);
+/// Upper bound of `TIANJI_PEER_IN_FLIGHT_MAX`.
+pub const PEER_IN_FLIGHT_MAX_MAX: usize = 65_536;
 /// Idle connections kept per peer.
 pub const PEER_IDLE_CONNECTIONS_MAX: usize = 256;
 
@@ -24,6 +30,31 @@ pub const PEER_IDLE_CONNECTIONS_MAX: usize = 256;
 pub struct PeerLimits {
     pub timeout: Duration,
     pub in_flight_max: usize,
+}
+
+impl PeerLimits {
+    /// `TIANJI_PEER_TIMEOUT` and `TIANJI_PEER_IN_FLIGHT_MAX`, checked on every node, used by
+    /// cluster nodes only.
+    pub(crate) fn parse<'a>(
+        get: impl Fn(&str) -> Option<&'a str> + Copy,
+    ) -> Result<PeerLimits, crate::config::ConfigError> {
+        Ok(PeerLimits {
+            timeout: crate::config::parse_duration(
+                get,
+                "TIANJI_PEER_TIMEOUT",
+                PEER_TIMEOUT_DEFAULT,
+                PEER_TIMEOUT_MIN,
+                PEER_TIMEOUT_MAX,
+            )?,
+            in_flight_max: crate::config::parse_number(
+                get,
+                "TIANJI_PEER_IN_FLIGHT_MAX",
+                PEER_IN_FLIGHT_MAX_DEFAULT,
+                1,
+                PEER_IN_FLIGHT_MAX_MAX,
+            )?,
+        })
+    }
 }
 
 impl Default for PeerLimits {

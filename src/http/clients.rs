@@ -148,7 +148,8 @@ fn declared_length(request: &ServiceRequest) -> Option<usize> {
     request.headers().get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
 }
 
-async fn read_body(payload: &mut Payload) -> Result<Bytes, ApiError> {
+/// Reads a whole body of at most `BODY_SIZE_MAX_BYTES` (413 past it).
+pub(crate) async fn read_body(payload: &mut Payload) -> Result<Bytes, ApiError> {
     let mut body = BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|error| {

@@ -169,8 +169,11 @@ error_response!(UnsupportedMediaType, "`unsupported_media_type`: the body is not
 error_response!(RateLimited, "`rate_limited`: this user sends too fast; retry after `Retry-After` seconds.", true);
 error_response!(
     Unavailable,
-    "`overloaded` (too many requests in flight, or for this key), `too_many_connections` (this \
-     connection is over the connection limit) or `unavailable` (the database does not answer); \
-     retry after `Retry-After` seconds.",
+    "`overloaded` (too many requests in flight, for this key, or forwarded to other nodes), \
+     `too_many_connections` (this connection is over the connection limit), `unavailable` (the \
+     database does not answer), and on a cluster node `not_owner` (no node holds the key's range \
+     now, or the request was forwarded here already) or `owner_unavailable` (the node owning the \
+     key did not answer: after a timeout the request may have taken effect; retry with the same \
+     Idempotency-Key); retry after `Retry-After` seconds.",
     true
 );

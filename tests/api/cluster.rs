@@ -23,6 +23,8 @@ use tianji::persistence::sql_cluster::ClusterStore;
 use tianji::persistence::{Change, Conflict, LeaseWrite, NewSku, ReservationStatus, SkuEffect, Store};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
+/// The mark of a request forwarded by another node: never forwarded again.
+const FORWARDED: &str = tianji::http::forward::FORWARDED_HEADER;
 /// Short leases, so expiry happens within the test.
 const TTL_MS: i64 = 1_000;
 
@@ -320,24 +322,24 @@ async fn worker_ids_are_unique_among_live_nodes_and_a_dead_nodes_id_is_reused() 
 // Process level: the real binary, several nodes on one database.
 
 /// The lease TTL of the process tests, and how often the nodes renew (a third of it).
-const LEASE_TTL: Duration = Duration::from_secs(2);
-const RENEW_EVERY: Duration = Duration::from_millis(667);
+pub(crate) const LEASE_TTL: Duration = Duration::from_secs(2);
+pub(crate) const RENEW_EVERY: Duration = Duration::from_millis(667);
 /// What a test's own polling (an admin view of every node, every 20 ms) adds to a measured
 /// takeover.
-const POLL_SLACK: Duration = Duration::from_millis(500);
+pub(crate) const POLL_SLACK: Duration = Duration::from_millis(500);
 /// How long a test waits for a node's admin view (a paused node never answers).
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a fresh cluster may take to split the ranges (joins are gradual).
 const SETTLE_BOUND: Duration = Duration::from_secs(40);
 
 /// Nodes of one cluster, each a `tianji serve` process, on one database.
-struct TestCluster {
-    nodes: Vec<Option<ServerProcess>>,
-    http: reqwest::Client,
-    keys: JwtKeys,
-    admin: String,
+pub(crate) struct TestCluster {
+    pub(crate) nodes: Vec<Option<ServerProcess>>,
+    pub(crate) http: reqwest::Client,
+    pub(crate) keys: JwtKeys,
+    pub(crate) admin: String,
     // Last: the processes are killed before the database is dropped.
-    database: TestDatabase,
+    pub(crate) database: TestDatabase,
 }
 
 /// A port free now, for a node that must know its advertised URL before it binds.
@@ -345,7 +347,7 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn start_node(name: &str, database_url: &str, pay_timeout: &str) -> ServerProcess {
+fn start_node(name: &str, database_url: &str, pay_timeout: &str, extra: &[(&str, &str)]) -> ServerProcess {
     let port = free_port().to_string();
     let bind = format!("127.0.0.1:{port}");
     let advertise = format!("http://127.0.0.1:{port}");
@@ -356,30 +358,37 @@ fn start_node(name: &str, database_url: &str, pay_timeout: &str) -> ServerProces
         ("TIANJI_LEASE_TTL", ttl.as_str()),
         ("TIANJI_PAY_TIMEOUT", pay_timeout),
     ];
+    let settings: Vec<(&str, &str)> = settings.into_iter().chain(extra.iter().copied()).collect();
     let node = ServerProcess::start(name, database_url, &settings);
     assert_eq!(node.address, advertise);
     node
 }
 
 /// User ids from `from` whose key is in `range`, so their orders commit on the SKU's owner.
-fn users_in_range(range: RangeId, from: i64, count: usize) -> Vec<i64> {
+pub(crate) fn users_in_range(range: RangeId, from: i64, count: usize) -> Vec<i64> {
     (from..).filter(|id| Key::user(UserId::new(*id)).range() == range).take(count).collect()
 }
 
-fn range_of_sku(sku_id: i64) -> RangeId {
+pub(crate) fn range_of_sku(sku_id: i64) -> RangeId {
     Key::sku(SkuId::new(sku_id)).range()
 }
 
 impl TestCluster {
-    async fn start(name: &str, count: usize) -> TestCluster {
-        Self::start_paying_within(name, count, "10m").await
+    pub(crate) async fn start(name: &str, count: usize) -> TestCluster {
+        Self::start_with(name, count, "10m", &[]).await
     }
 
     /// `start`, with orders to be paid within `pay_timeout`.
     async fn start_paying_within(name: &str, count: usize, pay_timeout: &str) -> TestCluster {
+        Self::start_with(name, count, pay_timeout, &[]).await
+    }
+
+    /// `start`, with orders to be paid within `pay_timeout` and `extra` settings on every node.
+    pub(crate) async fn start_with(name: &str, count: usize, pay_timeout: &str, extra: &[(&str, &str)]) -> TestCluster {
         let database = TestDatabase::create(Backend::MySql).await;
-        let nodes =
-            (0..count).map(|n| Some(start_node(&format!("cluster-{name}-{n}"), &database.url, pay_timeout))).collect();
+        let nodes = (0..count)
+            .map(|n| Some(start_node(&format!("cluster-{name}-{n}"), &database.url, pay_timeout, extra)))
+            .collect();
         let keys = JwtKeys::new(JWT_SECRET);
         let admin = keys.mint(UserId::new(1), Role::Admin, Duration::from_secs(600));
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
@@ -389,15 +398,15 @@ impl TestCluster {
         cluster
     }
 
-    fn address(&self, node: usize) -> &str {
+    pub(crate) fn address(&self, node: usize) -> &str {
         &self.nodes[node].as_ref().expect("a live node").address
     }
 
-    fn live(&self) -> Vec<usize> {
+    pub(crate) fn live(&self) -> Vec<usize> {
         (0..self.nodes.len()).filter(|n| self.nodes[*n].is_some()).collect()
     }
 
-    async fn admin_view(&self, node: usize, query: &str) -> Option<Value> {
+    pub(crate) async fn admin_view(&self, node: usize, query: &str) -> Option<Value> {
         let url = format!("{}/v1/admin/cluster{query}", self.address(node));
         // Bounded: a paused node answers nothing.
         let response = self.http.get(url).bearer_auth(&self.admin).timeout(ADMIN_TIMEOUT).send().await.ok()?;
@@ -406,7 +415,7 @@ impl TestCluster {
     }
 
     /// The ranges each live node says it holds.
-    async fn held_by_node(&self) -> Vec<(usize, BTreeSet<u16>)> {
+    pub(crate) async fn held_by_node(&self) -> Vec<(usize, BTreeSet<u16>)> {
         let mut held = Vec::new();
         for node in self.live() {
             let view = self.admin_view(node, "").await.unwrap_or(Value::Null);
@@ -418,7 +427,7 @@ impl TestCluster {
 
     /// Whether every range is held by exactly one live node and the split is settled: every
     /// live node holds its fair share, `floor(64 / n)` or one more (`cluster::balance`).
-    async fn split(&self) -> bool {
+    pub(crate) async fn split(&self) -> bool {
         let held = self.held_by_node().await;
         let total: usize = held.iter().map(|(_, ranges)| ranges.len()).sum();
         let union: BTreeSet<u16> = held.iter().flat_map(|(_, ranges)| ranges.iter().copied()).collect();
@@ -427,12 +436,12 @@ impl TestCluster {
     }
 
     /// The live node holding `range`, if one does now.
-    async fn holder(&self, range: RangeId) -> Option<usize> {
+    pub(crate) async fn holder(&self, range: RangeId) -> Option<usize> {
         self.held_by_node().await.into_iter().find(|(_, ranges)| ranges.contains(&range.get())).map(|(node, _)| node)
     }
 
     /// Creates a SKU of `stock` units through `via`; its id (a snowflake) decides its owner.
-    async fn create_sku(&self, via: usize, stock: i64) -> i64 {
+    pub(crate) async fn create_sku(&self, via: usize, stock: i64) -> i64 {
         let response = self
             .http
             .post(format!("{}/v1/admin/skus", self.address(via)))
@@ -447,7 +456,7 @@ impl TestCluster {
 
     /// A new SKU whose range `owner` holds, created through `via` (SKUs are created until one
     /// lands there: about one in three).
-    async fn sku_owned_by(&self, owner: usize, via: usize, stock: i64) -> i64 {
+    pub(crate) async fn sku_owned_by(&self, owner: usize, via: usize, stock: i64) -> i64 {
         for _ in 0..200 {
             let sku_id = self.create_sku(via, stock).await;
             if self.holder(range_of_sku(sku_id)).await == Some(owner) {
@@ -457,7 +466,13 @@ impl TestCluster {
         panic!("no SKU landed on node {owner}");
     }
 
-    async fn place(&self, node: usize, user_id: i64, key: &str, sku_id: i64) -> Result<(u16, Value), reqwest::Error> {
+    pub(crate) async fn place(
+        &self,
+        node: usize,
+        user_id: i64,
+        key: &str,
+        sku_id: i64,
+    ) -> Result<(u16, Value), reqwest::Error> {
         let token = self.keys.mint(UserId::new(user_id), Role::User, Duration::from_secs(600));
         let response = self
             .http
@@ -471,7 +486,7 @@ impl TestCluster {
         Ok((status, response.json().await.unwrap_or(Value::Null)))
     }
 
-    async fn counters(&self, sku_id: i64) -> (i64, i64, i64, i64) {
+    pub(crate) async fn counters(&self, sku_id: i64) -> (i64, i64, i64, i64) {
         let pool = sqlx::any::AnyPoolOptions::new().max_connections(1).connect(&self.database.url).await.unwrap();
         let counters = sqlx::query_as("SELECT total, available, reserved, sold FROM inventory WHERE sku_id = ?")
             .bind(sku_id)
@@ -482,7 +497,7 @@ impl TestCluster {
         counters
     }
 
-    async fn stored_orders(&self, sku_id: i64) -> BTreeSet<i64> {
+    pub(crate) async fn stored_orders(&self, sku_id: i64) -> BTreeSet<i64> {
         let pool = sqlx::any::AnyPoolOptions::new().max_connections(1).connect(&self.database.url).await.unwrap();
         let ids: Vec<i64> = sqlx::query_scalar("SELECT order_id FROM trade_order_item WHERE sku_id = ?")
             .bind(sku_id)
@@ -504,14 +519,15 @@ async fn three_nodes_split_the_ranges_and_send_clients_to_a_keys_owner() {
         }
     }
 
-    // A SKU created through node 0 and owned by node 1: only node 1 serves it; the others
-    // answer 503 not_owner with node 1's address.
+    // A SKU created through node 0 and owned by node 1: only node 1 serves it; the others,
+    // asked not to forward (as a request forwarded to them already is), answer 503 not_owner
+    // with node 1's address (`cluster_forward.rs` covers the forwarding itself).
     let sku_id = cluster.sku_owned_by(1, 0, 10).await;
     let owner = cluster.address(1).to_owned();
     let reader = cluster.keys.mint(UserId::new(7), Role::User, Duration::from_secs(600));
     for node in [0, 2] {
         let url = format!("{}/v1/skus/{sku_id}", cluster.address(node));
-        let response = cluster.http.get(url).bearer_auth(&reader).send().await.unwrap();
+        let response = cluster.http.get(url).bearer_auth(&reader).header(FORWARDED, "test").send().await.unwrap();
         assert_eq!(response.status(), 503);
         let body: Value = response.json().await.unwrap();
         assert_eq!((body["code"].as_str(), body["owner"].as_str()), (Some("not_owner"), Some(owner.as_str())));
@@ -527,9 +543,20 @@ async fn three_nodes_split_the_ranges_and_send_clients_to_a_keys_owner() {
         assert_eq!(response.status(), 200, "node {node} holds its share: ready");
     }
 
-    // A buyer in the SKU's range orders on the owner; elsewhere the order is refused.
+    // A buyer in the SKU's range orders on the owner; elsewhere, not forwarded, the order is refused.
     let buyer = users_in_range(range_of_sku(sku_id), 1, 1)[0];
-    let (status, body) = cluster.place(2, buyer, "k-elsewhere", sku_id).await.unwrap();
+    let response = cluster
+        .http
+        .post(format!("{}/v1/orders", cluster.address(2)))
+        .bearer_auth(cluster.keys.mint(UserId::new(buyer), Role::User, Duration::from_secs(600)))
+        .header("Idempotency-Key", "k-elsewhere")
+        .header(FORWARDED, "test")
+        .json(&json!({"items": [{"sku_id": sku_id, "quantity": 1}]}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap();
     assert_eq!((status, body["code"].as_str()), (503, Some("not_owner")));
     let (status, _) = cluster.place(1, buyer, "k-owner", sku_id).await.unwrap();
     assert_eq!(status, 201);
@@ -565,7 +592,7 @@ async fn a_node_is_ready_only_once_it_holds_a_range() {
             }
         })
     };
-    let node = start_node("cluster-ready-0", &database.url, "10m");
+    let node = start_node("cluster-ready-0", &database.url, "10m", &[]);
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
     // Not ready through several of its rounds while every range is held elsewhere.
     let watched_until = Instant::now() + LEASE_TTL;
@@ -757,7 +784,8 @@ async fn a_paused_owner_cannot_write_after_its_range_moved() {
     };
     signal("-STOP");
     // Requests reach the paused owner (the kernel accepts their connections); it handles them
-    // only once resumed. Each on a new connection: a pooled one may be closed by the node's
+    // only once resumed, itself: marked as forwarded already, they are not forwarded to the
+    // new owner (what is tested is that the old owner writes nothing). Each on a new connection: a pooled one may be closed by the node's
     // keep-alive timer as it resumes, before it reads the request.
     let fresh = reqwest::Client::builder().pool_max_idle_per_host(0).timeout(Duration::from_secs(60)).build().unwrap();
     let late: Vec<_> = buyers[1..6]
@@ -771,6 +799,7 @@ async fn a_paused_owner_cannot_write_after_its_range_moved() {
                     .post(format!("{address}/v1/orders"))
                     .bearer_auth(token)
                     .header("Idempotency-Key", "late")
+                    .header(FORWARDED, "test")
                     .json(&json!({"items": [{"sku_id": sku_id, "quantity": 1}]}))
                     .send()
                     .await

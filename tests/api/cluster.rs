@@ -860,7 +860,7 @@ async fn a_node_presumed_dead_whose_worker_id_was_reused_stops_with_exit_code_on
     .await;
     assert!(silent, "the paused node's heartbeat never aged past two TTLs");
     let workers_before: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM cluster_node").fetch_one(&pool).await.unwrap();
-    cluster.nodes.push(Some(start_node("cluster-expel-2", &cluster.database.url, "10m")));
+    cluster.nodes.push(Some(start_node("cluster-expel-2", &cluster.database.url, "10m", &[])));
     let reused = eventually(SETTLE_BOUND, || async {
         let addresses: Vec<String> =
             sqlx::query_scalar("SELECT address FROM cluster_node").fetch_all(&pool).await.unwrap();

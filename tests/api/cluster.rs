@@ -228,15 +228,15 @@ async fn worker_ids_are_unique_among_live_nodes_and_a_dead_nodes_id_is_reused() 
 // Process level: the real binary, several nodes on one database.
 
 /// The lease TTL of the process tests, and how often the nodes renew (a third of it).
-const LEASE_TTL: Duration = Duration::from_secs(2);
-const RENEW_EVERY: Duration = Duration::from_millis(667);
+pub(crate) const LEASE_TTL: Duration = Duration::from_secs(2);
+pub(crate) const RENEW_EVERY: Duration = Duration::from_millis(667);
 /// What a test's own polling (an admin view of every node, every 20 ms) adds to a measured
 /// takeover.
 const POLL_SLACK: Duration = Duration::from_millis(500);
 /// How long a test waits for a node's admin view (a paused node never answers).
-const ADMIN_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const ADMIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a fresh cluster may take to split the ranges (joins are gradual).
-const SETTLE_BOUND: Duration = Duration::from_secs(40);
+pub(crate) const SETTLE_BOUND: Duration = Duration::from_secs(40);
 
 /// Nodes of one cluster, each a `tianji serve` process, on one database.
 struct TestCluster {
@@ -253,7 +253,7 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn start_node(name: &str, database_url: &str, pay_timeout: &str) -> ServerProcess {
+pub(crate) fn start_node(name: &str, database_url: &str, pay_timeout: &str) -> ServerProcess {
     let port = free_port().to_string();
     let bind = format!("127.0.0.1:{port}");
     let advertise = format!("http://127.0.0.1:{port}");
@@ -270,11 +270,11 @@ fn start_node(name: &str, database_url: &str, pay_timeout: &str) -> ServerProces
 }
 
 /// User ids from `from` whose key is in `range`, so their orders commit on the SKU's owner.
-fn users_in_range(range: RangeId, from: i64, count: usize) -> Vec<i64> {
+pub(crate) fn users_in_range(range: RangeId, from: i64, count: usize) -> Vec<i64> {
     (from..).filter(|id| Key::user(UserId::new(*id)).range() == range).take(count).collect()
 }
 
-fn range_of_sku(sku_id: i64) -> RangeId {
+pub(crate) fn range_of_sku(sku_id: i64) -> RangeId {
     Key::sku(SkuId::new(sku_id)).range()
 }
 

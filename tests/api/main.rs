@@ -2,6 +2,7 @@
 
 mod activation;
 mod cluster;
+mod cluster_join;
 mod deploy;
 mod events;
 mod faults;

@@ -129,7 +129,8 @@ impl Secrets {
 }
 
 fn mysqld_probe(args: &ScaleArgs, notes: &mut Vec<String>) -> Option<Probe> {
-    let found = process::find(args.mysqld_pid.map(|pid| (pid, "--mysqld-pid")), url_port(&args.mysql_url), MYSQLD_NAMES);
+    let found =
+        process::find(args.mysqld_pid.map(|pid| (pid, "--mysqld-pid")), url_port(&args.mysql_url), MYSQLD_NAMES);
     process::probe("mariadbd", "--mysqld-pid", found, notes)
 }
 
@@ -463,8 +464,10 @@ async fn check_database(
     let pool = database.pool(2).await?;
     let mut observed = Vec::with_capacity(skus.len());
     for (sku_id, _) in skus {
-        let (total, available): (i64, i64) =
-            sqlx::query_as("SELECT total, available FROM inventory WHERE sku_id = ?").bind(sku_id).fetch_one(&pool).await?;
+        let (total, available): (i64, i64) = sqlx::query_as("SELECT total, available FROM inventory WHERE sku_id = ?")
+            .bind(sku_id)
+            .fetch_one(&pool)
+            .await?;
         let (order_rows, order_units): (i64, i64) = sqlx::query_as(
             "SELECT COUNT(*), CAST(COALESCE(SUM(quantity), 0) AS SIGNED) FROM trade_order_item WHERE sku_id = ?",
         )

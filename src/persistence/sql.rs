@@ -205,9 +205,10 @@ impl SqlStore {
         if lost.is_empty() {
             return Ok(None);
         }
-        Ok(Some(
-            touched.iter().map(|ranges| ranges.intersection(&lost).next().map(|r| Conflict::NotOwner(*r))).collect(),
-        ))
+        let refused: Vec<Option<Conflict>> =
+            touched.iter().map(|ranges| ranges.intersection(&lost).next().map(|r| Conflict::NotOwner(*r))).collect();
+        ownership.counts().fence_refused(refused.iter().flatten().count());
+        Ok(Some(refused))
     }
 }
 

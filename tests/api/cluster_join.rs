@@ -98,6 +98,14 @@ impl Client {
         }
     }
 
+    /// The value of an unlabelled series in the node's `/metrics`.
+    async fn metric(&self, address: &str, name: &str) -> u64 {
+        let text = self.http.get(format!("{address}/metrics")).send().await.expect("scrape").text().await.unwrap();
+        let value = text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' '));
+        let value = value.unwrap_or_else(|| panic!("{name} not in the scrape of {address}"));
+        value.parse::<f64>().unwrap_or_else(|_| panic!("{name} = {value}")) as u64
+    }
+
     async fn create_sku(&self, address: &str) -> i64 {
         let response = self
             .http
@@ -426,6 +434,23 @@ async fn a_fourth_node_joins_under_load_and_takes_its_share_without_losing_or_ov
     let gradual = samples.newcomer_held.iter().any(|held| (1..share).contains(held));
     assert!(gradual, "the newcomer's ranges were never seen in between: {:?}", samples.newcomer_held);
     eprintln!("{} samples of every node; the newcomer held {:?}", samples.rounds, dedup(&samples.newcomer_held));
+
+    // The metrics say the same: every node holds what it took less what it lost (releases
+    // included), the newcomer took its 16 and gave up none, the others released those 16.
+    let mut released_by_first_nodes = 0;
+    for (node, address) in client.addresses().iter().enumerate() {
+        let held = client.metric(address, "tianji_cluster_ranges_held").await;
+        let taken = client.metric(address, "tianji_cluster_ranges_taken_total").await;
+        let lost = client.metric(address, "tianji_cluster_ranges_lost_total").await;
+        let released = client.metric(address, "tianji_cluster_ranges_released_total").await;
+        assert_eq!((held, taken - lost), (after[node].len() as u64, held), "node {node}: taken {taken}, lost {lost}");
+        if node == 3 {
+            assert_eq!((taken, released, lost), (16, 0, 0), "the newcomer");
+        } else {
+            released_by_first_nodes += released;
+        }
+    }
+    assert!(released_by_first_nodes >= 16, "the first nodes released {released_by_first_nodes}");
 
     // 503 not_owner: exactly one per buyer of a range that moved (its old owner's answer once
     // it dropped the range; the buyer then finds the newcomer), none for the others.

@@ -205,10 +205,9 @@ impl SqlStore {
         if lost.is_empty() {
             return Ok(None);
         }
-        let refused: Vec<Option<Conflict>> =
-            touched.iter().map(|ranges| ranges.intersection(&lost).next().map(|r| Conflict::NotOwner(*r))).collect();
-        ownership.counts().fence_refused(refused.iter().flatten().count());
-        Ok(Some(refused))
+        Ok(Some(
+            touched.iter().map(|ranges| ranges.intersection(&lost).next().map(|r| Conflict::NotOwner(*r))).collect(),
+        ))
     }
 }
 
@@ -414,6 +413,9 @@ impl Store for SqlStore {
             None => changes,
             Some(refused) => {
                 kept = changes.iter().zip(refused).filter(|(_, r)| r.is_none()).map(|(c, _)| c.clone()).collect();
+                if let Some(ownership) = &self.fence {
+                    ownership.counts().fence_refused(changes.len() - kept.len());
+                }
                 &kept
             }
         };

@@ -35,7 +35,8 @@ const PAY_EVERY: u64 = 3;
 /// How often a buyer that knows no owner asks the nodes again where its key lives.
 const LOCATE_EVERY: Duration = Duration::from_millis(50);
 /// How long a buyer may go without an owner before the test fails: a range released is taken
-/// in the newcomer's next round, so one renewal interval, plus slack for a busy machine.
+/// in the newcomer's next round, within one renewal interval (667 ms); twice that and half a
+/// second more is the slack for a busy machine.
 const OWNERLESS_MAX: Duration = Duration::from_millis(2 * 667 + 500);
 /// How long the move may take: the three nodes give up 5, 5 and 6 ranges, 4 a round at most,
 /// so two rounds of releases and the newcomer's takes after each; ten rounds is ample.

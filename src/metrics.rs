@@ -164,6 +164,42 @@ pub const FORWARDED: MetricDef = def(
     &["outcome"],
     "Requests of a cluster node for a key another node owns, by outcome: `answered` (forwarded, the owner's answer returned, whatever its status), `overloaded` (too many forwards in flight: 503), `unreachable` and `timeout` (the owner did not answer: 503 owner_unavailable), `not_owner` (not forwarded: the owner is unknown, or the request was forwarded here already: 503)",
 );
+pub const CLUSTER_RANGES_HELD: MetricDef = def(
+    "tianji_cluster_ranges_held",
+    MetricKind::Gauge,
+    &[],
+    "Range leases this cluster node holds now (locally valid); 0 on a single node, which owns every key",
+);
+pub const CLUSTER_RANGES_TAKEN: MetricDef = def(
+    "tianji_cluster_ranges_taken_total",
+    MetricKind::Counter,
+    &[],
+    "Range leases this node took (orphaned or expired ranges, each take a new epoch)",
+);
+pub const CLUSTER_RANGES_RELEASED: MetricDef = def(
+    "tianji_cluster_ranges_released_total",
+    MetricKind::Counter,
+    &[],
+    "Range leases this node gave up to balance the cluster (a node over its share, 4 a round at most)",
+);
+pub const CLUSTER_RANGES_LOST: MetricDef = def(
+    "tianji_cluster_ranges_lost_total",
+    MetricKind::Counter,
+    &[],
+    "Ranges this node stopped holding, released or not (expired before renewal, taken over, expelled); their actors were evicted",
+);
+pub const CLUSTER_ROUND_FAILURES: MetricDef = def(
+    "tianji_cluster_round_failures_total",
+    MetricKind::Counter,
+    &[],
+    "Membership rounds (heartbeat and lease renewal, then takes and releases) that failed on the database; leases not renewed in time stop being trusted",
+);
+pub const CLUSTER_FENCE_REFUSALS: MetricDef = def(
+    "tianji_cluster_fence_refusals_total",
+    MetricKind::Counter,
+    &[],
+    "Changes a commit refused (503 not_owner) because a range they touch is no longer held by this node at the epoch it took",
+);
 pub const BUILD_INFO: MetricDef =
     def("tianji_build_info", MetricKind::Gauge, &["version"], "Always 1; the version of the running binary");
 
@@ -188,6 +224,12 @@ pub const ALL: &[MetricDef] = &[
     EVENTS_RELAY_FAILURES,
     EVENTS_OLDEST_UNPUBLISHED,
     FORWARDED,
+    CLUSTER_RANGES_HELD,
+    CLUSTER_RANGES_TAKEN,
+    CLUSTER_RANGES_RELEASED,
+    CLUSTER_RANGES_LOST,
+    CLUSTER_ROUND_FAILURES,
+    CLUSTER_FENCE_REFUSALS,
     BUILD_INFO,
 ];
 
@@ -567,6 +609,42 @@ impl ForwardMetrics {
 
     pub fn record(&self, outcome: ForwardOutcome) {
         self.by_outcome[outcome as usize].increment(1);
+    }
+}
+
+/// A cluster node's handles. Its membership loop and its fence count into `cluster::Counts`
+/// (they run before the app's metrics exist); the counts are read into these at each scrape.
+/// Registered on every node, so the series exist (at 0) on a single node too.
+#[derive(Debug, Clone)]
+pub struct ClusterMetrics {
+    pub ranges_held: Gauge,
+    pub taken: Counter,
+    pub released: Counter,
+    pub lost: Counter,
+    pub round_failures: Counter,
+    pub fence_refusals: Counter,
+}
+
+impl ClusterMetrics {
+    pub fn new(metrics: &Metrics) -> Self {
+        ClusterMetrics {
+            ranges_held: metrics.gauge(&CLUSTER_RANGES_HELD, &[]),
+            taken: metrics.counter(&CLUSTER_RANGES_TAKEN, &[]),
+            released: metrics.counter(&CLUSTER_RANGES_RELEASED, &[]),
+            lost: metrics.counter(&CLUSTER_RANGES_LOST, &[]),
+            round_failures: metrics.counter(&CLUSTER_ROUND_FAILURES, &[]),
+            fence_refusals: metrics.counter(&CLUSTER_FENCE_REFUSALS, &[]),
+        }
+    }
+
+    /// Sets the handles to the ranges held now and the counts since start.
+    pub fn read(&self, ranges_held: usize, counts: &crate::cluster::CountsRead) {
+        self.ranges_held.set(ranges_held as f64);
+        self.taken.absolute(counts.taken);
+        self.released.absolute(counts.released);
+        self.lost.absolute(counts.lost);
+        self.round_failures.absolute(counts.round_failures);
+        self.fence_refusals.absolute(counts.fence_refusals);
     }
 }
 

@@ -35,7 +35,7 @@ use crate::http::clients::ConnectionGate;
 use crate::http::drain::Drain;
 use crate::http::{self, auth::JwtKeys, payments::PaymentKey, AppState};
 use crate::http::{in_flight::InFlight, in_flight::InFlightCap, limits::RateLimits};
-use crate::metrics::{Metrics, RelayMetrics, SnapshotMetrics};
+use crate::metrics::{ClusterMetrics, Metrics, RelayMetrics, SnapshotMetrics};
 use crate::persistence;
 use crate::persistence::redis::events::EventStream;
 use crate::persistence::redis::{progress::ProgressMirror, Snapshots};
@@ -154,6 +154,7 @@ impl Application {
             Some(member) => Some(member.start(&core).await?),
             None => None,
         };
+        export_cluster(&metrics, core.cluster());
         core.recover().await?;
         let limits = RateLimits::new(&settings.rate_limits, &metrics);
         let state = web::Data::new(AppState { core: Arc::clone(&core), limits });
@@ -446,6 +447,14 @@ fn export_relay(metrics: &Metrics, relay: Option<&Relay>) {
         let oldest = Duration::from_millis(stats.oldest_event_age_ms.load(Relaxed));
         handles.read(published, failed, oldest);
     });
+}
+
+/// Reads a cluster node's leases and counts into its handles at each scrape (registered on a
+/// single node too, at 0).
+fn export_cluster(metrics: &Metrics, ownership: Option<&Arc<crate::cluster::Ownership>>) {
+    let handles = ClusterMetrics::new(metrics);
+    let Some(ownership) = ownership.cloned() else { return };
+    metrics.on_scrape(move || handles.read(ownership.held_valid(), &ownership.counts().read()));
 }
 
 /// The order-event relay of this node, on the current runtime (the store's).

@@ -24,6 +24,47 @@ pub enum Command {
     Engines(EnginesArgs),
     /// End to end against a running `tianji serve`, beside a bare actix-web handler.
     Http(HttpArgs),
+    /// Orders/s and CPU per order of a cluster of 1 node, then 3 (nodes started here, each
+    /// run on a fresh MariaDB database; every order sent to the node owning its SKU and user).
+    Scale(ScaleArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ScaleArgs {
+    /// The `tianji` binary the nodes run (cargo build --release -p tianji).
+    #[arg(long, default_value = "target/release/tianji")]
+    pub tianji_bin: PathBuf,
+    /// Node counts, one run each, in this order; the first is the baseline of the ratios.
+    #[arg(long, value_delimiter = ',', default_value = "1,3")]
+    pub nodes: Vec<usize>,
+    /// SKUs each node owns (created until it does: a SKU's id decides its owner).
+    #[arg(long, default_value_t = 4)]
+    pub skus_per_node: usize,
+    /// Users each node owns; each order is for one of its SKU's node's users.
+    #[arg(long, default_value_t = 2_000)]
+    pub users_per_node: usize,
+    /// Units of each SKU (ample: every order succeeds).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub stock: i64,
+    /// Concurrent clients in all, closed loop, whatever the node count.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// How long each run drives orders.
+    #[arg(long, default_value = "15s")]
+    pub duration: humantime::Duration,
+    /// MariaDB server, without a database name: a fresh database per run, dropped after it.
+    #[arg(long, default_value = "mysql://root@127.0.0.1:3306")]
+    pub mysql_url: String,
+    /// MariaDB's process, whose CPU time is reported (default: the one listening on the
+    /// database port, else the only process named mariadbd or mysqld).
+    #[arg(long)]
+    pub mysqld_pid: Option<u32>,
+    /// Client runtime threads.
+    #[arg(long, default_value_t = 2)]
+    pub client_threads: usize,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

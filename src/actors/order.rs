@@ -329,6 +329,8 @@ async fn stock_effects(core: &Arc<Core>, order: &Order, event: OrderEvent) -> Re
                 tracing::warn!(%sku_id, order_id = %order.id, ?event, %error, "stock effect refused");
                 failure.get_or_insert(match error {
                     SkuError::Overloaded => LifecycleError::Overloaded,
+                    // The SKU's range moved (a cluster): the client goes to its new owner.
+                    SkuError::NotOwner(not_owner) => LifecycleError::NotOwner(not_owner),
                     other => LifecycleError::Unavailable(other.to_string()),
                 });
             }

@@ -27,6 +27,7 @@ pub mod start;
 use crate::config::ConfigError;
 use crate::domain::slots::{Key, RangeId, RANGE_COUNT};
 use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
@@ -155,6 +156,57 @@ struct Held {
     valid_until: Instant,
 }
 
+/// What this node's membership loop and fence did since start, for the metrics
+/// (`metrics::ClusterMetrics` reads them at each scrape).
+#[derive(Debug, Default)]
+pub struct Counts {
+    taken: AtomicU64,
+    released: AtomicU64,
+    lost: AtomicU64,
+    round_failures: AtomicU64,
+    fence_refusals: AtomicU64,
+}
+
+/// `Counts` as read at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CountsRead {
+    pub taken: u64,
+    pub released: u64,
+    pub lost: u64,
+    pub round_failures: u64,
+    pub fence_refusals: u64,
+}
+
+impl Counts {
+    /// A round that went through: ranges taken, released and no longer held (released ones
+    /// included).
+    pub fn round(&self, taken: u64, released: u64, lost: usize) {
+        self.taken.fetch_add(taken, Relaxed);
+        self.released.fetch_add(released, Relaxed);
+        self.lost.fetch_add(lost as u64, Relaxed);
+    }
+
+    /// A round that failed on the database (its renewal may not have happened).
+    pub fn round_failed(&self) {
+        self.round_failures.fetch_add(1, Relaxed);
+    }
+
+    /// Changes a commit refused because of a range no longer held.
+    pub fn fence_refused(&self, changes: usize) {
+        self.fence_refusals.fetch_add(changes as u64, Relaxed);
+    }
+
+    pub fn read(&self) -> CountsRead {
+        CountsRead {
+            taken: self.taken.load(Relaxed),
+            released: self.released.load(Relaxed),
+            lost: self.lost.load(Relaxed),
+            round_failures: self.round_failures.load(Relaxed),
+            fence_refusals: self.fence_refusals.load(Relaxed),
+        }
+    }
+}
+
 /// This node's picture of the leases: which ranges it holds at which epoch, and the tables as
 /// last read (for owners' addresses and the admin view). Activations consult it; commits
 /// check it against the database under a lock (`persistence::sql_cluster::fence`).
@@ -163,6 +215,7 @@ pub struct Ownership {
     address: String,
     lease_ttl: Duration,
     state: RwLock<State>,
+    counts: Counts,
 }
 
 struct State {
@@ -173,7 +226,7 @@ struct State {
 impl Ownership {
     pub fn new(node_id: String, address: String, lease_ttl: Duration) -> Ownership {
         let state = State { held: vec![None; usize::from(RANGE_COUNT)], view: ClusterView::default() };
-        Ownership { node_id, address, lease_ttl, state: RwLock::new(state) }
+        Ownership { node_id, address, lease_ttl, state: RwLock::new(state), counts: Counts::default() }
     }
 
     pub fn node_id(&self) -> &str {
@@ -215,6 +268,18 @@ impl Ownership {
     pub fn not_owner(&self, range: RangeId) -> NotOwner {
         let state = self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         NotOwner { range, owner: state.view.owner_address(range).map(str::to_owned) }
+    }
+
+    /// What the membership loop and the fence did since start.
+    pub fn counts(&self) -> &Counts {
+        &self.counts
+    }
+
+    /// How many ranges this node holds with a lease still valid locally.
+    pub fn held_valid(&self) -> usize {
+        let state = self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = Instant::now();
+        state.held.iter().flatten().filter(|held| held.valid_until > now).count()
     }
 
     /// Whether this node holds at least one range whose lease is still valid locally (not

@@ -69,8 +69,23 @@ impl ClusterNode {
         self.settings.lease_ttl.as_millis() as i64
     }
 
-    /// One round: heartbeat and renew, read, drop what is lost, take or release.
+    /// One round: heartbeat and renew, read, drop what is lost, take or release. Counted in
+    /// `Ownership::counts`.
     pub async fn round(&self) -> Result<Round, StoreError> {
+        let counts = self.ownership.counts();
+        match self.round_uncounted().await {
+            Ok(round) => {
+                counts.round(round.taken, round.released, round.lost);
+                Ok(round)
+            }
+            Err(error) => {
+                counts.round_failed();
+                Err(error)
+            }
+        }
+    }
+
+    async fn round_uncounted(&self) -> Result<Round, StoreError> {
         let node_id = self.ownership.node_id().to_owned();
         let held: Vec<RangeId> = self.ownership.held().into_iter().map(|(range, _)| range).collect();
         let sent_at = Instant::now();
@@ -106,6 +121,7 @@ impl ClusterNode {
             let lost_meanwhile = self.ownership.apply(view, sent_at);
             if !lost_meanwhile.is_empty() {
                 (self.on_lost)(&lost_meanwhile);
+                round.lost += lost_meanwhile.len();
             }
             if round.taken > 0 {
                 tracing::info!(taken = round.taken, "ranges taken");

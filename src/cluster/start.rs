@@ -21,7 +21,7 @@ pub struct Member {
 
 /// Connects to MariaDB (migrating), joins the cluster and builds the fenced store.
 pub async fn join(database_url: &str, timeout: Duration, settings: &ClusterSettings) -> anyhow::Result<Member> {
-    let sql = mysql::connect(database_url, true, timeout).await?;
+    let sql = mysql::connect_cluster(database_url, timeout).await?;
     let cluster_store = ClusterStore::new(sql.pool());
     let node_id = uuid::Uuid::new_v4().simple().to_string();
     let ttl_ms = settings.lease_ttl.as_millis() as i64;

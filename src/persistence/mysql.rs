@@ -17,6 +17,34 @@ pub const POOL_CONNECTIONS_MAX: u32 = 16;
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/mysql");
 
 pub async fn connect(url: &str, migrate: bool, timeout: Duration) -> anyhow::Result<SqlStore> {
+    connect_isolated(url, migrate, timeout, Isolation::ServerDefault).await
+}
+
+/// `connect` for a node of a cluster: its sessions run at READ COMMITTED. A single node has one
+/// write pipeline, so its batches never overlap; the nodes of a cluster commit at the same
+/// time. At REPEATABLE READ a batch's locking read of rows it is about to insert (new order
+/// ids, above every id in the table) locks the gap at the end of the index; two nodes' batches
+/// both hold that gap and each one's INSERT waits for the other's: a deadlock, and both orders
+/// answered 503. At READ COMMITTED a locking read locks only the rows it finds: each key is
+/// written by its owner alone (the fence), and unique keys refuse the rest.
+pub async fn connect_cluster(url: &str, timeout: Duration) -> anyhow::Result<SqlStore> {
+    connect_isolated(url, true, timeout, Isolation::ReadCommitted).await
+}
+
+/// The isolation level of a pool's sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isolation {
+    /// The server's (REPEATABLE READ unless configured otherwise).
+    ServerDefault,
+    ReadCommitted,
+}
+
+async fn connect_isolated(
+    url: &str,
+    migrate: bool,
+    timeout: Duration,
+    isolation: Isolation,
+) -> anyhow::Result<SqlStore> {
     sqlx::any::install_default_drivers();
     let url = url.replacen("mariadb://", "mysql://", 1);
     let lock_wait_secs = timeout.as_secs().max(1);
@@ -30,6 +58,9 @@ pub async fn connect(url: &str, migrate: bool, timeout: Duration) -> anyhow::Res
                 // goes through the session's time zone; in a zone with daylight saving the hour
                 // that repeats would move every lease by an hour.
                 connection.execute("SET SESSION time_zone = '+00:00'").await?;
+                if isolation == Isolation::ReadCommitted {
+                    connection.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED").await?;
+                }
                 Ok(())
             })
         })

@@ -419,6 +419,9 @@ impl Store for SqlStore {
             None => changes,
             Some(refused) => {
                 kept = changes.iter().zip(refused).filter(|(_, r)| r.is_none()).map(|(c, _)| c.clone()).collect();
+                if let Some(ownership) = &self.fence {
+                    ownership.counts().fence_refused(changes.len() - kept.len());
+                }
                 &kept
             }
         };

@@ -328,9 +328,9 @@ pub(crate) const RENEW_EVERY: Duration = Duration::from_millis(667);
 /// takeover.
 pub(crate) const POLL_SLACK: Duration = Duration::from_millis(500);
 /// How long a test waits for a node's admin view (a paused node never answers).
-const ADMIN_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const ADMIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a fresh cluster may take to split the ranges (joins are gradual).
-const SETTLE_BOUND: Duration = Duration::from_secs(40);
+pub(crate) const SETTLE_BOUND: Duration = Duration::from_secs(40);
 
 /// Nodes of one cluster, each a `tianji serve` process, on one database.
 pub(crate) struct TestCluster {
@@ -347,7 +347,7 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn start_node(name: &str, database_url: &str, pay_timeout: &str, extra: &[(&str, &str)]) -> ServerProcess {
+pub(crate) fn start_node(name: &str, database_url: &str, pay_timeout: &str, extra: &[(&str, &str)]) -> ServerProcess {
     let port = free_port().to_string();
     let bind = format!("127.0.0.1:{port}");
     let advertise = format!("http://127.0.0.1:{port}");

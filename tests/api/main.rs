@@ -3,6 +3,7 @@
 mod activation;
 mod cluster;
 mod cluster_forward;
+mod cluster_join;
 mod deploy;
 mod events;
 mod faults;

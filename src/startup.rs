@@ -30,7 +30,9 @@
 
 use crate::actors::relay::Relay;
 use crate::actors::Core;
+use crate::cluster::remote::NODE_TOKEN_TTL;
 use crate::config::Settings;
+use crate::http::auth::Role;
 use crate::http::clients::ConnectionGate;
 use crate::http::drain::Drain;
 use crate::http::{self, auth::JwtKeys, payments::PaymentKey, AppState};
@@ -143,8 +145,16 @@ impl Application {
         };
         export_relay(&metrics, relay.as_ref());
         // A cluster node takes its first ranges before it repairs (repairs of others' ranges are refused).
+        let keys = web::Data::new(JwtKeys::with_rules(settings.jwt_secret(), settings.tokens.clone()));
         let cluster = match member {
-            Some(member) => Some(member.start(&core).await?),
+            Some(member) => {
+                let (minter, worker_id) = (keys.clone(), member.worker_id());
+                // Subjects are positive ids: a node's is its worker id plus one.
+                let node = crate::domain::UserId::new(i64::from(worker_id) + 1);
+                let ttl = NODE_TOKEN_TTL.min(keys.rules().lifetime_max);
+                let mint = Arc::new(move || minter.mint(node, Role::Node, ttl));
+                Some(member.start(&core, mint).await?)
+            }
             None => None,
         };
         core.recover().await?;
@@ -152,7 +162,6 @@ impl Application {
         let state = web::Data::new(AppState { core: Arc::clone(&core), limits });
         let in_flight =
             InFlight::measured(settings.in_flight_max, metrics.counter(&crate::metrics::IN_FLIGHT_REFUSED, &[]));
-        let keys = web::Data::new(JwtKeys::with_rules(settings.jwt_secret(), settings.tokens.clone()));
         let clients = settings.clients;
         let gate = ConnectionGate::new(clients.connections_max);
         let accept_max_per_worker = gate.accept_max_per_worker(settings.http_workers);

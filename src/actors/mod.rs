@@ -17,6 +17,7 @@ pub mod order;
 pub mod recovery;
 pub mod registry;
 pub mod relay;
+pub mod repair;
 pub mod timer;
 pub mod traced;
 pub mod user;
@@ -245,6 +246,8 @@ pub struct Core {
     committed: Arc<tokio::sync::Notify>,
     /// This node's leases when it is part of a cluster (`cluster.rs`); unset on a single node.
     cluster: std::sync::OnceLock<Arc<crate::cluster::Ownership>>,
+    /// The client of other nodes' SKUs when this node is part of a cluster; unset on a single node.
+    remote: std::sync::OnceLock<Arc<crate::cluster::remote::RemoteSkus>>,
 }
 
 /// What a core is started with besides its store and limits.
@@ -358,6 +361,7 @@ impl Core {
             home: tokio::runtime::Handle::current(),
             committed: Arc::new(tokio::sync::Notify::new()),
             cluster: std::sync::OnceLock::new(),
+            remote: std::sync::OnceLock::new(),
         });
         tokio::spawn(timer_task.run(Arc::downgrade(&core), Arc::clone(&core.clock)));
         tokio::spawn(learning::run_flusher(Arc::downgrade(&core), limits.learning_flush));

@@ -498,13 +498,7 @@ impl Store for SqlStore {
     async fn unsettled_leases(&self) -> Result<Vec<UnsettledLease>, StoreError> {
         // The WHERE clause is `domain::lease::settled_lease_statuses` negated: a lease with no
         // order that is still open, or a lease whose status is not one its order's allows.
-        let mut select = QueryBuilder::<Any>::new(
-            "SELECT r.sku_id, r.order_id, r.quantity, r.expires_at, r.status, o.status AS order_status, \
-               (SELECT COUNT(*) FROM order_status_log l WHERE l.order_id = r.order_id \
-                  AND l.from_status = 'paid' AND l.to_status = 'refunded') AS refunded_from_paid \
-             FROM inventory_reservation r LEFT JOIN trade_order o ON o.id = r.order_id \
-             WHERE (o.id IS NULL AND r.status = ",
-        );
+        let mut select = QueryBuilder::<Any>::new(format!("{UNSETTLED_SELECT} WHERE (o.id IS NULL AND r.status = "));
         select.push_bind(ReservationStatus::Reserved.as_str()).push(")");
         for status in OrderStatus::ALL {
             select.push(" OR (o.status = ").push_bind(status.as_str()).push(" AND r.status NOT IN ");
@@ -512,23 +506,32 @@ impl Store for SqlStore {
             select.push(")");
         }
         let rows = select.build().fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|row| {
-                let status: String = row.try_get("status")?;
-                let order_status: Option<String> = row.try_get("order_status")?;
-                let refunded_from_paid: i64 = row.try_get("refunded_from_paid")?;
-                Ok(UnsettledLease {
-                    sku_id: SkuId::new(row.try_get("sku_id")?),
-                    order_id: OrderId::new(row.try_get("order_id")?),
-                    quantity: row.try_get("quantity")?,
-                    expires_at_ms: row.try_get("expires_at")?,
-                    status: ReservationStatus::parse(&status)
-                        .ok_or_else(|| StoreError::Corrupt(format!("reservation status {status}")))?,
-                    order_status: order_status.as_deref().and_then(OrderStatus::parse),
-                    refunded_from_paid: refunded_from_paid > 0,
-                })
-            })
-            .collect()
+        rows.iter().map(unsettled_from_row).collect()
+    }
+
+    async fn leases_due(
+        &self,
+        now_ms: i64,
+        after: Option<(SkuId, OrderId)>,
+        limit: u32,
+    ) -> Result<Vec<UnsettledLease>, StoreError> {
+        // `domain::lease::lease_due` and the repairs a pass can make through the SKU actors:
+        // open leases under a settled order or under none once expired, sold ones under a
+        // refunded order.
+        let mut select = QueryBuilder::<Any>::new(format!("{UNSETTLED_SELECT} WHERE ((r.status = "));
+        select.push_bind(ReservationStatus::Reserved.as_str());
+        select.push(" AND ((o.id IS NULL AND r.expires_at <= ").push_bind(now_ms);
+        select.push(") OR o.status <> ").push_bind(OrderStatus::PendingPayment.as_str());
+        select.push(")) OR (r.status = ").push_bind(ReservationStatus::Confirmed.as_str());
+        select.push(" AND o.status = ").push_bind(OrderStatus::Refunded.as_str()).push("))");
+        if let Some((sku_id, order_id)) = after {
+            select.push(" AND (r.sku_id > ").push_bind(sku_id.get());
+            select.push(" OR (r.sku_id = ").push_bind(sku_id.get());
+            select.push(" AND r.order_id > ").push_bind(order_id.get()).push("))");
+        }
+        select.push(" ORDER BY r.sku_id, r.order_id LIMIT ").push_bind(i64::from(limit));
+        let rows = select.build().fetch_all(&self.pool).await?;
+        rows.iter().map(unsettled_from_row).collect()
     }
 
     async fn unpublished_events(&self, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
@@ -555,6 +558,29 @@ impl Store for SqlStore {
     ) -> Result<Vec<PaymentRecord>, StoreError> {
         self.select_payments(status, after, limit).await
     }
+}
+
+/// A lease with its order's status, as the repairs read it.
+const UNSETTLED_SELECT: &str = "SELECT r.sku_id, r.order_id, r.quantity, r.expires_at, r.status, \
+       o.status AS order_status, \
+       (SELECT COUNT(*) FROM order_status_log l WHERE l.order_id = r.order_id \
+          AND l.from_status = 'paid' AND l.to_status = 'refunded') AS refunded_from_paid \
+     FROM inventory_reservation r LEFT JOIN trade_order o ON o.id = r.order_id";
+
+fn unsettled_from_row(row: &AnyRow) -> Result<UnsettledLease, StoreError> {
+    let status: String = row.try_get("status")?;
+    let order_status: Option<String> = row.try_get("order_status")?;
+    let refunded_from_paid: i64 = row.try_get("refunded_from_paid")?;
+    Ok(UnsettledLease {
+        sku_id: SkuId::new(row.try_get("sku_id")?),
+        order_id: OrderId::new(row.try_get("order_id")?),
+        quantity: row.try_get("quantity")?,
+        expires_at_ms: row.try_get("expires_at")?,
+        status: ReservationStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("reservation status {status}")))?,
+        order_status: order_status.as_deref().and_then(OrderStatus::parse),
+        refunded_from_paid: refunded_from_paid > 0,
+    })
 }
 
 fn counters_from_row(row: &AnyRow) -> Result<Counters, sqlx::Error> {

@@ -228,8 +228,8 @@ async fn worker_ids_are_unique_among_live_nodes_and_a_dead_nodes_id_is_reused() 
 // Process level: the real binary, several nodes on one database.
 
 /// The lease TTL of the process tests, and how often the nodes renew (a third of it).
-const LEASE_TTL: Duration = Duration::from_secs(2);
-const RENEW_EVERY: Duration = Duration::from_millis(667);
+pub(crate) const LEASE_TTL: Duration = Duration::from_secs(2);
+pub(crate) const RENEW_EVERY: Duration = Duration::from_millis(667);
 /// What a test's own polling (an admin view of every node, every 20 ms) adds to a measured
 /// takeover.
 const POLL_SLACK: Duration = Duration::from_millis(500);
@@ -239,13 +239,13 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(1);
 const SETTLE_BOUND: Duration = Duration::from_secs(40);
 
 /// Nodes of one cluster, each a `tianji serve` process, on one database.
-struct TestCluster {
-    nodes: Vec<Option<ServerProcess>>,
-    http: reqwest::Client,
-    keys: JwtKeys,
-    admin: String,
+pub(crate) struct TestCluster {
+    pub(crate) nodes: Vec<Option<ServerProcess>>,
+    pub(crate) http: reqwest::Client,
+    pub(crate) keys: JwtKeys,
+    pub(crate) admin: String,
     // Last: the processes are killed before the database is dropped.
-    database: TestDatabase,
+    pub(crate) database: TestDatabase,
 }
 
 /// A port free now, for a node that must know its advertised URL before it binds.
@@ -254,27 +254,32 @@ fn free_port() -> u16 {
 }
 
 fn start_node(name: &str, database_url: &str, pay_timeout: &str) -> ServerProcess {
+    start_node_with(name, database_url, &[("TIANJI_PAY_TIMEOUT", pay_timeout)])
+}
+
+/// A node of a cluster with `extra` settings on top of the cluster's own.
+pub(crate) fn start_node_with(name: &str, database_url: &str, extra: &[(&str, &str)]) -> ServerProcess {
     let port = free_port().to_string();
     let bind = format!("127.0.0.1:{port}");
     let advertise = format!("http://127.0.0.1:{port}");
     let ttl = format!("{}ms", LEASE_TTL.as_millis());
-    let settings = [
+    let mut settings = vec![
         ("TIANJI_BIND", bind.as_str()),
         ("TIANJI_ADVERTISE_URL", advertise.as_str()),
         ("TIANJI_LEASE_TTL", ttl.as_str()),
-        ("TIANJI_PAY_TIMEOUT", pay_timeout),
     ];
+    settings.extend_from_slice(extra);
     let node = ServerProcess::start(name, database_url, &settings);
     assert_eq!(node.address, advertise);
     node
 }
 
 /// User ids from `from` whose key is in `range`, so their orders commit on the SKU's owner.
-fn users_in_range(range: RangeId, from: i64, count: usize) -> Vec<i64> {
+pub(crate) fn users_in_range(range: RangeId, from: i64, count: usize) -> Vec<i64> {
     (from..).filter(|id| Key::user(UserId::new(*id)).range() == range).take(count).collect()
 }
 
-fn range_of_sku(sku_id: i64) -> RangeId {
+pub(crate) fn range_of_sku(sku_id: i64) -> RangeId {
     Key::sku(SkuId::new(sku_id)).range()
 }
 
@@ -285,9 +290,14 @@ impl TestCluster {
 
     /// `start`, with orders to be paid within `pay_timeout`.
     async fn start_paying_within(name: &str, count: usize, pay_timeout: &str) -> TestCluster {
+        Self::start_with(name, count, &[("TIANJI_PAY_TIMEOUT", pay_timeout)]).await
+    }
+
+    /// `start`, every node with `extra` settings.
+    pub(crate) async fn start_with(name: &str, count: usize, extra: &[(&str, &str)]) -> TestCluster {
         let database = TestDatabase::create(Backend::MySql).await;
         let nodes =
-            (0..count).map(|n| Some(start_node(&format!("cluster-{name}-{n}"), &database.url, pay_timeout))).collect();
+            (0..count).map(|n| Some(start_node_with(&format!("cluster-{name}-{n}"), &database.url, extra))).collect();
         let keys = JwtKeys::new(JWT_SECRET);
         let admin = keys.mint(UserId::new(1), Role::Admin, Duration::from_secs(600));
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
@@ -297,15 +307,15 @@ impl TestCluster {
         cluster
     }
 
-    fn address(&self, node: usize) -> &str {
+    pub(crate) fn address(&self, node: usize) -> &str {
         &self.nodes[node].as_ref().expect("a live node").address
     }
 
-    fn live(&self) -> Vec<usize> {
+    pub(crate) fn live(&self) -> Vec<usize> {
         (0..self.nodes.len()).filter(|n| self.nodes[*n].is_some()).collect()
     }
 
-    async fn admin_view(&self, node: usize, query: &str) -> Option<Value> {
+    pub(crate) async fn admin_view(&self, node: usize, query: &str) -> Option<Value> {
         let url = format!("{}/v1/admin/cluster{query}", self.address(node));
         // Bounded: a paused node answers nothing.
         let response = self.http.get(url).bearer_auth(&self.admin).timeout(ADMIN_TIMEOUT).send().await.ok()?;
@@ -314,7 +324,7 @@ impl TestCluster {
     }
 
     /// The ranges each live node says it holds.
-    async fn held_by_node(&self) -> Vec<(usize, BTreeSet<u16>)> {
+    pub(crate) async fn held_by_node(&self) -> Vec<(usize, BTreeSet<u16>)> {
         let mut held = Vec::new();
         for node in self.live() {
             let view = self.admin_view(node, "").await.unwrap_or(Value::Null);
@@ -326,7 +336,7 @@ impl TestCluster {
 
     /// Whether every range is held by exactly one live node and the split is settled: every
     /// live node holds its fair share, `floor(64 / n)` or one more (`cluster::balance`).
-    async fn split(&self) -> bool {
+    pub(crate) async fn split(&self) -> bool {
         let held = self.held_by_node().await;
         let total: usize = held.iter().map(|(_, ranges)| ranges.len()).sum();
         let union: BTreeSet<u16> = held.iter().flat_map(|(_, ranges)| ranges.iter().copied()).collect();
@@ -335,12 +345,12 @@ impl TestCluster {
     }
 
     /// The live node holding `range`, if one does now.
-    async fn holder(&self, range: RangeId) -> Option<usize> {
+    pub(crate) async fn holder(&self, range: RangeId) -> Option<usize> {
         self.held_by_node().await.into_iter().find(|(_, ranges)| ranges.contains(&range.get())).map(|(node, _)| node)
     }
 
     /// Creates a SKU of `stock` units through `via`; its id (a snowflake) decides its owner.
-    async fn create_sku(&self, via: usize, stock: i64) -> i64 {
+    pub(crate) async fn create_sku(&self, via: usize, stock: i64) -> i64 {
         let response = self
             .http
             .post(format!("{}/v1/admin/skus", self.address(via)))
@@ -355,7 +365,7 @@ impl TestCluster {
 
     /// A new SKU whose range `owner` holds, created through `via` (SKUs are created until one
     /// lands there: about one in three).
-    async fn sku_owned_by(&self, owner: usize, via: usize, stock: i64) -> i64 {
+    pub(crate) async fn sku_owned_by(&self, owner: usize, via: usize, stock: i64) -> i64 {
         for _ in 0..200 {
             let sku_id = self.create_sku(via, stock).await;
             if self.holder(range_of_sku(sku_id)).await == Some(owner) {
@@ -365,7 +375,13 @@ impl TestCluster {
         panic!("no SKU landed on node {owner}");
     }
 
-    async fn place(&self, node: usize, user_id: i64, key: &str, sku_id: i64) -> Result<(u16, Value), reqwest::Error> {
+    pub(crate) async fn place(
+        &self,
+        node: usize,
+        user_id: i64,
+        key: &str,
+        sku_id: i64,
+    ) -> Result<(u16, Value), reqwest::Error> {
         let token = self.keys.mint(UserId::new(user_id), Role::User, Duration::from_secs(600));
         let response = self
             .http
@@ -379,7 +395,7 @@ impl TestCluster {
         Ok((status, response.json().await.unwrap_or(Value::Null)))
     }
 
-    async fn counters(&self, sku_id: i64) -> (i64, i64, i64, i64) {
+    pub(crate) async fn counters(&self, sku_id: i64) -> (i64, i64, i64, i64) {
         let pool = sqlx::any::AnyPoolOptions::new().max_connections(1).connect(&self.database.url).await.unwrap();
         let counters = sqlx::query_as("SELECT total, available, reserved, sold FROM inventory WHERE sku_id = ?")
             .bind(sku_id)
@@ -390,7 +406,7 @@ impl TestCluster {
         counters
     }
 
-    async fn stored_orders(&self, sku_id: i64) -> BTreeSet<i64> {
+    pub(crate) async fn stored_orders(&self, sku_id: i64) -> BTreeSet<i64> {
         let pool = sqlx::any::AnyPoolOptions::new().max_connections(1).connect(&self.database.url).await.unwrap();
         let ids: Vec<i64> = sqlx::query_scalar("SELECT order_id FROM trade_order_item WHERE sku_id = ?")
             .bind(sku_id)

@@ -2,6 +2,7 @@
 
 mod activation;
 mod cluster;
+mod cluster_saga;
 mod deploy;
 mod events;
 mod faults;

@@ -13,7 +13,11 @@
 //! next request activates a fresh actor from the database under a new epoch.
 //!
 //! Leases do not run out in here: a reservation is written in the same commit as its order,
-//! and only the order's own close (cancel, timeout) lets its units go.
+//! and only the order's own close (cancel, timeout) lets its units go. In a cluster, an order
+//! served on another node reserves and settles here through the internal routes: the effect is
+//! then committed alone (`Core::reserve_alone`, `Core::settle_alone`), and a lease such an order
+//! left open is settled by the repair pass (`repair.rs`) by the order's status, never by a clock
+//! in here.
 
 use super::registry::ActorRef;
 use super::{schedule_idle_checks, ActorLimits, Core, Refusal, Reply};

@@ -4,6 +4,8 @@
 //! template) and `order.rs` (one per order in use) hold their messages, state and handlers;
 //! `learning.rs` adds heartbeats to the user actor and writes their progress behind; `registry.rs` activates and forgets them;
 //! `timer.rs` holds the payment deadlines; `journal.rs` is the node's one write pipeline;
+//! `recovery.rs` settles leases at start and `repair.rs` (a cluster node's periodic pass) those a
+//! cross-node settlement missed;
 //! `traced.rs` carries the caller's span (and so its request id) into the actors.
 //! `Core` is the facade the HTTP layer talks to (commands and queries) and what the actors
 //! share. Actors run on dedicated arbiters (threads), apart from the HTTP workers, by key.

@@ -347,6 +347,7 @@ mod tests {
             (&open, json!({"role": "user", "exp": exp}), Err(TokenError::MissingClaim)),
             (&open, json!({"sub": "7", "exp": exp}), Err(TokenError::MissingClaim)),
             (&open, json!({"sub": "7", "role": "user"}), Err(TokenError::MissingClaim)),
+            (&open, json!({"sub": "7", "role": "node", "exp": exp}), Ok(())),
             (&open, json!({"sub": "7", "role": "root", "exp": exp}), Err(TokenError::Invalid)),
             (&open, json!({"sub": 7, "role": "user", "exp": exp}), Err(TokenError::Invalid)),
             (&open, json!({"sub": "7", "role": "user", "exp": "soon"}), Err(TokenError::Invalid)),

@@ -243,6 +243,8 @@ enum Ending {
 async fn the_skus_owner_killed_mid_sale_loses_no_acknowledged_order_and_oversells_nothing() {
     const STOCK: i64 = 30;
     const BUYERS_PER_NODE: usize = 25;
+    /// The first buyers hold their payment until the SKU's owner is dead.
+    const PAID_AFTER_THE_KILL: usize = 5;
     // Short deadlines and grace: a reservation the dead owner committed for an order never
     // written expires within the test, into its new owner's repair pass.
     let settings = [("TIANJI_PAY_TIMEOUT", "6s"), ("TIANJI_RESERVATION_GRACE", "1s")];
@@ -257,15 +259,17 @@ async fn the_skus_owner_killed_mid_sale_loses_no_acknowledged_order_and_oversell
 
     let client = Client::new();
     let killed = Arc::new(AtomicBool::new(false));
+    let (kill_seen, _) = tokio::sync::watch::channel(false);
     let refused_after_kill = Arc::new(AtomicUsize::new(0));
-    let paid = Arc::new(AtomicUsize::new(0));
+    let placed = Arc::new(AtomicUsize::new(0));
     let sale: Vec<_> = buyers
         .iter()
         .cloned()
         .enumerate()
         .map(|(n, (address, user_id))| {
-            let (client, killed, refused, paid) =
-                (client.clone(), Arc::clone(&killed), Arc::clone(&refused_after_kill), Arc::clone(&paid));
+            let (client, killed, refused, placed) =
+                (client.clone(), Arc::clone(&killed), Arc::clone(&refused_after_kill), Arc::clone(&placed));
+            let mut kill_seen = kill_seen.subscribe();
             tokio::spawn(async move {
                 // Buyers arrive one every 60 ms, so the sale spans the kill.
                 tokio::time::sleep(Duration::from_millis(60) * n as u32).await;
@@ -274,7 +278,8 @@ async fn the_skus_owner_killed_mid_sale_loses_no_acknowledged_order_and_oversell
                     assert!(Instant::now() < deadline, "buyer {user_id} got no answer");
                     match client.place(&address, user_id, "saga-kill", sku_id).await {
                         Some((201, body)) => {
-                            break (body["order_id"].as_i64().unwrap(), body["pay_cents"].as_i64().unwrap())
+                            placed.fetch_add(1, Ordering::SeqCst);
+                            break (body["order_id"].as_i64().unwrap(), body["pay_cents"].as_i64().unwrap());
                         }
                         Some((409, body)) if body["code"] == "insufficient_stock" => return Ending::SoldOut,
                         Some((503, _)) | None => {
@@ -284,12 +289,16 @@ async fn the_skus_owner_killed_mid_sale_loses_no_acknowledged_order_and_oversell
                         Some(other) => panic!("buyer {user_id}: {other:?}"),
                     }
                 };
+                if n < PAID_AFTER_THE_KILL {
+                    // Paid while the SKU's owner is dead: committed on the buyer's node, its
+                    // confirmation cannot reach the owner; the range's next owner repairs it.
+                    kill_seen.wait_for(|killed| *killed).await.expect("the test signals the kill");
+                }
                 loop {
                     assert!(Instant::now() < deadline, "buyer {user_id}'s payment got no answer");
                     match client.pay(&address, order.0, order.1).await {
                         Some((200, body)) => {
                             assert_eq!(body["status"], "paid", "{body}");
-                            paid.fetch_add(1, Ordering::SeqCst);
                             return Ending::Paid(order.0);
                         }
                         Some((503, _)) | None => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -301,10 +310,13 @@ async fn the_skus_owner_killed_mid_sale_loses_no_acknowledged_order_and_oversell
         .collect();
 
     // Mid-sale, the SKU's owner dies without a word.
-    let started = eventually(Duration::from_secs(20), || async { paid.load(Ordering::SeqCst) >= 5 }).await;
+    let started =
+        eventually(Duration::from_secs(20), || async { placed.load(Ordering::SeqCst) >= 2 * PAID_AFTER_THE_KILL })
+            .await;
     assert!(started, "the sale did not start");
     killed.store(true, Ordering::SeqCst);
     cluster.nodes[2].take().unwrap().kill();
+    kill_seen.send_replace(true);
     let taken = eventually(LEASE_TTL + RENEW_EVERY * 4, || async {
         cluster.held_by_node().await.iter().map(|(_, ranges)| ranges.len()).sum::<usize>() == 64
     })

@@ -282,6 +282,52 @@ pub(super) fn payment_from_row(row: &AnyRow) -> Result<Payment, StoreError> {
     })
 }
 
+/// Tries of one batch's transaction when the database rolls it back as a deadlock's victim.
+const COMMIT_ATTEMPTS_MAX: u32 = 3;
+
+/// Whether `error` is a serialization failure (SQLSTATE 40001: a deadlock's victim), after
+/// which the database has rolled the whole transaction back.
+fn rolled_back_whole(error: &StoreError) -> bool {
+    matches!(error, StoreError::Database(message) if message.contains("(40001)"))
+}
+
+impl SqlStore {
+    /// One attempt at `Store::commit`, in one transaction.
+    async fn commit_once(&self, changes: &[Change], now_ms: i64) -> Result<CommitReport, StoreError> {
+        let mut tx = self.pool.begin_with(self.dialect.begin_write()).await?;
+        let refused = self.refuse_lost_ranges(&mut tx, changes).await?;
+        let kept: Vec<Change>;
+        let changes = match &refused {
+            None => changes,
+            Some(refused) => {
+                kept = changes.iter().zip(refused).filter(|(_, r)| r.is_none()).map(|(c, _)| c.clone()).collect();
+                &kept
+            }
+        };
+        let facts = self.read_facts(&mut tx, &Wanted::of(changes)).await?;
+        let plan = decide(changes, facts, now_ms);
+        write_plan(&mut tx, self.dialect, changes, &plan, now_ms).await?;
+        tx.commit().await?;
+        let versions = plan.versions();
+        let outcomes = match refused {
+            None => plan.outcomes,
+            Some(refused) => {
+                let mut decided = plan.outcomes.into_iter();
+                let outcomes: Vec<_> = refused
+                    .into_iter()
+                    .map(|r| match r {
+                        Some(conflict) => Err(conflict),
+                        None => decided.next().expect("one decided outcome per kept change"),
+                    })
+                    .collect();
+                assert!(decided.next().is_none());
+                outcomes
+            }
+        };
+        Ok(CommitReport { versions, outcomes })
+    }
+}
+
 #[async_trait]
 impl Store for SqlStore {
     async fn ping(&self) -> Result<(), StoreError> {
@@ -406,37 +452,19 @@ impl Store for SqlStore {
         if changes.is_empty() {
             return Ok(CommitReport::default());
         }
-        let mut tx = self.pool.begin_with(self.dialect.begin_write()).await?;
-        let refused = self.refuse_lost_ranges(&mut tx, changes).await?;
-        let kept: Vec<Change>;
-        let changes = match &refused {
-            None => changes,
-            Some(refused) => {
-                kept = changes.iter().zip(refused).filter(|(_, r)| r.is_none()).map(|(c, _)| c.clone()).collect();
-                &kept
+        let mut attempt = 1;
+        loop {
+            match self.commit_once(changes, now_ms).await {
+                // The database chose this batch as a deadlock's victim and rolled it back whole
+                // (another node's batch on the same rows): nothing of it is written, so it is
+                // run again, a bounded number of times.
+                Err(error) if attempt < COMMIT_ATTEMPTS_MAX && rolled_back_whole(&error) => {
+                    tracing::debug!(attempt, %error, "batch rolled back by a deadlock; running it again");
+                    attempt += 1;
+                }
+                outcome => return outcome,
             }
-        };
-        let facts = self.read_facts(&mut tx, &Wanted::of(changes)).await?;
-        let plan = decide(changes, facts, now_ms);
-        write_plan(&mut tx, self.dialect, changes, &plan, now_ms).await?;
-        tx.commit().await?;
-        let versions = plan.versions();
-        let outcomes = match refused {
-            None => plan.outcomes,
-            Some(refused) => {
-                let mut decided = plan.outcomes.into_iter();
-                let outcomes: Vec<_> = refused
-                    .into_iter()
-                    .map(|r| match r {
-                        Some(conflict) => Err(conflict),
-                        None => decided.next().expect("one decided outcome per kept change"),
-                    })
-                    .collect();
-                assert!(decided.next().is_none());
-                outcomes
-            }
-        };
-        Ok(CommitReport { versions, outcomes })
+        }
     }
 
     async fn find_order(&self, order_id: OrderId) -> Result<Option<Order>, StoreError> {

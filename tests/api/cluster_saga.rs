@@ -148,11 +148,12 @@ async fn buyers_on_two_nodes_buy_a_sku_a_third_node_owns_and_its_leases_follow_t
 
     // Every buyer at once, each on its user's node; a 503 is retried with the same key.
     let client = Client::new();
+    let refusals = Arc::new(std::sync::Mutex::new(Vec::new()));
     let placements: Vec<_> = buyers
         .iter()
         .cloned()
         .map(|(address, user_id)| {
-            let client = client.clone();
+            let (client, refusals) = (client.clone(), Arc::clone(&refusals));
             tokio::spawn(async move {
                 let deadline = Instant::now() + Duration::from_secs(30);
                 loop {
@@ -163,7 +164,11 @@ async fn buyers_on_two_nodes_buy_a_sku_a_third_node_owns_and_its_leases_follow_t
                             return Some((address, user_id, order));
                         }
                         Some((409, body)) if body["code"] == "insufficient_stock" => return None,
-                        Some((503, _)) | None => tokio::time::sleep(Duration::from_millis(20)).await,
+                        Some((503, body)) => {
+                            refusals.lock().unwrap().push(body);
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        None => tokio::time::sleep(Duration::from_millis(20)).await,
                         Some(other) => panic!("buyer {user_id}: {other:?}"),
                     }
                 }
@@ -174,7 +179,8 @@ async fn buyers_on_two_nodes_buy_a_sku_a_third_node_owns_and_its_leases_follow_t
     for placement in placements {
         acknowledged.extend(placement.await.unwrap());
     }
-    assert_eq!(acknowledged.len(), STOCK as usize, "exactly the stock is sold, to buyers of both nodes");
+    let refusals = refusals.lock().unwrap().clone();
+    assert_eq!(acknowledged.len(), STOCK as usize, "exactly the stock is sold, to buyers of both nodes: {refusals:?}");
     assert_eq!(cluster.counters(sku_id).await, (STOCK, 0, STOCK, 0));
     let pool = pool(&cluster).await;
     let held = leases(&pool, sku_id).await;

@@ -30,7 +30,9 @@
 
 use crate::actors::relay::Relay;
 use crate::actors::Core;
+use crate::cluster::remote::NODE_TOKEN_TTL;
 use crate::config::Settings;
+use crate::http::auth::Role;
 use crate::http::clients::ConnectionGate;
 use crate::http::drain::Drain;
 use crate::http::{self, auth::JwtKeys, payments::PaymentKey, AppState};
@@ -149,9 +151,20 @@ impl Application {
             None => None,
         };
         export_relay(&metrics, relay.as_ref());
+        let keys = web::Data::new(JwtKeys::with_rules(settings.jwt_secret(), settings.tokens.clone()));
+        // One client for every call to other nodes (forwards, remote SKU steps): one bound.
+        let peers = settings.cluster.as_ref().map(|cluster| crate::cluster::peers::Peers::new(cluster.peers));
         // A cluster node takes its first ranges before it repairs (repairs of others' ranges are refused).
         let cluster = match member {
-            Some(member) => Some(member.start(&core).await?),
+            Some(member) => {
+                let (minter, worker_id) = (keys.clone(), member.worker_id());
+                // Subjects are positive ids: a node's is its worker id plus one.
+                let node = crate::domain::UserId::new(i64::from(worker_id) + 1);
+                let ttl = NODE_TOKEN_TTL.min(keys.rules().lifetime_max);
+                let mint = Arc::new(move || minter.mint(node, Role::Node, ttl));
+                let peers = peers.clone().expect("a member has cluster settings");
+                Some(member.start(&core, mint, peers).await?)
+            }
             None => None,
         };
         export_cluster(&metrics, core.cluster());
@@ -160,7 +173,6 @@ impl Application {
         let state = web::Data::new(AppState { core: Arc::clone(&core), limits });
         let in_flight =
             InFlight::measured(settings.in_flight_max, metrics.counter(&crate::metrics::IN_FLIGHT_REFUSED, &[]));
-        let keys = web::Data::new(JwtKeys::with_rules(settings.jwt_secret(), settings.tokens.clone()));
         let clients = settings.clients;
         let gate = ConnectionGate::new(clients.connections_max);
         let accept_max_per_worker = gate.accept_max_per_worker(settings.http_workers);
@@ -170,8 +182,7 @@ impl Application {
         let admission = gate.clone();
         let payment_key = web::Data::new(PaymentKey::new(settings.payment_secret()));
         // Only a cluster node forwards; on a single node the layer passes every request straight on.
-        let forward = http::forward::Forward::new(settings.cluster.as_ref().and_then(|cluster| {
-            let peers = crate::cluster::peers::Peers::new(cluster.peers);
+        let forward = http::forward::Forward::new(peers.and_then(|peers| {
             http::forward::Forwarding::of(&core, peers, keys.clone(), payment_key.clone(), &metrics)
         }));
         let listener = TcpListener::bind(settings.bind)?;

@@ -13,7 +13,11 @@
 //! next request activates a fresh actor from the database under a new epoch.
 //!
 //! Leases do not run out in here: a reservation is written in the same commit as its order,
-//! and only the order's own close (cancel, timeout) lets its units go.
+//! and only the order's own close (cancel, timeout) lets its units go. In a cluster, an order
+//! served on another node reserves and settles here through the internal routes: the effect is
+//! then committed alone (`Core::reserve_alone`, `Core::settle_alone`), and a lease such an order
+//! left open is settled by the repair pass (`repair.rs`) by the order's status, never by a clock
+//! in here.
 
 use super::registry::ActorRef;
 use super::{schedule_idle_checks, ActorLimits, Core, Refusal, Reply};
@@ -76,7 +80,9 @@ pub struct Grant {
     pub info: SkuInfo,
     /// The unit price at the moment of the reservation (the sale's, inside its window).
     pub unit_price_cents: Cents,
-    pub effect: SkuEffect,
+    /// The effect to commit with the order; `None` when another node of the cluster owns the
+    /// SKU and committed the reservation already (`cluster::remote`).
+    pub effect: Option<SkuEffect>,
 }
 
 /// Hold `quantity` units for `order_id`; the lease row records `expires_at_ms` (the order's
@@ -275,12 +281,12 @@ impl Handler<Reserve> for InventoryActor {
         let price = self.info.sale.price_at(self.info.price_cents, self.core.clock.now_ms());
         let result = price.map_err(SkuError::from).and_then(|unit_price_cents| {
             let effect = self.change(Some(lease), |ledger| ledger.reserve(order_id, quantity, expires_at_ms))?;
-            Ok(Grant { info: self.info.clone(), unit_price_cents, effect })
+            Ok(Grant { info: self.info.clone(), unit_price_cents, effect: Some(effect) })
         });
         let (sku_id, units, granted) = (self.info.sku_id, quantity.units(), result.is_ok());
         tracing::debug!(%sku_id, %order_id, units, granted, "reservation asked");
-        if let Err(Ok(unclaimed)) = reply.send(result) {
-            self.take_back(&unclaimed.effect, ctx);
+        if let Err(Ok(Grant { effect: Some(unclaimed), .. })) = reply.send(result) {
+            self.take_back(&unclaimed, ctx);
         }
     }
 }
@@ -525,6 +531,9 @@ impl Core {
         }
     }
 
+    /// Holds units of a SKU for an order: on the SKU's actor when this node owns the SKU (the
+    /// grant's effect is committed with the order), else on its owner, which commits the
+    /// reservation alone before it answers (the grant has no effect).
     pub(crate) async fn reserve(
         self: &Arc<Self>,
         sku_id: SkuId,
@@ -532,7 +541,140 @@ impl Core {
         quantity: Quantity,
         expires_at_ms: i64,
     ) -> Result<Grant, SkuError> {
+        if let Some(elsewhere) = self.sku_elsewhere(sku_id) {
+            let (owner, remote) = elsewhere?;
+            return remote.reserve(&owner, sku_id, order_id, quantity, expires_at_ms).await;
+        }
         self.ask_sku(sku_id, |reply| Reserve { order_id, quantity, expires_at_ms, reply }).await
+    }
+
+    /// Gives back the units of a placement that will not be written: effects made here are
+    /// taken back in memory; reservations committed on other nodes are released there, best
+    /// effort (what is not released is settled by the owner's repair pass once it expires).
+    pub(crate) fn give_back(self: &Arc<Self>, order_id: OrderId, grants: Vec<Grant>) {
+        let mut remote = Vec::new();
+        let effects: Vec<SkuEffect> = grants
+            .into_iter()
+            .filter_map(|grant| {
+                if grant.effect.is_none() {
+                    remote.push(grant.info.sku_id);
+                }
+                grant.effect
+            })
+            .collect();
+        self.abandon(effects);
+        self.release_elsewhere(order_id, remote);
+    }
+
+    /// Releases `order_id`'s reservations on SKUs of other nodes, in the background, best
+    /// effort: the order was never written.
+    pub(crate) fn release_elsewhere(self: &Arc<Self>, order_id: OrderId, sku_ids: Vec<SkuId>) {
+        if sku_ids.is_empty() {
+            return;
+        }
+        let core = Arc::clone(self);
+        tokio::spawn(
+            async move {
+                for sku_id in sku_ids {
+                    if let Err(error) = core.settle_elsewhere(sku_id, order_id, Settlement::Release).await {
+                        tracing::warn!(%sku_id, %order_id, %error, "releasing a remote reservation failed; its owner's repair releases it");
+                    }
+                }
+            }
+            .in_current_span(),
+        );
+    }
+
+    /// Settles the lease of `order_id` on a SKU another node owns (after the order's step was
+    /// committed here). `Ok` when it is settled, or when the owner holds no open lease of the
+    /// order any more (settled already, by a repair).
+    pub(crate) async fn settle_elsewhere(
+        self: &Arc<Self>,
+        sku_id: SkuId,
+        order_id: OrderId,
+        settlement: Settlement,
+    ) -> Result<(), SkuError> {
+        let result = match self.sku_elsewhere(sku_id) {
+            Some(Ok((owner, remote))) => remote.settle(&owner, sku_id, order_id, settlement).await,
+            Some(Err(not_owner)) => Err(SkuError::NotOwner(not_owner)),
+            // Owned here now (a range taken over): the actor settles it, alone.
+            None => self.settle_alone(sku_id, order_id, settlement).await,
+        };
+        match result {
+            Err(SkuError::Inventory(InventoryError::UnknownReservation(_))) => {
+                tracing::debug!(%sku_id, %order_id, ?settlement, "no open lease left to settle");
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Whether another node of the cluster owns the SKU now (never on a single node).
+    pub(crate) fn owned_elsewhere(&self, sku_id: SkuId) -> bool {
+        self.sku_elsewhere(sku_id).is_some()
+    }
+
+    /// The owner's side of a remote reservation: the SKU's actor holds the units and the
+    /// reservation is committed alone (fenced by the SKU's range) before the answer.
+    pub async fn reserve_alone(
+        self: &Arc<Self>,
+        sku_id: SkuId,
+        order_id: OrderId,
+        quantity: Quantity,
+        expires_at_ms: i64,
+    ) -> Result<Grant, SkuError> {
+        let core = Arc::clone(self);
+        // Spawned: a caller that goes away does not leave the effect handed out and unsubmitted.
+        let task = tokio::spawn(
+            async move {
+                let grant = core.ask_sku(sku_id, |reply| Reserve { order_id, quantity, expires_at_ms, reply }).await?;
+                let effect = grant.effect.clone().expect("this node's actor made the effect");
+                core.commit_alone(effect).await?;
+                Ok(Grant { effect: None, ..grant })
+            }
+            .in_current_span(),
+        );
+        task.await.map_err(|_| SkuError::Unavailable("reservation task failed".into()))?
+    }
+
+    /// The owner's side of a remote settlement (and the repair pass's): the SKU's actor
+    /// settles the lease and the effect is committed alone before the answer.
+    pub async fn settle_alone(
+        self: &Arc<Self>,
+        sku_id: SkuId,
+        order_id: OrderId,
+        settlement: Settlement,
+    ) -> Result<(), SkuError> {
+        let core = Arc::clone(self);
+        let task = tokio::spawn(
+            async move {
+                let effect = core.ask_sku(sku_id, |reply| Settle { order_id, settlement, reply }).await?;
+                core.commit_alone(effect).await
+            }
+            .in_current_span(),
+        );
+        task.await.map_err(|_| SkuError::Unavailable("settlement task failed".into()))?
+    }
+
+    /// Commits one SKU effect as a change of its own; an effect that never reached the
+    /// pipeline is taken back.
+    async fn commit_alone(self: &Arc<Self>, effect: SkuEffect) -> Result<(), SkuError> {
+        let change = Change { skus: vec![effect.clone()], ..Change::default() };
+        match self.journal.submit(change).await {
+            Ok(Ok(())) => Ok(()),
+            // The pipeline undid the refused effect in the actor.
+            Ok(Err(Conflict::NotOwner(range))) => Err(SkuError::NotOwner(self.not_owner(range))),
+            Ok(Err(conflict)) => Err(SkuError::Unavailable(conflict.to_string())),
+            Err(error) => {
+                if error.never_queued() {
+                    self.abandon([effect]);
+                }
+                Err(match error {
+                    crate::persistence::group_commit::SubmitError::Overloaded => SkuError::Overloaded,
+                    other => SkuError::Unavailable(other.to_string()),
+                })
+            }
+        }
     }
 
     /// Takes back effects that will not be submitted.
@@ -563,17 +705,7 @@ impl Core {
         let written = tokio::spawn(
             async move {
                 let effect = core.ask_sku(sku_id, |reply| Restock { quantity, reply }).await?;
-                let change = crate::persistence::Change { skus: vec![effect.clone()], ..Default::default() };
-                match core.journal.submit(change).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(conflict)) => Err(SkuError::Unavailable(conflict.to_string())),
-                    Err(error) => {
-                        if error.never_queued() {
-                            core.abandon([effect]);
-                        }
-                        Err(SkuError::Unavailable(error.to_string()))
-                    }
-                }
+                core.commit_alone(effect).await
             }
             .in_current_span(),
         );

@@ -4,6 +4,8 @@
 //! template) and `order.rs` (one per order in use) hold their messages, state and handlers;
 //! `learning.rs` adds heartbeats to the user actor and writes their progress behind; `registry.rs` activates and forgets them;
 //! `timer.rs` holds the payment deadlines; `journal.rs` is the node's one write pipeline;
+//! `recovery.rs` settles leases at start and `repair.rs` (a cluster node's periodic pass) those a
+//! cross-node settlement missed;
 //! `traced.rs` carries the caller's span (and so its request id) into the actors.
 //! `Core` is the facade the HTTP layer talks to (commands and queries) and what the actors
 //! share. Actors run on dedicated arbiters (threads), apart from the HTTP workers, by key.
@@ -17,6 +19,7 @@ pub mod order;
 pub mod recovery;
 pub mod registry;
 pub mod relay;
+pub mod repair;
 pub mod timer;
 pub mod traced;
 pub mod user;
@@ -245,6 +248,8 @@ pub struct Core {
     committed: Arc<tokio::sync::Notify>,
     /// This node's leases when it is part of a cluster (`cluster.rs`); unset on a single node.
     cluster: std::sync::OnceLock<Arc<crate::cluster::Ownership>>,
+    /// The client of other nodes' SKUs when this node is part of a cluster; unset on a single node.
+    remote: std::sync::OnceLock<Arc<crate::cluster::remote::RemoteSkus>>,
 }
 
 /// What a core is started with besides its store and limits.
@@ -358,6 +363,7 @@ impl Core {
             home: tokio::runtime::Handle::current(),
             committed: Arc::new(tokio::sync::Notify::new()),
             cluster: std::sync::OnceLock::new(),
+            remote: std::sync::OnceLock::new(),
         });
         tokio::spawn(timer_task.run(Arc::downgrade(&core), Arc::clone(&core.clock)));
         tokio::spawn(learning::run_flusher(Arc::downgrade(&core), limits.learning_flush));

@@ -17,8 +17,8 @@ use super::{Core, Refusal, Reply};
 use crate::domain::inventory::InventoryError;
 use crate::domain::order::{deadline_passed, InvalidTransition, Order, StockStep};
 use crate::domain::payment::{decide, KnownPayment, PaymentDecision, Refusal as PaymentRefusal};
-use crate::domain::slots::RangeId;
-use crate::domain::{Cents, OrderEvent, OrderId, OrderStatus, UserId};
+use crate::domain::slots::{Key, RangeId};
+use crate::domain::{Cents, OrderEvent, OrderId, OrderStatus, SkuId, UserId};
 use crate::persistence::group_commit::SubmitError;
 use crate::persistence::{
     Change, Conflict, CouponMove, LessonGrant, OrderTransition, Payment, PaymentStatus, PurchaseWrite, SkuEffect,
@@ -208,8 +208,12 @@ async fn step(
         Ok(to) => to,
         Err(error) => return (Err(error.into()), Some(order)),
     };
-    let effects = match stock_effects(core, &order, event).await {
-        Ok(effects) => effects,
+    // The order's own commit is its user's node's to make (the SKUs may live anywhere).
+    if let Err(not_owner) = core.owns(Key::user(order.user_id)) {
+        return (Err(not_owner.into()), Some(order));
+    }
+    let (effects, elsewhere) = match stock_effects(core, &order, event).await {
+        Ok(stock) => stock,
         Err(error) => return (Err(error), Some(order)),
     };
     let transition = OrderTransition {
@@ -246,6 +250,7 @@ async fn step(
                 core.timer.forget(order.id).await;
             }
             tracing::info!(order_id = %order.id, from = %order.status, to = %to, "order transition");
+            settle_elsewhere(core, order.id, elsewhere).await;
             let next = Order { status: to, version: order.version + 1, ..order };
             (Ok(next.clone()), Some(next))
         }
@@ -301,17 +306,31 @@ fn conflict_error(conflict: Conflict) -> LifecycleError {
     }
 }
 
-/// The stock side of `event` on every SKU of `order`, made in memory by the SKU actors and
-/// returned to be committed with the transition. If one SKU refuses, the others are taken back.
-async fn stock_effects(core: &Arc<Core>, order: &Order, event: OrderEvent) -> Result<Vec<SkuEffect>, LifecycleError> {
+/// The stock side of `event` on every SKU of `order` this node owns, made in memory by the
+/// SKU actors and returned to be committed with the transition (if one SKU refuses, the others
+/// are taken back); and the settlements of the SKUs other nodes own, made there only after the
+/// step is committed here (a lease is never let go before its order's close is written).
+async fn stock_effects(
+    core: &Arc<Core>,
+    order: &Order,
+    event: OrderEvent,
+) -> Result<(Vec<SkuEffect>, Vec<(SkuId, Settlement)>), LifecycleError> {
     let settlement = |quantity| match event.stock_step(order.status)? {
         StockStep::Confirm => Some(Settlement::Confirm),
         StockStep::Release => Some(Settlement::Release),
         StockStep::Return => Some(Settlement::Return { quantity }),
     };
-    let asks = order.items.iter().filter_map(|item| {
-        settlement(item.quantity).map(|s| async move { (item.sku_id, core.settle(item.sku_id, order.id, s).await) })
-    });
+    let mut elsewhere = Vec::new();
+    let mut here = Vec::new();
+    for item in &order.items {
+        let Some(settlement) = settlement(item.quantity) else { continue };
+        if core.owned_elsewhere(item.sku_id) {
+            elsewhere.push((item.sku_id, settlement));
+        } else {
+            here.push((item.sku_id, settlement));
+        }
+    }
+    let asks = here.into_iter().map(|(sku_id, s)| async move { (sku_id, core.settle(sku_id, order.id, s).await) });
     let results = futures::future::join_all(asks).await;
     let mut effects = Vec::with_capacity(results.len());
     let mut failure = None;
@@ -337,12 +356,24 @@ async fn stock_effects(core: &Arc<Core>, order: &Order, event: OrderEvent) -> Re
         }
     }
     match failure {
-        None => Ok(effects),
+        None => Ok((effects, elsewhere)),
         Some(error) => {
             core.abandon(effects);
             Err(error)
         }
     }
+}
+
+/// Settles a committed step's leases on other nodes, together. One that fails stays as it is
+/// in the database, where its owner's repair pass finds it disagreeing with the order and
+/// settles it (no retry queue here).
+async fn settle_elsewhere(core: &Arc<Core>, order_id: OrderId, settlements: Vec<(SkuId, Settlement)>) {
+    let calls = settlements.into_iter().map(|(sku_id, settlement)| async move {
+        if let Err(error) = core.settle_elsewhere(sku_id, order_id, settlement).await {
+            tracing::warn!(%sku_id, %order_id, ?settlement, %error, "remote settlement failed; its owner's repair settles it");
+        }
+    });
+    futures::future::join_all(calls).await;
 }
 
 /// A payment for `order`, idempotent on `out_trade_no` (see `domain::payment`).

@@ -2,9 +2,11 @@
 //! of every order awaiting payment. Runs before the service takes requests and before any SKU
 //! actor exists, so no lease can be touched by anything else meanwhile.
 //!
-//! Leases and orders are committed together now, so disagreements come from data written
-//! before that, or from a bug; whatever their status, `domain::lease::lease_repair` says what
-//! each needs. Repairs go through the write pipeline in batches and are retried with backoff
+//! Leases and orders are committed together on one node, so disagreements come from data
+//! written before that, from a bug, or (in a cluster) from an order served on another node
+//! whose settlement did not reach this one; whatever their status, `domain::lease::lease_repair`
+//! says what each needs (`Core::repair_of`, shared with the repair pass of `repair.rs`). On a
+//! cluster node an open lease with no order is left until it expires (`lease_due`). Repairs go through the write pipeline in batches and are retried with backoff
 //! until they are written (a database that is slow or locked at start delays the start, it does
 //! not leave a repair for "the next start"), up to `RECOVERY_RETRY_FOR`, after which the start
 //! fails loudly. A repair that cannot be made (units of a paid order were sold again since) is
@@ -21,7 +23,7 @@
 
 use super::learning::PROGRESS_ROWS_PER_CHANGE;
 use super::Core;
-use crate::domain::lease::{lease_agrees, lease_repair};
+use crate::domain::lease::{lease_agrees, lease_due, lease_repair, LeaseRepair};
 use crate::persistence::redis::progress::{ProgressMirror, ScanPage};
 use crate::persistence::{Change, Conflict, LeaseWrite, SkuEffect, UnsettledLease};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -86,18 +88,12 @@ impl Core {
         let unsettled = self.store.unsettled_leases().await.map_err(|error| error.to_string())?;
         let mut unrepairable = 0;
         let mut repairs: Vec<(UnsettledLease, Change)> = Vec::new();
+        let now_ms = self.clock.now_ms();
         for lease in unsettled {
-            if self.owns(crate::domain::slots::Key::sku(lease.sku_id)).is_err() {
-                // Another node of the cluster owns the SKU: it repairs it.
-                continue;
-            }
-            match repair_change(&lease) {
-                Some(change) => repairs.push((lease, change)),
-                None if !lease_agrees(lease.status, lease.order_status, lease.refunded_from_paid) => {
-                    unrepairable += 1;
-                    tracing::error!(sku_id = %lease.sku_id, order_id = %lease.order_id, lease = lease.status.as_str(), order = ?lease.order_status, "lease disagrees with its order and no repair applies");
-                }
-                None => {}
+            match self.repair_of(&lease, now_ms) {
+                Triage::Repair(repair) => repairs.push((lease.clone(), repair_change(&lease, repair))),
+                Triage::Unrepairable => unrepairable += 1,
+                Triage::NotHere => {}
             }
         }
         for round in repairs.chunks(REPAIRS_PER_ROUND_MAX.min(self.limits.mailbox_capacity)) {
@@ -208,9 +204,44 @@ async fn redis_page(mirror: &ProgressMirror, cursor: u64) -> Option<ScanPage> {
     None
 }
 
-/// The change that brings `lease` in line with its order, if it needs one.
-fn repair_change(lease: &UnsettledLease) -> Option<Change> {
-    let repair = lease_repair(lease.status, lease.order_status, lease.refunded_from_paid)?;
+/// What a lease that may disagree with its order needs from this node.
+pub(super) enum Triage {
+    /// This node owns the SKU and the lease needs `LeaseRepair`.
+    Repair(LeaseRepair),
+    /// It disagrees with its order and no repair applies (logged as an error).
+    Unrepairable,
+    /// Nothing to do here: it agrees, another node of the cluster owns the SKU, or (on a
+    /// cluster node) it is an open lease whose order may still be on its way.
+    NotHere,
+}
+
+impl Core {
+    /// The one triage of a lease, at start (`recover`) and in the repair pass (`repair`).
+    pub(super) fn repair_of(&self, lease: &UnsettledLease, now_ms: i64) -> Triage {
+        if self.owns(crate::domain::slots::Key::sku(lease.sku_id)).is_err() {
+            // Another node of the cluster owns the SKU: it repairs it.
+            return Triage::NotHere;
+        }
+        if self.cluster().is_some() && !lease_due(lease.status, lease.order_status, lease.expires_at_ms, now_ms) {
+            return Triage::NotHere;
+        }
+        match lease_repair(lease.status, lease.order_status, lease.refunded_from_paid) {
+            Some(repair) => {
+                tracing::info!(sku_id = %lease.sku_id, order_id = %lease.order_id, ?repair, "repairing lease");
+                Triage::Repair(repair)
+            }
+            None if !lease_agrees(lease.status, lease.order_status, lease.refunded_from_paid) => {
+                tracing::error!(sku_id = %lease.sku_id, order_id = %lease.order_id, lease = lease.status.as_str(), order = ?lease.order_status, "lease disagrees with its order and no repair applies");
+                Triage::Unrepairable
+            }
+            None => Triage::NotHere,
+        }
+    }
+}
+
+/// The change that brings `lease` in line with its order by `repair`, written before any SKU
+/// actor exists (no epoch).
+fn repair_change(lease: &UnsettledLease, repair: LeaseRepair) -> Change {
     let write = LeaseWrite {
         order_id: lease.order_id,
         quantity: lease.quantity,
@@ -220,6 +251,5 @@ fn repair_change(lease: &UnsettledLease) -> Option<Change> {
     };
     let effect =
         SkuEffect { sku_id: lease.sku_id, epoch: None, delta: repair.delta(lease.quantity), lease: Some(write) };
-    tracing::info!(sku_id = %lease.sku_id, order_id = %lease.order_id, ?repair, "repairing lease");
-    Some(Change { skus: vec![effect], ..Change::default() })
+    Change { skus: vec![effect], ..Change::default() }
 }

@@ -847,7 +847,7 @@ impl Core {
             }
         }
         if let Some(error) = failure {
-            self.abandon(grants.into_iter().map(|g| g.effect));
+            self.give_back(order_id, grants);
             return Err(error);
         }
         let limited: Vec<(SkuId, i64, i64)> = request
@@ -860,7 +860,7 @@ impl Core {
             .collect();
         if !limited.is_empty() {
             if let Err(error) = self.users.ask(&buyer.addr, |reply| HoldUnits { lines: limited.clone(), reply }).await {
-                self.abandon(grants.into_iter().map(|g| g.effect));
+                self.give_back(order_id, grants);
                 return Err(error);
             }
             held.extend(limited.iter().map(|&(sku_id, units, _)| (sku_id, units)));
@@ -913,14 +913,17 @@ impl Core {
             None => Ok(Cents::ZERO),
             Some(discount) => discount,
         };
+        let order_id = header.id;
         let order = match discount.and_then(|discount| Ok(Order::price(header, lines, discount)?)) {
             Ok(order) => order,
             Err(error) => {
-                self.abandon(grants.into_iter().map(|g| g.effect));
+                self.give_back(order_id, grants);
                 return Err(error);
             }
         };
-        let effects: Vec<_> = grants.into_iter().map(|g| g.effect).collect();
+        // Lines of SKUs other nodes own were committed there; the rest commit with the order.
+        let elsewhere: Vec<SkuId> = grants.iter().filter(|g| g.effect.is_none()).map(|g| g.info.sku_id).collect();
+        let effects: Vec<_> = grants.into_iter().filter_map(|g| g.effect).collect();
         let purchases = limited
             .iter()
             .map(|&(sku_id, units, limit)| PurchaseWrite { user_id: order.user_id, sku_id, units, limit: Some(limit) })
@@ -935,7 +938,18 @@ impl Core {
             held_ranges: held_ranges.to_vec(),
             ..Change::default()
         };
-        match self.journal.submit(change).await {
+        let outcome = self.journal.submit(change).await;
+        // Refused or never queued, the order is not written: its remote reservations go back.
+        // (An unknown outcome leaves them to the order: written, it settles them; not written,
+        // they expire into their owner's repair.)
+        let not_written = match &outcome {
+            Ok(result) => result.is_err(),
+            Err(error) => error.never_queued(),
+        };
+        if not_written {
+            self.release_elsewhere(order.id, elsewhere);
+        }
+        match outcome {
             Ok(Ok(())) => {
                 self.timer.schedule(order.id, order.pay_deadline_ms).await;
                 Ok(Placed::Created(order))

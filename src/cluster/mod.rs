@@ -22,7 +22,9 @@
 pub mod balance;
 pub mod node;
 pub mod peers;
+pub mod remote;
 pub mod start;
+pub mod wire;
 
 use crate::config::ConfigError;
 use crate::domain::slots::{Key, RangeId, RANGE_COUNT};

@@ -1,9 +1,13 @@
 //! Starting and stopping a cluster node: join the membership table (the worker id the
-//! snowflake generator then uses), fence the store by this node's leases, take a first share
-//! of ranges before serving, run the renewal loop, and leave on a graceful stop.
+//! snowflake generator then uses), fence the store by this node's leases, give the core its
+//! client of other nodes' SKUs (one bounded `Peers`), take a first share of ranges before
+//! serving, run the renewal loop and the lease repair pass, and leave on a graceful stop.
 
 use super::node::{ClusterNode, OnLost, OnTaken};
+use super::peers::Peers;
+use super::remote::{MintNodeToken, RemoteSkus};
 use super::{ClusterSettings, Ownership};
+use crate::actors::repair::run_repairs;
 use crate::actors::Core;
 use crate::persistence::sql_cluster::ClusterStore;
 use crate::persistence::{mysql, within, DynStore};
@@ -46,6 +50,10 @@ pub async fn join(database_url: &str, timeout: Duration, settings: &ClusterSetti
                     Ok(armed) => tracing::debug!(armed, "payment deadlines armed after a take"),
                     Err(error) => tracing::warn!(%error, "payment deadlines not armed after a take"),
                 }
+                // The leases of the SKUs taken that a settlement never reached.
+                if let Err(error) = core.repair_leases(None).await {
+                    tracing::warn!(%error, "lease repair after a take failed; the periodic pass retries");
+                }
             });
         })
     };
@@ -73,12 +81,17 @@ impl Member {
         self.worker_id
     }
 
-    /// Hands the leases to `core`, takes a first share of ranges and starts the loop.
-    pub async fn start(self, core: &Arc<Core>) -> anyhow::Result<Clustered> {
-        core.join_cluster(Arc::clone(self.node.ownership()));
+    /// Hands the leases and the client of other nodes' SKUs (calling with credentials from
+    /// `mint`) to `core`, takes a first share of ranges and starts the loop and the lease
+    /// repair pass (every lease TTL).
+    pub async fn start(self, core: &Arc<Core>, mint: MintNodeToken, peers: Peers) -> anyhow::Result<Clustered> {
+        let remote = Arc::new(RemoteSkus::new(peers, mint));
+        core.join_cluster(Arc::clone(self.node.ownership()), remote);
         let _ = self.core.set(Arc::downgrade(core));
         self.node.settle().await?;
         let (stop, stopped) = watch::channel(false);
+        let repairs =
+            tokio::spawn(run_repairs(Arc::downgrade(core), self.node.ownership().lease_ttl(), stopped.clone()));
         let (expel, expelled) = watch::channel(false);
         let node = Arc::clone(&self.node);
         let task = tokio::spawn(async move {
@@ -86,7 +99,7 @@ impl Member {
                 let _ = expel.send(true);
             }
         });
-        Ok(Clustered { node: self.node, stop, task, expelled })
+        Ok(Clustered { node: self.node, stop, task, repairs, expelled })
     }
 }
 
@@ -95,6 +108,7 @@ pub struct Clustered {
     node: Arc<ClusterNode>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    repairs: tokio::task::JoinHandle<()>,
     expelled: watch::Receiver<bool>,
 }
 
@@ -114,6 +128,9 @@ impl Clustered {
         let _ = self.stop.send(true);
         if let Err(error) = self.task.await {
             tracing::warn!(%error, "the cluster loop ended abnormally");
+        }
+        if let Err(error) = self.repairs.await {
+            tracing::warn!(%error, "the lease repair loop ended abnormally");
         }
         self.node.leave().await;
     }

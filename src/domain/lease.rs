@@ -65,6 +65,15 @@ pub fn lease_agrees(lease: ReservationStatus, order: Option<OrderStatus>, refund
     }
 }
 
+/// Whether a lease that disagrees with its order may be repaired at `now_ms` on a node of a
+/// cluster. A placement there reserves units of other nodes' SKUs first (committed on their
+/// owners) and writes its order after: until the lease expires, an open lease with no order may
+/// be one whose order is on its way, and is left alone. (On a single node every placement is
+/// in process, so recovery at start repairs such a lease at once.)
+pub fn lease_due(lease: ReservationStatus, order: Option<OrderStatus>, expires_at_ms: i64, now_ms: i64) -> bool {
+    !(lease == ReservationStatus::Reserved && order.is_none() && expires_at_ms > now_ms)
+}
+
 /// What must happen to a lease that disagrees with its order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaseRepair {
@@ -211,6 +220,20 @@ mod tests {
         ];
         for &(lease, order, from_paid, expected) in cases {
             assert_eq!(lease_repair(lease, order, from_paid), expected, "{lease:?} {order:?} {from_paid}");
+        }
+    }
+
+    #[test]
+    fn an_open_lease_without_an_order_waits_for_its_expiry() {
+        let cases: &[(ReservationStatus, Option<OrderStatus>, i64, bool)] = &[
+            (Reserved, None, 1_001, false),
+            (Reserved, None, 1_000, true),
+            (Reserved, Some(Closed), 5_000, true),
+            (Reserved, Some(Paid), 5_000, true),
+            (Confirmed, Some(Refunded), 5_000, true),
+        ];
+        for &(lease, order, expires_at_ms, due) in cases {
+            assert_eq!(lease_due(lease, order, expires_at_ms, 1_000), due, "{lease:?} {order:?} {expires_at_ms}");
         }
     }
 

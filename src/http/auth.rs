@@ -6,7 +6,9 @@
 //! user id always comes from the token, never from a body.
 //!
 //! Every refusal is a 401 with a fixed message (`TokenError`): parser and library details are
-//! logged at debug level, never sent. A user token on an admin route is 403.
+//! logged at debug level, never sent. A user token on an admin route is 403; a node token
+//! (`Role::Node`, the credential of calls between nodes) is 403 on every public route, and a
+//! user or admin token is 403 on the internal routes (`Node`).
 
 use super::errors::ApiError;
 use crate::domain::UserId;
@@ -26,6 +28,9 @@ pub const CLOCK_SKEW_SECS: u64 = 60;
 pub enum Role {
     User,
     Admin,
+    /// Another node of the cluster, minted by a node from the shared secret: accepted only on
+    /// the internal routes (`http::internal`), refused on every public one.
+    Node,
 }
 
 /// The claims `mint` writes.
@@ -240,7 +245,16 @@ impl Caller {
     }
 }
 
+/// The caller of a public route: a user or an admin, never a node.
 fn caller_of(request: &HttpRequest) -> Result<Caller, ApiError> {
+    let caller = token_of(request)?;
+    if caller.role == Role::Node {
+        return Err(ApiError::forbidden("a node credential is accepted only on internal routes"));
+    }
+    Ok(caller)
+}
+
+fn token_of(request: &HttpRequest) -> Result<Caller, ApiError> {
     let keys =
         request.app_data::<web::Data<JwtKeys>>().ok_or_else(|| ApiError::internal("JwtKeys missing from app data"))?;
     let value = request.headers().get(header::AUTHORIZATION).ok_or(TokenError::Missing)?;
@@ -272,6 +286,22 @@ impl FromRequest for Admin {
             } else {
                 Err(ApiError::forbidden("this route needs an admin token"))
             }
+        }))
+    }
+}
+
+/// Another node of the cluster (a token with the `node` role): the caller of internal routes.
+#[derive(Debug, Clone, Copy)]
+pub struct Node(pub Caller);
+
+impl FromRequest for Node {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, Self::Error>>;
+
+    fn from_request(request: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(token_of(request).and_then(|caller| match caller.role {
+            Role::Node => Ok(Node(caller)),
+            Role::User | Role::Admin => Err(ApiError::forbidden("this route needs a node credential")),
         }))
     }
 }
@@ -317,6 +347,7 @@ mod tests {
             (&open, json!({"role": "user", "exp": exp}), Err(TokenError::MissingClaim)),
             (&open, json!({"sub": "7", "exp": exp}), Err(TokenError::MissingClaim)),
             (&open, json!({"sub": "7", "role": "user"}), Err(TokenError::MissingClaim)),
+            (&open, json!({"sub": "7", "role": "node", "exp": exp}), Ok(())),
             (&open, json!({"sub": "7", "role": "root", "exp": exp}), Err(TokenError::Invalid)),
             (&open, json!({"sub": 7, "role": "user", "exp": exp}), Err(TokenError::Invalid)),
             (&open, json!({"sub": "7", "role": "user", "exp": "soon"}), Err(TokenError::Invalid)),

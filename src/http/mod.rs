@@ -13,6 +13,7 @@ pub mod forward;
 pub mod health;
 pub mod home;
 pub mod in_flight;
+pub mod internal;
 pub mod json;
 pub mod learning;
 pub mod limits;
@@ -97,6 +98,7 @@ pub fn configure(
             .app_data(web::PayloadConfig::default().limit(BODY_SIZE_MAX_BYTES))
             .app_data(web::PathConfig::default().error_handler(path_error))
             .configure(routes)
+            .configure(internal::routes)
             .default_service(web::to(unrouted));
     }
 }

@@ -453,6 +453,36 @@ pub trait Store: Send + Sync + 'static {
     /// their status.
     async fn unsettled_leases(&self) -> Result<Vec<UnsettledLease>, StoreError>;
 
+    /// A page of the leases a cluster node's repair pass settles (`actors::repair`): open
+    /// leases whose order is settled, or was never written and whose expiry passed by `now_ms`
+    /// (`domain::lease::lease_due`), and sold ones whose order was refunded; after `after` in
+    /// `(sku_id, order_id)` order, at most `limit`. This default pages through
+    /// `unsettled_leases` in memory; the SQL stores read one page.
+    async fn leases_due(
+        &self,
+        now_ms: i64,
+        after: Option<(SkuId, OrderId)>,
+        limit: u32,
+    ) -> Result<Vec<UnsettledLease>, StoreError> {
+        let mut due: Vec<UnsettledLease> = self
+            .unsettled_leases()
+            .await?
+            .into_iter()
+            .filter(|lease| after.is_none_or(|after| (lease.sku_id, lease.order_id) > after))
+            .filter(|lease| match (lease.status, lease.order_status) {
+                (ReservationStatus::Reserved, Some(OrderStatus::PendingPayment)) => false,
+                (ReservationStatus::Reserved, order) => {
+                    crate::domain::lease::lease_due(lease.status, order, lease.expires_at_ms, now_ms)
+                }
+                (ReservationStatus::Confirmed, Some(OrderStatus::Refunded)) => true,
+                _ => false,
+            })
+            .collect();
+        due.sort_by_key(|lease| (lease.sku_id, lease.order_id));
+        due.truncate(limit as usize);
+        Ok(due)
+    }
+
     /// The oldest order events not yet published, at most `limit`, by id (`outbox`).
     async fn unpublished_events(&self, limit: u32) -> Result<Vec<outbox::StoredEvent>, StoreError>;
 

@@ -287,6 +287,55 @@ pub(super) fn payment_from_row(row: &AnyRow) -> Result<Payment, StoreError> {
     })
 }
 
+/// Tries of one batch's transaction when the database rolls it back as a deadlock's victim.
+const COMMIT_ATTEMPTS_MAX: u32 = 3;
+
+/// Whether `error` is a serialization failure (SQLSTATE 40001: a deadlock's victim), after
+/// which the database has rolled the whole transaction back.
+fn rolled_back_whole(error: &StoreError) -> bool {
+    matches!(error, StoreError::Database(message) if message.contains("(40001)"))
+}
+
+impl SqlStore {
+    /// One attempt at `Store::commit`, in one transaction.
+    async fn commit_once(&self, changes: &[Change], now_ms: i64) -> Result<CommitReport, StoreError> {
+        let mut tx = self.pool.begin_with(self.dialect.begin_write()).await?;
+        let refused = self.refuse_lost_ranges(&mut tx, changes).await?;
+        let kept: Vec<Change>;
+        let changes = match &refused {
+            None => changes,
+            Some(refused) => {
+                kept = changes.iter().zip(refused).filter(|(_, r)| r.is_none()).map(|(c, _)| c.clone()).collect();
+                &kept
+            }
+        };
+        let facts = self.read_facts(&mut tx, &Wanted::of(changes)).await?;
+        let plan = decide(changes, facts, now_ms);
+        write_plan(&mut tx, self.dialect, changes, &plan, now_ms).await?;
+        tx.commit().await?;
+        if let (Some(refused), Some(ownership)) = (&refused, &self.fence) {
+            ownership.counts().fence_refused(refused.iter().filter(|r| r.is_some()).count());
+        }
+        let versions = plan.versions();
+        let outcomes = match refused {
+            None => plan.outcomes,
+            Some(refused) => {
+                let mut decided = plan.outcomes.into_iter();
+                let outcomes: Vec<_> = refused
+                    .into_iter()
+                    .map(|r| match r {
+                        Some(conflict) => Err(conflict),
+                        None => decided.next().expect("one decided outcome per kept change"),
+                    })
+                    .collect();
+                assert!(decided.next().is_none());
+                outcomes
+            }
+        };
+        Ok(CommitReport { versions, outcomes })
+    }
+}
+
 #[async_trait]
 impl Store for SqlStore {
     async fn ping(&self) -> Result<(), StoreError> {
@@ -412,40 +461,19 @@ impl Store for SqlStore {
         if changes.is_empty() {
             return Ok(CommitReport::default());
         }
-        let mut tx = self.pool.begin_with(self.dialect.begin_write()).await?;
-        let refused = self.refuse_lost_ranges(&mut tx, changes).await?;
-        let kept: Vec<Change>;
-        let changes = match &refused {
-            None => changes,
-            Some(refused) => {
-                kept = changes.iter().zip(refused).filter(|(_, r)| r.is_none()).map(|(c, _)| c.clone()).collect();
-                if let Some(ownership) = &self.fence {
-                    ownership.counts().fence_refused(changes.len() - kept.len());
+        let mut attempt = 1;
+        loop {
+            match self.commit_once(changes, now_ms).await {
+                // The database chose this batch as a deadlock's victim and rolled it back whole
+                // (another node's batch on the same rows): nothing of it is written, so it is
+                // run again, a bounded number of times.
+                Err(error) if attempt < COMMIT_ATTEMPTS_MAX && rolled_back_whole(&error) => {
+                    tracing::debug!(attempt, %error, "batch rolled back by a deadlock; running it again");
+                    attempt += 1;
                 }
-                &kept
+                outcome => return outcome,
             }
-        };
-        let facts = self.read_facts(&mut tx, &Wanted::of(changes)).await?;
-        let plan = decide(changes, facts, now_ms);
-        write_plan(&mut tx, self.dialect, changes, &plan, now_ms).await?;
-        tx.commit().await?;
-        let versions = plan.versions();
-        let outcomes = match refused {
-            None => plan.outcomes,
-            Some(refused) => {
-                let mut decided = plan.outcomes.into_iter();
-                let outcomes: Vec<_> = refused
-                    .into_iter()
-                    .map(|r| match r {
-                        Some(conflict) => Err(conflict),
-                        None => decided.next().expect("one decided outcome per kept change"),
-                    })
-                    .collect();
-                assert!(decided.next().is_none());
-                outcomes
-            }
-        };
-        Ok(CommitReport { versions, outcomes })
+        }
     }
 
     async fn find_order(&self, order_id: OrderId) -> Result<Option<Order>, StoreError> {
@@ -515,13 +543,7 @@ impl Store for SqlStore {
     async fn unsettled_leases(&self) -> Result<Vec<UnsettledLease>, StoreError> {
         // The WHERE clause is `domain::lease::settled_lease_statuses` negated: a lease with no
         // order that is still open, or a lease whose status is not one its order's allows.
-        let mut select = QueryBuilder::<Any>::new(
-            "SELECT r.sku_id, r.order_id, r.quantity, r.expires_at, r.status, o.status AS order_status, \
-               (SELECT COUNT(*) FROM order_status_log l WHERE l.order_id = r.order_id \
-                  AND l.from_status = 'paid' AND l.to_status = 'refunded') AS refunded_from_paid \
-             FROM inventory_reservation r LEFT JOIN trade_order o ON o.id = r.order_id \
-             WHERE (o.id IS NULL AND r.status = ",
-        );
+        let mut select = QueryBuilder::<Any>::new(format!("{UNSETTLED_SELECT} WHERE (o.id IS NULL AND r.status = "));
         select.push_bind(ReservationStatus::Reserved.as_str()).push(")");
         for status in OrderStatus::ALL {
             select.push(" OR (o.status = ").push_bind(status.as_str()).push(" AND r.status NOT IN ");
@@ -529,23 +551,32 @@ impl Store for SqlStore {
             select.push(")");
         }
         let rows = select.build().fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|row| {
-                let status: String = row.try_get("status")?;
-                let order_status: Option<String> = row.try_get("order_status")?;
-                let refunded_from_paid: i64 = row.try_get("refunded_from_paid")?;
-                Ok(UnsettledLease {
-                    sku_id: SkuId::new(row.try_get("sku_id")?),
-                    order_id: OrderId::new(row.try_get("order_id")?),
-                    quantity: row.try_get("quantity")?,
-                    expires_at_ms: row.try_get("expires_at")?,
-                    status: ReservationStatus::parse(&status)
-                        .ok_or_else(|| StoreError::Corrupt(format!("reservation status {status}")))?,
-                    order_status: order_status.as_deref().and_then(OrderStatus::parse),
-                    refunded_from_paid: refunded_from_paid > 0,
-                })
-            })
-            .collect()
+        rows.iter().map(unsettled_from_row).collect()
+    }
+
+    async fn leases_due(
+        &self,
+        now_ms: i64,
+        after: Option<(SkuId, OrderId)>,
+        limit: u32,
+    ) -> Result<Vec<UnsettledLease>, StoreError> {
+        // `domain::lease::lease_due` and the repairs a pass can make through the SKU actors:
+        // open leases under a settled order or under none once expired, sold ones under a
+        // refunded order.
+        let mut select = QueryBuilder::<Any>::new(format!("{UNSETTLED_SELECT} WHERE ((r.status = "));
+        select.push_bind(ReservationStatus::Reserved.as_str());
+        select.push(" AND ((o.id IS NULL AND r.expires_at <= ").push_bind(now_ms);
+        select.push(") OR o.status <> ").push_bind(OrderStatus::PendingPayment.as_str());
+        select.push(")) OR (r.status = ").push_bind(ReservationStatus::Confirmed.as_str());
+        select.push(" AND o.status = ").push_bind(OrderStatus::Refunded.as_str()).push("))");
+        if let Some((sku_id, order_id)) = after {
+            select.push(" AND (r.sku_id > ").push_bind(sku_id.get());
+            select.push(" OR (r.sku_id = ").push_bind(sku_id.get());
+            select.push(" AND r.order_id > ").push_bind(order_id.get()).push("))");
+        }
+        select.push(" ORDER BY r.sku_id, r.order_id LIMIT ").push_bind(i64::from(limit));
+        let rows = select.build().fetch_all(&self.pool).await?;
+        rows.iter().map(unsettled_from_row).collect()
     }
 
     async fn unpublished_events(&self, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
@@ -572,6 +603,29 @@ impl Store for SqlStore {
     ) -> Result<Vec<PaymentRecord>, StoreError> {
         self.select_payments(status, after, limit).await
     }
+}
+
+/// A lease with its order's status, as the repairs read it.
+const UNSETTLED_SELECT: &str = "SELECT r.sku_id, r.order_id, r.quantity, r.expires_at, r.status, \
+       o.status AS order_status, \
+       (SELECT COUNT(*) FROM order_status_log l WHERE l.order_id = r.order_id \
+          AND l.from_status = 'paid' AND l.to_status = 'refunded') AS refunded_from_paid \
+     FROM inventory_reservation r LEFT JOIN trade_order o ON o.id = r.order_id";
+
+fn unsettled_from_row(row: &AnyRow) -> Result<UnsettledLease, StoreError> {
+    let status: String = row.try_get("status")?;
+    let order_status: Option<String> = row.try_get("order_status")?;
+    let refunded_from_paid: i64 = row.try_get("refunded_from_paid")?;
+    Ok(UnsettledLease {
+        sku_id: SkuId::new(row.try_get("sku_id")?),
+        order_id: OrderId::new(row.try_get("order_id")?),
+        quantity: row.try_get("quantity")?,
+        expires_at_ms: row.try_get("expires_at")?,
+        status: ReservationStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("reservation status {status}")))?,
+        order_status: order_status.as_deref().and_then(OrderStatus::parse),
+        refunded_from_paid: refunded_from_paid > 0,
+    })
 }
 
 fn counters_from_row(row: &AnyRow) -> Result<Counters, sqlx::Error> {

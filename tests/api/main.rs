@@ -4,6 +4,7 @@ mod activation;
 mod cluster;
 mod cluster_forward;
 mod cluster_join;
+mod cluster_saga;
 mod deploy;
 mod events;
 mod faults;

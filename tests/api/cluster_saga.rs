@@ -1,0 +1,448 @@
+//! Orders whose SKUs live on other nodes: the cross-node saga. Process level (the real binary,
+//! three nodes on one MariaDB): buyers whose users two nodes own buy a SKU a third node owns,
+//! each on its user's node; the SKU's owner reserves and settles, and nothing is oversold or
+//! lost, also when the SKU's owner is killed mid-sale. App level: the SKU owner's repair pass
+//! settles leases a settlement never reached, and the internal routes take only node
+//! credentials.
+
+use crate::cluster::{range_of_sku, TestCluster, LEASE_TTL, RENEW_EVERY};
+use crate::helpers::{eventually, spawn_app, Backend, PAYMENT_SECRET};
+use serde_json::{json, Value};
+use sqlx::AnyPool;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tianji::domain::inventory::Quantity;
+use tianji::domain::slots::Key;
+use tianji::domain::{OrderId, SkuId, UserId};
+use tianji::http::auth::{JwtKeys, Role};
+
+/// `count` user ids from `from` whose range `node` holds now.
+async fn users_on(cluster: &TestCluster, node: usize, count: usize, from: i64) -> Vec<i64> {
+    let held = cluster.held_by_node().await;
+    let ranges = &held.iter().find(|(n, _)| *n == node).expect("a live node").1;
+    (from..).filter(|id| ranges.contains(&Key::user(UserId::new(*id)).range().get())).take(count).collect()
+}
+
+/// A buyer's client: places, pays and cancels on the node at `address`.
+#[derive(Clone)]
+struct Client {
+    http: reqwest::Client,
+    keys: Arc<JwtKeys>,
+}
+
+impl Client {
+    fn new() -> Client {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+        Client { http, keys: Arc::new(JwtKeys::new(crate::helpers::JWT_SECRET)) }
+    }
+
+    fn token(&self, user_id: i64) -> String {
+        self.keys.mint(UserId::new(user_id), Role::User, Duration::from_secs(600))
+    }
+
+    async fn answer(response: reqwest::Response) -> (u16, Value) {
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn place(&self, address: &str, user_id: i64, key: &str, sku_id: i64) -> Option<(u16, Value)> {
+        let sent = self
+            .http
+            .post(format!("{address}/v1/orders"))
+            .bearer_auth(self.token(user_id))
+            .header("Idempotency-Key", key)
+            .json(&json!({"items": [{"sku_id": sku_id, "quantity": 1}]}))
+            .send()
+            .await
+            .ok()?;
+        Some(Self::answer(sent).await)
+    }
+
+    async fn pay(&self, address: &str, order_id: i64, amount_cents: i64) -> Option<(u16, Value)> {
+        let body = json!({
+            "order_id": order_id, "out_trade_no": format!("t-{order_id}"), "amount_cents": amount_cents, "channel": "test"
+        })
+        .to_string();
+        let signature = tianji::http::payments::PaymentKey::new(PAYMENT_SECRET).sign(body.as_bytes());
+        let sent = self
+            .http
+            .post(format!("{address}/v1/payments/callback"))
+            .header("content-type", "application/json")
+            .header("X-Tianji-Signature", signature)
+            .body(body)
+            .send()
+            .await
+            .ok()?;
+        Some(Self::answer(sent).await)
+    }
+
+    async fn cancel(&self, address: &str, user_id: i64, order_id: i64) -> (u16, Value) {
+        let sent = self
+            .http
+            .post(format!("{address}/v1/orders/{order_id}/cancel"))
+            .bearer_auth(self.token(user_id))
+            .send()
+            .await
+            .expect("cancel");
+        Self::answer(sent).await
+    }
+}
+
+async fn pool(cluster: &TestCluster) -> AnyPool {
+    sqlx::any::AnyPoolOptions::new().max_connections(2).connect(&cluster.database.url).await.unwrap()
+}
+
+/// `order_id -> lease status` of a SKU's reservation rows.
+async fn leases(pool: &AnyPool, sku_id: i64) -> BTreeMap<i64, String> {
+    let rows: Vec<(i64, String)> =
+        sqlx::query_as("SELECT order_id, status FROM inventory_reservation WHERE sku_id = ?")
+            .bind(sku_id)
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    rows.into_iter().collect()
+}
+
+/// `order_id -> order status` of the orders holding an item of a SKU.
+async fn orders(pool: &AnyPool, sku_id: i64) -> BTreeMap<i64, String> {
+    let rows: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT o.id, o.status FROM trade_order o JOIN trade_order_item i ON i.order_id = o.id WHERE i.sku_id = ?",
+    )
+    .bind(sku_id)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    rows.into_iter().collect()
+}
+
+fn lease_of(order_status: &str) -> &'static str {
+    match order_status {
+        "pending_payment" => "reserved",
+        "paid" | "finished" => "confirmed",
+        "closed" => "released",
+        other => panic!("no lease status for {other}"),
+    }
+}
+
+/// The median of `samples`, in microseconds.
+fn p50_us(mut samples: Vec<Duration>) -> u128 {
+    samples.sort();
+    samples[samples.len() / 2].as_micros()
+}
+
+#[tokio::test]
+async fn buyers_on_two_nodes_buy_a_sku_a_third_node_owns_and_its_leases_follow_their_orders() {
+    const STOCK: i64 = 20;
+    const BUYERS_PER_NODE: usize = 20;
+    const PAID: usize = 7;
+    const CANCELLED: usize = 7;
+    let cluster = TestCluster::start_with("saga", 3, "6s", &[]).await;
+    let sku_id = cluster.sku_owned_by(2, 0, STOCK).await;
+    let mut buyers = Vec::new();
+    for node in [0, 1] {
+        let users = users_on(&cluster, node, BUYERS_PER_NODE, 1_000).await;
+        buyers.extend(users.into_iter().map(|user_id| (cluster.address(node).to_owned(), user_id)));
+    }
+
+    // Every buyer at once, each on its user's node; a 503 is retried with the same key.
+    let client = Client::new();
+    let refusals = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let placements: Vec<_> = buyers
+        .iter()
+        .cloned()
+        .map(|(address, user_id)| {
+            let (client, refusals) = (client.clone(), Arc::clone(&refusals));
+            tokio::spawn(async move {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    assert!(Instant::now() < deadline, "buyer {user_id} got no answer");
+                    match client.place(&address, user_id, "saga", sku_id).await {
+                        Some((201, body)) => {
+                            let order = (body["order_id"].as_i64().unwrap(), body["pay_cents"].as_i64().unwrap());
+                            return Some((address, user_id, order));
+                        }
+                        Some((409, body)) if body["code"] == "insufficient_stock" => return None,
+                        Some((503, body)) => {
+                            refusals.lock().unwrap().push(body);
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        None => tokio::time::sleep(Duration::from_millis(20)).await,
+                        Some(other) => panic!("buyer {user_id}: {other:?}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut acknowledged = Vec::new();
+    for placement in placements {
+        acknowledged.extend(placement.await.unwrap());
+    }
+    let refusals = refusals.lock().unwrap().clone();
+    assert_eq!(acknowledged.len(), STOCK as usize, "exactly the stock is sold, to buyers of both nodes: {refusals:?}");
+    assert_eq!(cluster.counters(sku_id).await, (STOCK, 0, STOCK, 0));
+    let pool = pool(&cluster).await;
+    let held = leases(&pool, sku_id).await;
+    let ids: BTreeSet<i64> = acknowledged.iter().map(|(_, _, (order_id, _))| *order_id).collect();
+    assert_eq!(held.keys().copied().collect::<BTreeSet<_>>(), ids, "one lease per acknowledged order, no other");
+    assert!(held.values().all(|status| status == "reserved"));
+    assert_eq!(orders(&pool, sku_id).await.keys().copied().collect::<BTreeSet<_>>(), ids);
+
+    // Pay some, cancel some, each on its user's node: the lease on the SKU's owner follows
+    // before the answer; the rest time out there.
+    for (address, _, (order_id, pay_cents)) in &acknowledged[..PAID] {
+        let (status, body) = client.pay(address, *order_id, *pay_cents).await.expect("pay");
+        assert_eq!((status, body["status"].as_str()), (200, Some("paid")), "{body}");
+        assert_eq!(leases(&pool, sku_id).await[order_id], "confirmed");
+    }
+    for (address, user_id, (order_id, _)) in &acknowledged[PAID..PAID + CANCELLED] {
+        let (status, body) = client.cancel(address, *user_id, *order_id).await;
+        assert_eq!((status, body["status"].as_str()), (200, Some("closed")), "{body}");
+        assert_eq!(leases(&pool, sku_id).await[order_id], "released");
+    }
+    let timed_out = STOCK as usize - PAID - CANCELLED;
+    let settled = eventually(Duration::from_secs(15), || async {
+        cluster.counters(sku_id).await == (STOCK, STOCK - PAID as i64, 0, PAID as i64)
+    })
+    .await;
+    assert!(settled, "the timed-out orders' units did not come back: {:?}", cluster.counters(sku_id).await);
+    let (stored, held) = (orders(&pool, sku_id).await, leases(&pool, sku_id).await);
+    let closed = stored.values().filter(|status| *status == "closed").count();
+    assert_eq!(closed, CANCELLED + timed_out);
+    for (order_id, status) in &stored {
+        assert_eq!(held[order_id], lease_of(status), "order {order_id} is {status}");
+    }
+    crate::reconcile::assert_reconciles_clean(&cluster.database.url, None).await;
+
+    // Latency of a placement on node 0: its own SKU, and one node 2 owns (loopback).
+    const SAMPLES: usize = 60;
+    let local_sku = cluster.sku_owned_by(0, 0, 1_000).await;
+    let remote_sku = cluster.sku_owned_by(2, 0, 1_000).await;
+    let users = users_on(&cluster, 0, 2 * SAMPLES + 10, 100_000).await;
+    let mut samples: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
+    for (n, user_id) in users.into_iter().enumerate() {
+        let (kind, sku) = if n % 2 == 0 { ("same-node", local_sku) } else { ("cross-node", remote_sku) };
+        let started = Instant::now();
+        let (status, body) = client.place(cluster.address(0), user_id, "latency", sku).await.expect("place");
+        let elapsed = started.elapsed();
+        assert_eq!(status, 201, "{body}");
+        if n >= 10 {
+            samples.entry(kind).or_default().push(elapsed);
+        }
+    }
+    for (kind, samples) in samples {
+        eprintln!("place p50 {kind}: {} us over {} orders", p50_us(samples.clone()), samples.len());
+    }
+    pool.close().await;
+}
+
+/// How a buyer of the kill test ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// Placed and paid: `order_id`.
+    Paid(i64),
+    SoldOut,
+}
+
+#[tokio::test]
+async fn the_skus_owner_killed_mid_sale_loses_no_acknowledged_order_and_oversells_nothing() {
+    const STOCK: i64 = 30;
+    const BUYERS_PER_NODE: usize = 25;
+    /// The first buyers hold their payment until the SKU's owner is dead.
+    const PAID_AFTER_THE_KILL: usize = 5;
+    // Short deadlines and grace: a reservation the dead owner committed for an order never
+    // written expires within the test, into its new owner's repair pass.
+    let settings = [("TIANJI_RESERVATION_GRACE", "1s")];
+    let mut cluster = TestCluster::start_with("saga-kill", 3, "6s", &settings).await;
+    let sku_id = cluster.sku_owned_by(2, 0, STOCK).await;
+    let range = range_of_sku(sku_id);
+    let mut buyers = Vec::new();
+    for node in [0, 1] {
+        let users = users_on(&cluster, node, BUYERS_PER_NODE, 1_000).await;
+        buyers.extend(users.into_iter().map(|user_id| (cluster.address(node).to_owned(), user_id)));
+    }
+
+    let client = Client::new();
+    let killed = Arc::new(AtomicBool::new(false));
+    let (kill_seen, _) = tokio::sync::watch::channel(false);
+    let refused_after_kill = Arc::new(AtomicUsize::new(0));
+    let placed = Arc::new(AtomicUsize::new(0));
+    let sale: Vec<_> = buyers
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(n, (address, user_id))| {
+            let (client, killed, refused, placed) =
+                (client.clone(), Arc::clone(&killed), Arc::clone(&refused_after_kill), Arc::clone(&placed));
+            let mut kill_seen = kill_seen.subscribe();
+            tokio::spawn(async move {
+                // Buyers arrive one every 60 ms, so the sale spans the kill.
+                tokio::time::sleep(Duration::from_millis(60) * n as u32).await;
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let order = loop {
+                    assert!(Instant::now() < deadline, "buyer {user_id} got no answer");
+                    match client.place(&address, user_id, "saga-kill", sku_id).await {
+                        Some((201, body)) => {
+                            placed.fetch_add(1, Ordering::SeqCst);
+                            break (body["order_id"].as_i64().unwrap(), body["pay_cents"].as_i64().unwrap());
+                        }
+                        Some((409, body)) if body["code"] == "insufficient_stock" => return Ending::SoldOut,
+                        Some((503, _)) | None => {
+                            refused.fetch_add(usize::from(killed.load(Ordering::SeqCst)), Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Some(other) => panic!("buyer {user_id}: {other:?}"),
+                    }
+                };
+                if n < PAID_AFTER_THE_KILL {
+                    // Paid while the SKU's owner is dead: committed on the buyer's node, its
+                    // confirmation cannot reach the owner; the range's next owner repairs it.
+                    kill_seen.wait_for(|killed| *killed).await.expect("the test signals the kill");
+                }
+                loop {
+                    assert!(Instant::now() < deadline, "buyer {user_id}'s payment got no answer");
+                    match client.pay(&address, order.0, order.1).await {
+                        Some((200, body)) => {
+                            assert_eq!(body["status"], "paid", "{body}");
+                            return Ending::Paid(order.0);
+                        }
+                        Some((503, _)) | None => tokio::time::sleep(Duration::from_millis(50)).await,
+                        Some(other) => panic!("buyer {user_id}'s payment: {other:?}"),
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // Mid-sale, the SKU's owner dies without a word.
+    let started =
+        eventually(Duration::from_secs(20), || async { placed.load(Ordering::SeqCst) >= 2 * PAID_AFTER_THE_KILL })
+            .await;
+    assert!(started, "the sale did not start");
+    killed.store(true, Ordering::SeqCst);
+    cluster.nodes[2].take().unwrap().kill();
+    kill_seen.send_replace(true);
+    let taken = eventually(LEASE_TTL + RENEW_EVERY * 4, || async {
+        cluster.held_by_node().await.iter().map(|(_, ranges)| ranges.len()).sum::<usize>() == 64
+    })
+    .await;
+    assert!(taken, "the dead node's ranges are not all taken: {:?}", cluster.held_by_node().await);
+    assert!(cluster.holder(range).await.is_some());
+
+    let mut acknowledged = BTreeSet::new();
+    for buyer in sale {
+        if let Ending::Paid(order_id) = buyer.await.unwrap() {
+            assert!(acknowledged.insert(order_id));
+        }
+    }
+    assert!(refused_after_kill.load(Ordering::SeqCst) > 0, "no placement was refused while the owner was down");
+    assert!(acknowledged.len() <= STOCK as usize);
+
+    // Every lease the dead owner left open settles: sold under a paid order, released under
+    // an order never written (once expired, by the new owner's repair pass).
+    let pool = pool(&cluster).await;
+    let settled = eventually(Duration::from_secs(30), || async {
+        leases(&pool, sku_id).await.values().all(|status| status != "reserved")
+    })
+    .await;
+    assert!(settled, "open leases left: {:?}", leases(&pool, sku_id).await);
+    let stored = orders(&pool, sku_id).await;
+    let held = leases(&pool, sku_id).await;
+    for order_id in &acknowledged {
+        assert_eq!(stored.get(order_id).map(String::as_str), Some("paid"), "acknowledged order {order_id} lost");
+        assert_eq!(held[order_id], "confirmed");
+    }
+    let paid_orders = stored.values().filter(|status| *status == "paid").count();
+    assert_eq!(paid_orders, acknowledged.len(), "every paid order was acknowledged to its buyer");
+    let sold = acknowledged.len() as i64;
+    assert_eq!(cluster.counters(sku_id).await, (STOCK, STOCK - sold, 0, sold), "one unit per paid order");
+    pool.close().await;
+    crate::reconcile::assert_reconciles_clean(&cluster.database.url, None).await;
+}
+
+#[actix_web::test]
+async fn the_repair_pass_releases_a_reservation_never_ordered_and_confirms_one_whose_order_was_paid() {
+    let app = spawn_app(Backend::MySql).await;
+    let sku_id = app.create_sku("repair", 100, 10).await;
+    // Units reserved alone, as a SKU's owner does for another node's placement, for an order
+    // that was never written; its lease expired long ago.
+    let never = OrderId::new(app.core.next_id());
+    let units = Quantity::parse(2, 10).unwrap();
+    app.core.reserve_alone(SkuId::new(sku_id), never, units, 1).await.expect("reserved");
+    // An order paid on its user's node whose confirmation never reached the SKU's owner: its
+    // row says paid, its lease is still open.
+    let (paid, _) = app.placed(5, sku_id, 3).await;
+    sqlx::query("UPDATE trade_order SET status = 'paid', version = version + 1 WHERE id = ?")
+        .bind(paid)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let (pending, _) = app.placed(6, sku_id, 1).await;
+    let counters = app.db_counters(sku_id).await;
+    assert_eq!((counters.available, counters.reserved, counters.sold), (4, 6, 0));
+
+    let pass = app.core.repair_leases(None).await.expect("a pass");
+    assert_eq!((pass.repaired, pass.failed), (2, 0), "{pass:?}");
+    let leases = app.reservations(sku_id).await;
+    assert_eq!(leases[&never.get()].1, "released");
+    assert_eq!(leases[&paid].1, "confirmed");
+    assert_eq!(leases[&pending].1, "reserved", "an order awaiting payment keeps its units");
+    let counters = app.db_counters(sku_id).await;
+    assert_eq!((counters.available, counters.reserved, counters.sold), (6, 1, 3));
+    // The SKU's actor settled them: what it serves is what is stored.
+    let served = app.get_sku(sku_id).await;
+    assert_eq!(
+        (served["available"].as_i64(), served["reserved"].as_i64(), served["sold"].as_i64()),
+        (Some(6), Some(1), Some(3))
+    );
+    let again = app.core.repair_leases(None).await.expect("a pass");
+    assert_eq!(again.repaired, 0, "nothing left to repair: {again:?}");
+}
+
+#[actix_web::test]
+async fn internal_routes_take_only_node_credentials_and_node_credentials_open_no_public_route() {
+    let app = spawn_app(Backend::MySql).await;
+    let sku_id = app.create_sku("internal", 100, 10).await;
+    let node = app.keys.mint(UserId::new(1), Role::Node, Duration::from_secs(60));
+    let order_id = app.core.next_id();
+    let call = json!({"order_id": order_id, "quantity": 1, "expires_at_ms": 1});
+    let reserve = |token: Option<String>| {
+        let request = app.client.post(app.url(&format!("/internal/v1/skus/{sku_id}/reserve"))).json(&call);
+        match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    };
+    for (token, status) in [(None, 401), (Some(app.user_token(5)), 403), (Some(app.admin_token()), 403)] {
+        let response = reserve(token).send().await.unwrap();
+        assert_eq!(response.status(), status);
+        let body: Value = response.json().await.unwrap();
+        assert!(body["code"].is_string() && body["message"].is_string(), "{body}");
+    }
+    assert_eq!(app.db_counters(sku_id).await.reserved, 0, "refused calls reserved nothing");
+
+    let response = reserve(Some(node.clone())).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let granted: Value = response.json().await.unwrap();
+    assert_eq!((granted["name"].as_str(), granted["unit_price_cents"].as_i64()), (Some("internal"), Some(100)));
+    assert_eq!(app.db_counters(sku_id).await.reserved, 1, "committed before the answer");
+    let response = reserve(Some(node.clone())).send().await.unwrap();
+    assert_eq!(response.status(), 409, "one lease per order and sku");
+    let settle = json!({"order_id": order_id, "settlement": "release"});
+    let url = app.url(&format!("/internal/v1/skus/{sku_id}/settle"));
+    let response = app.client.post(&url).bearer_auth(&node).json(&settle).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(app.db_counters(sku_id).await.available, 10);
+    let bad = json!({"order_id": order_id, "settlement": "return"});
+    let response = app.client.post(&url).bearer_auth(&node).json(&bad).send().await.unwrap();
+    assert_eq!(response.status(), 422, "a return names its units");
+
+    // A node credential is no user and no admin.
+    let response = app.client.get(app.url(&format!("/v1/skus/{sku_id}"))).bearer_auth(&node).send().await.unwrap();
+    assert_eq!(response.status(), 403);
+    let response = app.client.get(app.url("/v1/admin/cluster")).bearer_auth(&node).send().await.unwrap();
+    assert_eq!(response.status(), 403);
+    let document: Value = app.client.get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    assert!(document["paths"].as_object().unwrap().keys().all(|path| !path.starts_with("/internal")));
+}

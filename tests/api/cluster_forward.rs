@@ -178,17 +178,28 @@ async fn a_paused_or_killed_owner_is_answered_for_with_503_in_time_and_served_ag
     // Another owner paused: the forward to it times out, its outcome unknown. (Node 2, not 1:
     // a pause on a loaded machine may outlast its lease, and node 1's range must not move
     // before it is killed.)
-    let paused_sku = cluster.sku_owned_by(2, 0, 10).await;
     let pid = cluster.nodes[2].as_ref().unwrap().pid().to_string();
     let signal = |name: &str| {
         let sent = std::process::Command::new("kill").args([name, &pid]).status().expect("run kill");
         assert!(sent.success(), "{name} to {pid}");
     };
-    signal("-STOP");
-    let sent_at = Instant::now();
-    let timed_out = cluster.get_sku(0, paused_sku).await;
-    let waited = sent_at.elapsed();
-    signal("-CONT");
+    // On a loaded machine node 2 may miss a renewal (2 s leases) just before the pause, and
+    // node 0 then knows no live owner and answers `not_owner` itself: a pause that meets a
+    // lapsed lease is tried again, at most 3 times.
+    let mut attempts = 0;
+    let (timed_out, waited) = loop {
+        attempts += 1;
+        let paused_sku = cluster.sku_owned_by(2, 0, 10).await;
+        signal("-STOP");
+        let sent_at = Instant::now();
+        let answer = cluster.get_sku(0, paused_sku).await;
+        let waited = sent_at.elapsed();
+        signal("-CONT");
+        if answer.body["code"] != "not_owner" || attempts == 3 {
+            break (answer, waited);
+        }
+        eprintln!("node 2's lease had lapsed before the pause: {answer:?}; again");
+    };
     assert_eq!((timed_out.status, timed_out.body["code"].as_str()), (503, Some("owner_unavailable")), "{timed_out:?}");
     assert_eq!(timed_out.retry_after.as_deref(), Some("1"));
     assert!(timed_out.body["message"].as_str().unwrap().contains("may or may not"), "{timed_out:?}");

@@ -446,3 +446,61 @@ async fn internal_routes_take_only_node_credentials_and_node_credentials_open_no
     let document: Value = app.client.get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
     assert!(document["paths"].as_object().unwrap().keys().all(|path| !path.starts_with("/internal")));
 }
+
+/// A flash sale through every node: each buyer sends its order to a node picked round-robin,
+/// whoever owns the buyer or the SKU; the node forwards it to the buyer's node, which reserves
+/// on the SKU's node when that is another one. Exactly the stock is sold, once per acknowledged
+/// order, and the database agrees.
+#[tokio::test]
+async fn a_flash_sale_through_every_node_sells_exactly_the_stock() {
+    const STOCK: i64 = 25;
+    const BUYERS: i64 = 90;
+    let cluster = TestCluster::start("saga-every-node", 3).await;
+    let sku_id = cluster.sku_owned_by(2, 0, STOCK).await;
+    let sku_range = range_of_sku(sku_id);
+    let buyers: Vec<i64> = (5_000..5_000 + BUYERS).collect();
+    let homes: BTreeSet<Option<usize>> = {
+        let mut homes = BTreeSet::new();
+        for user_id in &buyers {
+            homes.insert(cluster.holder(Key::user(UserId::new(*user_id)).range()).await);
+        }
+        homes
+    };
+    assert_eq!(homes.len(), 3, "buyers live on every node: {homes:?} (the SKU's range {sku_range})");
+    // A client retries a 503 (a range between owners while the nodes still balance) with the
+    // same Idempotency-Key, as Retry-After asks, a bounded number of times.
+    let retried = AtomicUsize::new(0);
+    let replies = futures::future::join_all(buyers.iter().enumerate().map(|(n, user_id)| {
+        let (cluster, retried) = (&cluster, &retried);
+        async move {
+            for _ in 0..40 {
+                let (status, body) = cluster.place(n % 3, *user_id, "flash", sku_id).await.expect("an answer");
+                if status != 503 {
+                    return (status, body);
+                }
+                retried.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            panic!("buyer {user_id} got 503 forty times");
+        }
+    }))
+    .await;
+    eprintln!("503s retried: {}", retried.load(Ordering::Relaxed));
+    let mut acknowledged = BTreeSet::new();
+    let mut sold_out = 0;
+    for (status, body) in &replies {
+        match status {
+            201 => assert!(acknowledged.insert(body["order_id"].as_i64().unwrap()), "an order answered twice"),
+            409 => {
+                assert_eq!(body["code"], "insufficient_stock", "{body}");
+                sold_out += 1;
+            }
+            other => panic!("unexpected {other}: {body} (the SKU's range {sku_range})"),
+        }
+    }
+    assert_eq!(acknowledged.len() as i64, STOCK, "exactly the stock sold");
+    assert_eq!(sold_out, BUYERS - STOCK);
+    assert_eq!(cluster.stored_orders(sku_id).await, acknowledged, "every acknowledged order stored, no other");
+    assert_eq!(cluster.counters(sku_id).await, (STOCK, 0, STOCK, 0));
+    crate::reconcile::assert_reconciles_clean(&cluster.database.url, None).await;
+}

@@ -152,23 +152,27 @@ impl Application {
         };
         export_relay(&metrics, relay.as_ref());
         let keys = web::Data::new(JwtKeys::with_rules(settings.jwt_secret(), settings.tokens.clone()));
-        // One client for every call to other nodes (forwards, remote SKU steps): one bound.
-        let peers = settings.cluster.as_ref().map(|cluster| crate::cluster::peers::Peers::new(cluster.peers));
+        // Forwards and remote SKU steps each have their own client and bound, so a burst of
+        // forwards cannot starve the settlements of committed order steps.
+        let peers = || settings.cluster.as_ref().map(|cluster| crate::cluster::peers::Peers::new(cluster.peers));
         // A cluster node takes its first ranges before it repairs (repairs of others' ranges are refused).
-        let cluster = match member {
+        let mut cluster = match member {
             Some(member) => {
                 let (minter, worker_id) = (keys.clone(), member.worker_id());
                 // Subjects are positive ids: a node's is its worker id plus one.
                 let node = crate::domain::UserId::new(i64::from(worker_id) + 1);
                 let ttl = NODE_TOKEN_TTL.min(keys.rules().lifetime_max);
                 let mint = Arc::new(move || minter.mint(node, Role::Node, ttl));
-                let peers = peers.clone().expect("a member has cluster settings");
+                let peers = peers().expect("a member has cluster settings");
                 Some(member.start(&core, mint, peers).await?)
             }
             None => None,
         };
         export_cluster(&metrics, core.cluster());
         core.recover().await?;
+        if let Some(cluster) = cluster.as_mut() {
+            cluster.recovered(&core);
+        }
         let limits = RateLimits::new(&settings.rate_limits, &metrics);
         let state = web::Data::new(AppState { core: Arc::clone(&core), limits });
         let in_flight =
@@ -182,7 +186,7 @@ impl Application {
         let admission = gate.clone();
         let payment_key = web::Data::new(PaymentKey::new(settings.payment_secret()));
         // Only a cluster node forwards; on a single node the layer passes every request straight on.
-        let forward = http::forward::Forward::new(peers.and_then(|peers| {
+        let forward = http::forward::Forward::new(peers().and_then(|peers| {
             http::forward::Forwarding::of(&core, peers, keys.clone(), payment_key.clone(), &metrics)
         }));
         let listener = TcpListener::bind(settings.bind)?;

@@ -209,8 +209,10 @@ async fn step(
         Err(error) => return (Err(error.into()), Some(order)),
     };
     // The order's own commit is its user's node's to make (the SKUs may live anywhere).
+    // A session whose buyer's range moved stops: the next one starts on the owner, under
+    // the owner's epoch.
     if let Err(not_owner) = core.owns(Key::user(order.user_id)) {
-        return (Err(not_owner.into()), Some(order));
+        return (Err(not_owner.into()), None);
     }
     let (effects, elsewhere) = match stock_effects(core, &order, event).await {
         Ok(stock) => stock,
@@ -256,6 +258,9 @@ async fn step(
         }
         // The pipeline undid the refused effects in the SKU actors.
         Ok(Err(Conflict::Stale(_))) => (Err(LifecycleError::Stale), None),
+        // Fenced: the range was lost (or lost and taken back) since the session started. It
+        // stops, so a new one starts under the epoch held now, or elsewhere.
+        Ok(Err(Conflict::NotOwner(range))) => (Err(LifecycleError::NotOwner(core.not_owner(range))), None),
         Ok(Err(conflict)) => (Err(conflict_error(conflict)), Some(order)),
         Err(error) if error.never_queued() => {
             core.abandon(effects);

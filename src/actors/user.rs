@@ -835,10 +835,16 @@ impl Core {
         let (reservations, rules) = futures::future::join(reservations, rules).await;
         let mut grants: Vec<Grant> = Vec::with_capacity(request.lines.len());
         let mut failure: Option<PlaceError> = rules.as_ref().err().cloned();
+        // Remote reservations whose outcome is unknown (the call failed or timed out): the
+        // owner may have committed them; released with the rest if the placement fails.
+        let mut unknown_elsewhere = Vec::new();
         for (&(sku_id, _), result) in request.lines.iter().zip(reservations) {
             match result {
                 Ok(grant) => grants.push(grant),
                 Err(error) => {
+                    if matches!(error, SkuError::Unavailable(_)) && self.owned_elsewhere(sku_id) {
+                        unknown_elsewhere.push(sku_id);
+                    }
                     let error = PlaceError::from_sku(sku_id, error);
                     if failure.as_ref().is_none_or(|f| error.precedence() < f.precedence()) {
                         failure = Some(error);
@@ -848,6 +854,7 @@ impl Core {
         }
         if let Some(error) = failure {
             self.give_back(order_id, grants);
+            self.release_elsewhere(order_id, unknown_elsewhere);
             return Err(error);
         }
         let limited: Vec<(SkuId, i64, i64)> = request

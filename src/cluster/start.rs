@@ -11,6 +11,7 @@ use crate::actors::repair::run_repairs;
 use crate::actors::Core;
 use crate::persistence::sql_cluster::ClusterStore;
 use crate::persistence::{mysql, within, DynStore};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -21,6 +22,10 @@ pub struct Member {
     worker_id: u16,
     node: Arc<ClusterNode>,
     core: Arc<OnceLock<Weak<Core>>>,
+    /// Set once recovery at start is done: until then a take repairs nothing (recovery
+    /// settles every lease of the ranges held then; two repairs of one lease at once would
+    /// leave a SKU actor's memory apart from the database).
+    recovered: Arc<AtomicBool>,
 }
 
 /// Connects to MariaDB (migrating), joins the cluster and builds the fenced store.
@@ -41,9 +46,13 @@ pub async fn join(database_url: &str, timeout: Duration, settings: &ClusterSetti
             }
         })
     };
+    let recovered = Arc::new(AtomicBool::new(false));
     let on_taken: OnTaken = {
-        let core = Arc::clone(&core);
+        let (core, recovered) = (Arc::clone(&core), Arc::clone(&recovered));
         Arc::new(move || {
+            if !recovered.load(Ordering::Acquire) {
+                return;
+            }
             let Some(core) = core.get().and_then(Weak::upgrade) else { return };
             tokio::spawn(async move {
                 match core.rearm_deadlines().await {
@@ -67,7 +76,7 @@ pub async fn join(database_url: &str, timeout: Duration, settings: &ClusterSetti
         on_taken,
     ));
     let store: DynStore = Arc::new(sql.fenced_by(ownership));
-    Ok(Member { store, worker_id, node, core })
+    Ok(Member { store, worker_id, node, core, recovered })
 }
 
 impl Member {
@@ -82,24 +91,23 @@ impl Member {
     }
 
     /// Hands the leases and the client of other nodes' SKUs (calling with credentials from
-    /// `mint`) to `core`, takes a first share of ranges and starts the loop and the lease
-    /// repair pass (every lease TTL).
+    /// `mint`) to `core`, takes a first share of ranges and starts the loop. The lease repair
+    /// pass starts once recovery is done (`Clustered::recovered`).
     pub async fn start(self, core: &Arc<Core>, mint: MintNodeToken, peers: Peers) -> anyhow::Result<Clustered> {
         let remote = Arc::new(RemoteSkus::new(peers, mint));
         core.join_cluster(Arc::clone(self.node.ownership()), remote);
         let _ = self.core.set(Arc::downgrade(core));
         self.node.settle().await?;
         let (stop, stopped) = watch::channel(false);
-        let repairs =
-            tokio::spawn(run_repairs(Arc::downgrade(core), self.node.ownership().lease_ttl(), stopped.clone()));
         let (expel, expelled) = watch::channel(false);
         let node = Arc::clone(&self.node);
+        let running = stopped.clone();
         let task = tokio::spawn(async move {
-            if node.run(stopped).await {
+            if node.run(running).await {
                 let _ = expel.send(true);
             }
         });
-        Ok(Clustered { node: self.node, stop, task, repairs, expelled })
+        Ok(Clustered { node: self.node, stop, stopped, task, repairs: None, expelled, recovered: self.recovered })
     }
 }
 
@@ -107,12 +115,23 @@ impl Member {
 pub struct Clustered {
     node: Arc<ClusterNode>,
     stop: watch::Sender<bool>,
+    stopped: watch::Receiver<bool>,
     task: tokio::task::JoinHandle<()>,
-    repairs: tokio::task::JoinHandle<()>,
+    repairs: Option<tokio::task::JoinHandle<()>>,
     expelled: watch::Receiver<bool>,
+    recovered: Arc<AtomicBool>,
 }
 
 impl Clustered {
+    /// Recovery at start is done: from now on takes repair the leases of the ranges they
+    /// bring, and the repair pass runs every lease TTL (its first pass at once, for the ranges
+    /// taken while recovery ran).
+    pub fn recovered(&mut self, core: &Arc<Core>) {
+        self.recovered.store(true, Ordering::Release);
+        let every = self.node.ownership().lease_ttl();
+        self.repairs = Some(tokio::spawn(run_repairs(Arc::downgrade(core), every, self.stopped.clone())));
+    }
+
     /// Completes when the node learns it was expelled (presumed dead, its member row taken
     /// over): it holds nothing any more and must stop, so whatever runs it starts a fresh
     /// node. Never completes otherwise.
@@ -129,8 +148,10 @@ impl Clustered {
         if let Err(error) = self.task.await {
             tracing::warn!(%error, "the cluster loop ended abnormally");
         }
-        if let Err(error) = self.repairs.await {
-            tracing::warn!(%error, "the lease repair loop ended abnormally");
+        if let Some(repairs) = self.repairs {
+            if let Err(error) = repairs.await {
+                tracing::warn!(%error, "the lease repair loop ended abnormally");
+            }
         }
         self.node.leave().await;
     }

@@ -338,6 +338,12 @@ fn check(
         if facts.keys.contains(&(order.user_id, order.idempotency_key.clone())) {
             return Err(Conflict::DuplicateKey);
         }
+        // Never written past its own deadline: its units may be let go by then (in a cluster,
+        // the SKU's owner releases a reservation with no order once the deadline and the grace
+        // passed), so a late order could be paid without units.
+        if deadline_passed(order.pay_deadline_ms, now_ms) {
+            return Err(Conflict::DeadlinePassed);
+        }
     }
     if let Some(transition) = &change.transition {
         let found = facts.orders.get(&transition.order_id);
@@ -424,6 +430,18 @@ mod tests {
         };
         let order = Order::price(header, vec![line], Cents::ZERO).unwrap();
         Change { order: Some(order), skus: vec![reserve(7, units)], ..Change::default() }
+    }
+
+    #[test]
+    fn a_new_order_is_not_written_past_its_own_deadline() {
+        // Deadline 10 (its own millisecond still in time): written at 10, refused after.
+        let plan = decide(&[placement(1, "a", 2)], facts(5), 10);
+        assert_eq!(plan.outcomes, vec![Ok(())]);
+        for now_ms in [11, 12] {
+            let plan = decide(&[placement(1, "a", 2)], facts(5), now_ms);
+            assert_eq!(plan.outcomes, vec![Err(Conflict::DeadlinePassed)]);
+            assert!(plan.skus.values().all(|(row, after)| after.available == row.counters.available));
+        }
     }
 
     #[test]

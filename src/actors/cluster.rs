@@ -9,10 +9,10 @@
 //! its commit is fenced by the database and refused.
 
 use super::Core;
-use crate::cluster::remote::RemoteSkus;
+use crate::cluster::remote::RemoteKeys;
 use crate::cluster::{NotOwner, Ownership};
 use crate::domain::slots::{Key, RangeId};
-use crate::domain::{Counters, OrderId, SkuId, UserId};
+use crate::domain::{Counters, OrderId, UserId};
 use crate::persistence::redis::SkuSnapshot;
 use crate::persistence::{NewSku, StoreError};
 use std::collections::BTreeSet;
@@ -37,19 +37,20 @@ pub(super) fn created_elsewhere(core: &Core, sku: &NewSku) -> Option<SkuSnapshot
 
 impl Core {
     /// Makes this core a cluster node's: from now on keys are served only in held ranges, and
-    /// the SKUs of other nodes are reserved and settled through `remote`. Called once, before
+    /// the SKUs and templates of other nodes are called through `remote`. Called once, before
     /// the node serves.
-    pub fn join_cluster(&self, ownership: Arc<Ownership>, remote: Arc<RemoteSkus>) {
+    pub fn join_cluster(&self, ownership: Arc<Ownership>, remote: Arc<RemoteKeys>) {
         assert!(self.cluster.set(ownership).is_ok(), "a core joins one cluster, once");
         assert!(self.remote.set(remote).is_ok(), "a core joins one cluster, once");
     }
 
-    /// Where the SKU's units are decided when another node owns it: that node's address and
-    /// the client to call it with. `None` when this node owns the SKU (always, on a single
-    /// node); `Err` when no live node holds its range now (a takeover in progress).
-    pub(crate) fn sku_elsewhere(&self, sku_id: SkuId) -> Option<Result<(String, &RemoteSkus), NotOwner>> {
+    /// Where a SKU's units or a template's coupons are decided when another node owns the
+    /// `key`: that node's address and the client to call it with. `None` when this node owns
+    /// the key (always, on a single node); `Err` when no live node holds its range now (a
+    /// takeover in progress).
+    pub(crate) fn elsewhere(&self, key: Key) -> Option<Result<(String, &RemoteKeys), NotOwner>> {
         let ownership = self.cluster.get()?;
-        let not_owner = ownership.check(Key::sku(sku_id)).err()?;
+        let not_owner = ownership.check(key).err()?;
         let remote = self.remote.get()?;
         Some(match not_owner.owner.as_deref() {
             Some(owner) if owner != ownership.address() => Ok((owner.to_owned(), remote.as_ref())),

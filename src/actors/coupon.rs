@@ -9,12 +9,19 @@
 //! can only refuse a claim, never over-issue.
 
 use super::{schedule_idle_checks, Core, Refusal, Reply};
-use crate::domain::coupon::{ClaimError, Coupon, CouponStatus};
+use crate::domain::coupon::{ClaimError, Coupon, CouponRules, CouponStatus};
+use crate::domain::slots::{Key, RangeId};
 use crate::domain::{CouponId, TemplateId, UserId};
-use crate::persistence::{CouponIssue, StoreError, TemplateState};
+use crate::persistence::group_commit::SubmitError;
+use crate::persistence::{Change, Conflict, CouponIssue, StoreError, TemplateState};
 use actix::prelude::*;
 use std::sync::Arc;
 use std::time::Instant;
+use tracing::Instrument;
+
+/// The most templates of other nodes whose rules a node keeps (beyond it, they are read per
+/// order with such a coupon).
+pub const RULES_KEPT_MAX: usize = 10_000;
 
 /// Why a claim (or a template read) failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -140,7 +147,7 @@ impl Handler<Issue> for TemplateActor {
                 order_id: None,
                 valid_until_ms: draft.rules.valid_until_ms,
             };
-            CouponIssue { coupon, seq }
+            CouponIssue { coupon, seq, user_served_elsewhere: false }
         });
         assert!(
             self.template.issued + self.in_flight <= self.template.draft.total,
@@ -216,10 +223,100 @@ impl Core {
             .await
     }
 
+    /// The rules of a template (templates never change once created): its actor's when this
+    /// node owns the template, else read from the store once and kept.
+    pub(crate) async fn template_rules(self: &Arc<Self>, template_id: TemplateId) -> Result<CouponRules, ClaimFailure> {
+        if self.elsewhere(Key::template(template_id)).is_none() {
+            return Ok(self.template_state(template_id).await?.draft.rules);
+        }
+        if let Some(rules) = self.rules_elsewhere.get(&template_id) {
+            return Ok(*rules);
+        }
+        let loaded = self.template_loader.submit(template_id).await;
+        let template = loaded.map_err(|e| ClaimFailure::Unavailable(e.to_string()))?;
+        let rules = template.ok_or(ClaimFailure::NotFound(template_id))?.draft.rules;
+        if self.rules_elsewhere.len() < RULES_KEPT_MAX {
+            self.rules_elsewhere.insert(template_id, rules);
+        }
+        Ok(rules)
+    }
+
     /// A template with its committed issued count.
     pub async fn template_state(self: &Arc<Self>, template_id: TemplateId) -> Result<TemplateState, ClaimFailure> {
         let actor = self.template(template_id).await?;
         self.templates.ask(actor.addr(), |reply| GetTemplate { reply }).await
+    }
+
+    /// A user's claim of their `seq`-th coupon of `template_id` (`held_ranges`: the user's, as
+    /// its actor was activated under): issued here when this node owns the template, else by
+    /// the template's owner.
+    pub(crate) async fn claim(
+        self: &Arc<Self>,
+        user_id: UserId,
+        held_ranges: &[(RangeId, i64)],
+        template_id: TemplateId,
+        seq: i64,
+    ) -> Result<Coupon, ClaimFailure> {
+        if let Some(elsewhere) = self.elsewhere(Key::template(template_id)) {
+            let (owner, remote) = elsewhere?;
+            return remote.issue(&owner, template_id, user_id, seq).await;
+        }
+        self.issue_committed(user_id, template_id, seq, held_ranges.to_vec(), false).await
+    }
+
+    /// The template owner's side of a claim from a user another node serves: issued and
+    /// committed alone, fenced by the template's range, before the answer.
+    pub async fn claim_alone(
+        self: &Arc<Self>,
+        template_id: TemplateId,
+        user_id: UserId,
+        seq: i64,
+    ) -> Result<Coupon, ClaimFailure> {
+        let core = Arc::clone(self);
+        // Spawned: a caller that goes away does not leave a coupon handed out and unsettled.
+        let task = tokio::spawn(
+            async move { core.issue_committed(user_id, template_id, seq, Vec::new(), true).await }.in_current_span(),
+        );
+        task.await.map_err(|_| ClaimFailure::Uncertain("claim task failed".into()))?
+    }
+
+    /// The claim's pipeline part: the template actor hands out the user's `seq`-th coupon,
+    /// the pipeline commits it, the template actor learns how it ended.
+    async fn issue_committed(
+        self: &Arc<Self>,
+        user_id: UserId,
+        template_id: TemplateId,
+        seq: i64,
+        held_ranges: Vec<(RangeId, i64)>,
+        user_served_elsewhere: bool,
+    ) -> Result<Coupon, ClaimFailure> {
+        let (issue, template) = self.issue(template_id, user_id, seq).await?;
+        let issue = CouponIssue { user_served_elsewhere, ..issue };
+        let change = Change { issue: Some(issue), held_ranges, ..Change::default() };
+        let (settled, result) = match self.journal.submit(change).await {
+            Ok(Ok(())) => (IssueSettled::Committed, Ok(issue.coupon)),
+            Ok(Err(Conflict::SoldOut(_))) => (IssueSettled::Refused { stale: true }, Err(ClaimError::SoldOut.into())),
+            Ok(Err(Conflict::ClaimLimit(_))) => {
+                (IssueSettled::Refused { stale: false }, Err(ClaimError::LimitReached.into()))
+            }
+            Ok(Err(Conflict::NotOwner(range))) => {
+                (IssueSettled::Refused { stale: false }, Err(ClaimFailure::NotOwner(self.not_owner(range))))
+            }
+            Ok(Err(conflict)) => {
+                (IssueSettled::Refused { stale: false }, Err(ClaimFailure::Unavailable(conflict.to_string())))
+            }
+            Err(SubmitError::Overloaded) => (IssueSettled::Refused { stale: false }, Err(ClaimFailure::Overloaded)),
+            Err(error) if error.never_queued() => {
+                (IssueSettled::Refused { stale: false }, Err(ClaimFailure::Unavailable(error.to_string())))
+            }
+            Err(error) => (IssueSettled::Unknown, Err(ClaimFailure::Uncertain(error.to_string()))),
+        };
+        // A notice: the template actor must learn of every coupon it handed out.
+        template.addr().do_send(settled);
+        if result.is_ok() {
+            tracing::info!(%user_id, %template_id, seq, coupon_id = %issue.coupon.id, user_served_elsewhere, "coupon issued");
+        }
+        result
     }
 
     /// Asks the template's actor for a coupon.

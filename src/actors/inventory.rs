@@ -24,6 +24,7 @@ use super::{schedule_idle_checks, ActorLimits, Core, Refusal, Reply};
 use crate::domain::inventory::{InventoryError, Ledger, Quantity, Reservation};
 use crate::domain::lease::CounterDelta;
 use crate::domain::sale::{Sale, SaleError, SalePatch, SaleRuleError};
+use crate::domain::slots::Key;
 use crate::domain::{Cents, OrderId, SkuId};
 use crate::persistence::redis::SkuSnapshot;
 use crate::persistence::{
@@ -541,7 +542,7 @@ impl Core {
         quantity: Quantity,
         expires_at_ms: i64,
     ) -> Result<Grant, SkuError> {
-        if let Some(elsewhere) = self.sku_elsewhere(sku_id) {
+        if let Some(elsewhere) = self.elsewhere(Key::sku(sku_id)) {
             let (owner, remote) = elsewhere?;
             return remote.reserve(&owner, sku_id, order_id, quantity, expires_at_ms).await;
         }
@@ -594,7 +595,7 @@ impl Core {
         order_id: OrderId,
         settlement: Settlement,
     ) -> Result<(), SkuError> {
-        let result = match self.sku_elsewhere(sku_id) {
+        let result = match self.elsewhere(Key::sku(sku_id)) {
             Some(Ok((owner, remote))) => remote.settle(&owner, sku_id, order_id, settlement).await,
             Some(Err(not_owner)) => Err(SkuError::NotOwner(not_owner)),
             // Owned here now (a range taken over): the actor settles it, alone.
@@ -611,7 +612,7 @@ impl Core {
 
     /// Whether another node of the cluster owns the SKU now (never on a single node).
     pub(crate) fn owned_elsewhere(&self, sku_id: SkuId) -> bool {
-        self.sku_elsewhere(sku_id).is_some()
+        self.elsewhere(Key::sku(sku_id)).is_some()
     }
 
     /// The owner's side of a remote reservation: the SKU's actor holds the units and the

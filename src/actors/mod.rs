@@ -248,8 +248,12 @@ pub struct Core {
     committed: Arc<tokio::sync::Notify>,
     /// This node's leases when it is part of a cluster (`cluster.rs`); unset on a single node.
     cluster: std::sync::OnceLock<Arc<crate::cluster::Ownership>>,
-    /// The client of other nodes' SKUs when this node is part of a cluster; unset on a single node.
-    remote: std::sync::OnceLock<Arc<crate::cluster::remote::RemoteSkus>>,
+    /// The client of other nodes' SKUs and templates when this node is part of a cluster;
+    /// unset on a single node.
+    remote: std::sync::OnceLock<Arc<crate::cluster::remote::RemoteKeys>>,
+    /// The rules of templates other nodes own, read once (rules never change once created);
+    /// at most `coupon::RULES_KEPT_MAX`.
+    rules_elsewhere: dashmap::DashMap<TemplateId, crate::domain::coupon::CouponRules>,
 }
 
 /// What a core is started with besides its store and limits.
@@ -364,6 +368,7 @@ impl Core {
             committed: Arc::new(tokio::sync::Notify::new()),
             cluster: std::sync::OnceLock::new(),
             remote: std::sync::OnceLock::new(),
+            rules_elsewhere: dashmap::DashMap::new(),
         });
         tokio::spawn(timer_task.run(Arc::downgrade(&core), Arc::clone(&core.clock)));
         tokio::spawn(learning::run_flusher(Arc::downgrade(&core), limits.learning_flush));

@@ -24,7 +24,7 @@
 //! all users together at most `user_keys_total_max`; an older key is still answered correctly,
 //! by the database's unique key `(user_id, idempotency_key)`, the last line of defence.
 
-use super::coupon::{ClaimFailure, IssueSettled};
+use super::coupon::ClaimFailure;
 use super::inventory::{Grant, SkuError};
 use super::learning::{lessons_at_activation, pending_before_read, Lessons};
 use super::registry::ActorRef;
@@ -753,43 +753,6 @@ impl Core {
         }
     }
 
-    /// The claim's pipeline part: the template actor hands out the user's `seq`-th coupon,
-    /// the pipeline commits it, the template actor learns how it ended.
-    async fn claim(
-        self: &Arc<Self>,
-        user_id: UserId,
-        held_ranges: &[(RangeId, i64)],
-        template_id: TemplateId,
-        seq: i64,
-    ) -> Result<Coupon, ClaimFailure> {
-        let (issue, template) = self.issue(template_id, user_id, seq).await?;
-        let change = Change { issue: Some(issue), held_ranges: held_ranges.to_vec(), ..Change::default() };
-        let (settled, result) = match self.journal.submit(change).await {
-            Ok(Ok(())) => (IssueSettled::Committed, Ok(issue.coupon)),
-            Ok(Err(Conflict::SoldOut(_))) => (IssueSettled::Refused { stale: true }, Err(ClaimError::SoldOut.into())),
-            Ok(Err(Conflict::ClaimLimit(_))) => {
-                (IssueSettled::Refused { stale: false }, Err(ClaimError::LimitReached.into()))
-            }
-            Ok(Err(Conflict::NotOwner(range))) => {
-                (IssueSettled::Refused { stale: false }, Err(ClaimFailure::NotOwner(self.not_owner(range))))
-            }
-            Ok(Err(conflict)) => {
-                (IssueSettled::Refused { stale: false }, Err(ClaimFailure::Unavailable(conflict.to_string())))
-            }
-            Err(SubmitError::Overloaded) => (IssueSettled::Refused { stale: false }, Err(ClaimFailure::Overloaded)),
-            Err(error) if error.never_queued() => {
-                (IssueSettled::Refused { stale: false }, Err(ClaimFailure::Unavailable(error.to_string())))
-            }
-            Err(error) => (IssueSettled::Unknown, Err(ClaimFailure::Uncertain(error.to_string()))),
-        };
-        // A notice: the template actor must learn of every coupon it handed out.
-        template.addr().do_send(settled);
-        if result.is_ok() {
-            tracing::info!(%user_id, %template_id, seq, coupon_id = %issue.coupon.id, "coupon issued");
-        }
-        result
-    }
-
     /// The placement saga: reserve every line on its SKU actor in parallel (and read the
     /// coupon's rules meanwhile); if a line fails, take back what was granted; hold the units
     /// of limited SKUs on the user's actor; price the order with its discount; submit the
@@ -882,8 +845,8 @@ impl Core {
     /// The rules of a coupon's template (templates never change once created).
     async fn coupon_rules(self: &Arc<Self>, coupon: Option<Coupon>) -> Result<Option<CouponRules>, PlaceError> {
         let Some(coupon) = coupon else { return Ok(None) };
-        match self.template_state(coupon.template_id).await {
-            Ok(template) => Ok(Some(template.draft.rules)),
+        match self.template_rules(coupon.template_id).await {
+            Ok(rules) => Ok(Some(rules)),
             Err(ClaimFailure::NotFound(_)) => Err(PlaceError::CouponUnavailable),
             Err(ClaimFailure::Overloaded) => Err(PlaceError::Overloaded),
             Err(ClaimFailure::NotOwner(not_owner)) => Err(PlaceError::NotOwner(not_owner)),

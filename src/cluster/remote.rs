@@ -1,18 +1,22 @@
-//! Reserving and settling units of a SKU another node owns: the serving node's side of the
-//! cross-node saga (`http::internal` is the owner's side).
+//! Reserving and settling units of a SKU another node owns, and claiming a coupon of a
+//! template another node owns: the serving node's side of the cross-node saga
+//! (`http::internal` is the owner's side).
 //!
-//! Guarantees: a call goes only to the address the lease table names as the SKU's owner, with
+//! Guarantees: a call goes only to the address the lease table names as the key's owner, with
 //! a node credential, through the node's one bounded `Peers` client (a call past its bound is
 //! `Overloaded` at once, never queued). A 200 means the owner committed the effect alone, fenced
-//! by the SKU's range; a refusal comes back as the `SkuError` it was on the owner. A call that
-//! timed out or broke is `Unavailable`: the owner may have acted on it, and whatever it left
-//! open is settled by the owner's repair pass (`actors::repair`), never by a retry from here.
+//! by the key's range; a refusal comes back as the error it was on the owner. A call that timed
+//! out or broke is `Unavailable` for a SKU (the owner's repair pass settles whatever it left
+//! open, `actors::repair`) and `Uncertain` for a claim (the user's actor reloads its coupons
+//! from the database); never retried from here.
 
 use super::peers::{PeerError, PeerRequest, PeerResponse, Peers};
-use super::wire::{self, Granted, Refused, ReserveCall, SettleCall};
+use super::wire::{self, ClaimRefused, Granted, IssueCall, Issued, Refused, ReserveCall, SettleCall};
+use crate::actors::coupon::ClaimFailure;
 use crate::actors::inventory::{Grant, Settlement, SkuError};
+use crate::domain::coupon::Coupon;
 use crate::domain::inventory::Quantity;
-use crate::domain::{OrderId, SkuId};
+use crate::domain::{OrderId, SkuId, TemplateId, UserId};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -26,15 +30,15 @@ pub const NODE_TOKEN_TTL: Duration = Duration::from_secs(60);
 /// Mints a node credential (a JWT with the `node` role, from the shared secret).
 pub type MintNodeToken = Arc<dyn Fn() -> String + Send + Sync>;
 
-/// The client of the SKU owners' internal endpoints.
-pub struct RemoteSkus {
+/// The client of the internal endpoints of other nodes' SKUs and templates.
+pub struct RemoteKeys {
     peers: Peers,
     mint: MintNodeToken,
 }
 
-impl RemoteSkus {
-    pub fn new(peers: Peers, mint: MintNodeToken) -> RemoteSkus {
-        RemoteSkus { peers, mint }
+impl RemoteKeys {
+    pub fn new(peers: Peers, mint: MintNodeToken) -> RemoteKeys {
+        RemoteKeys { peers, mint }
     }
 
     /// Holds `quantity` units of `sku_id` for `order_id` on the SKU's owner at `owner`.
@@ -47,7 +51,7 @@ impl RemoteSkus {
         expires_at_ms: i64,
     ) -> Result<Grant, SkuError> {
         let call = ReserveCall { order_id: order_id.get(), quantity: quantity.units(), expires_at_ms };
-        let granted: Granted = self.call(owner, wire::reserve_path(sku_id), &call, sku_id, order_id).await?;
+        let granted: Granted = self.sku_call(owner, wire::reserve_path(sku_id), &call, sku_id, order_id).await?;
         Ok(granted.into_grant(sku_id))
     }
 
@@ -60,11 +64,34 @@ impl RemoteSkus {
         settlement: Settlement,
     ) -> Result<(), SkuError> {
         let call = SettleCall::new(order_id, settlement);
-        let _: serde::de::IgnoredAny = self.call(owner, wire::settle_path(sku_id), &call, sku_id, order_id).await?;
+        let _: serde::de::IgnoredAny = self.sku_call(owner, wire::settle_path(sku_id), &call, sku_id, order_id).await?;
         Ok(())
     }
 
-    async fn call<T: DeserializeOwned>(
+    /// Has the template's owner at `owner` issue `user_id`'s `seq`-th coupon of `template_id`.
+    pub async fn issue(
+        &self,
+        owner: &str,
+        template_id: TemplateId,
+        user_id: UserId,
+        seq: i64,
+    ) -> Result<Coupon, ClaimFailure> {
+        let call = IssueCall { user_id: user_id.get(), seq };
+        let response = self.send(owner, wire::issue_path(template_id), &call).await.map_err(|error| match error {
+            PeerError::Busy => ClaimFailure::Overloaded,
+            other => ClaimFailure::Uncertain(format!("the template's owner: {other}")),
+        })?;
+        let issued: Issued = decode(
+            response,
+            |refused: ClaimRefused| refused.into_failure(template_id),
+            |reason| ClaimFailure::Uncertain(format!("the template's owner {reason}")),
+        )?;
+        issued
+            .into_coupon(template_id, user_id)
+            .ok_or_else(|| ClaimFailure::Uncertain("the template's owner answered no coupon id".into()))
+    }
+
+    async fn sku_call<T: DeserializeOwned>(
         &self,
         owner: &str,
         path: String,
@@ -72,7 +99,20 @@ impl RemoteSkus {
         sku_id: SkuId,
         order_id: OrderId,
     ) -> Result<T, SkuError> {
-        let body = serde_json::to_vec(body).map_err(|error| SkuError::Unavailable(error.to_string()))?;
+        let response = self.send(owner, path, body).await.map_err(|error| match error {
+            PeerError::Busy => SkuError::Overloaded,
+            other => SkuError::Unavailable(format!("the sku's owner: {other}")),
+        })?;
+        decode(
+            response,
+            |refused: Refused| refused.into_error(sku_id, order_id),
+            |reason| SkuError::Unavailable(format!("the sku's owner {reason}")),
+        )
+    }
+
+    /// POSTs `body` as JSON to `path` on `owner`, with a node credential.
+    async fn send(&self, owner: &str, path: String, body: &impl Serialize) -> Result<PeerResponse, PeerError> {
+        let body = serde_json::to_vec(body).expect("wire types serialize");
         let request = PeerRequest {
             method: reqwest::Method::POST,
             path_and_query: path,
@@ -82,25 +122,26 @@ impl RemoteSkus {
             ],
             body: Bytes::from(body),
         };
-        let response = self.peers.send(owner, request).await.map_err(|error| match error {
-            PeerError::Busy => SkuError::Overloaded,
-            other => SkuError::Unavailable(format!("the sku's owner: {other}")),
-        })?;
-        answer(response, sku_id, order_id)
+        self.peers.send(owner, request).await
     }
 }
 
-/// The owner's answer: its 200 body, or the refusal it sent.
-fn answer<T: DeserializeOwned>(response: PeerResponse, sku_id: SkuId, order_id: OrderId) -> Result<T, SkuError> {
+/// The owner's answer: its 200 body, or the refusal `R` it sent (as the error `refused` makes
+/// of it); anything else is `unreadable` (with what was wrong).
+fn decode<T: DeserializeOwned, R: DeserializeOwned, E>(
+    response: PeerResponse,
+    refused: impl FnOnce(R) -> E,
+    unreadable: impl FnOnce(String) -> E,
+) -> Result<T, E> {
     if response.status == 200 {
         return serde_json::from_slice(&response.body)
-            .map_err(|error| SkuError::Unavailable(format!("the sku's owner answered unreadably: {error}")));
+            .map_err(|error| unreadable(format!("answered unreadably: {error}")));
     }
-    match serde_json::from_slice::<Refused>(&response.body) {
-        Ok(refused) => Err(refused.into_error(sku_id, order_id)),
+    match serde_json::from_slice::<R>(&response.body) {
+        Ok(refusal) => Err(refused(refusal)),
         Err(_) => {
             let text = String::from_utf8_lossy(&response.body[..response.body.len().min(200)]).into_owned();
-            Err(SkuError::Unavailable(format!("the sku's owner answered {}: {text}", response.status)))
+            Err(unreadable(format!("answered {}: {text}", response.status)))
         }
     }
 }

@@ -5,7 +5,7 @@
 
 use super::node::{ClusterNode, OnLost, OnTaken};
 use super::peers::Peers;
-use super::remote::{MintNodeToken, RemoteSkus};
+use super::remote::{MintNodeToken, RemoteKeys};
 use super::{ClusterSettings, Ownership};
 use crate::actors::repair::run_repairs;
 use crate::actors::Core;
@@ -94,7 +94,7 @@ impl Member {
     /// `mint`) to `core`, takes a first share of ranges and starts the loop. The lease repair
     /// pass starts once recovery is done (`Clustered::recovered`).
     pub async fn start(self, core: &Arc<Core>, mint: MintNodeToken, peers: Peers) -> anyhow::Result<Clustered> {
-        let remote = Arc::new(RemoteSkus::new(peers, mint));
+        let remote = Arc::new(RemoteKeys::new(peers, mint));
         core.join_cluster(Arc::clone(self.node.ownership()), remote);
         let _ = self.core.set(Arc::downgrade(core));
         self.node.settle().await?;

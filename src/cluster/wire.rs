@@ -1,17 +1,20 @@
 //! The JSON of calls between nodes: a SKU's owner reserving or settling units for an order
-//! served on another node (`remote.rs` calls, `http::internal` answers). Small on purpose: ids,
-//! a quantity, a time; a grant answers with what the order's item snapshot needs.
+//! served on another node, a template's owner issuing a coupon to a user another node serves
+//! (`remote.rs` calls, `http::internal` answers). Small on purpose: ids, a quantity, a time; a
+//! grant answers with what the order's item snapshot needs, an issue with the coupon.
 //!
-//! A refusal travels as the `SkuError` it was on the owner (`Refused`), so the serving node
-//! decides about it exactly as it would about a local one (insufficient stock is a 409 to the
-//! buyer, an overloaded owner a 503, ...).
+//! A refusal travels as the error it was on the owner (`Refused`, `ClaimRefused`), so the
+//! serving node decides about it exactly as it would about a local one (insufficient stock is a
+//! 409 to the buyer, an overloaded owner a 503, ...).
 
+use crate::actors::coupon::ClaimFailure;
 use crate::actors::inventory::{Grant, Settlement, SkuError};
 use crate::cluster::NotOwner;
+use crate::domain::coupon::{ClaimError, Coupon, CouponStatus};
 use crate::domain::inventory::InventoryError;
 use crate::domain::sale::{Sale, SaleError};
 use crate::domain::slots::RangeId;
-use crate::domain::{Cents, OrderId, SkuId};
+use crate::domain::{Cents, CouponId, OrderId, SkuId, TemplateId, UserId};
 use crate::persistence::SkuInfo;
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +26,96 @@ pub fn reserve_path(sku_id: SkuId) -> String {
 /// The path of a SKU's internal settlement endpoint.
 pub fn settle_path(sku_id: SkuId) -> String {
     format!("/internal/v1/skus/{sku_id}/settle")
+}
+
+/// The path of a template's internal issue endpoint.
+pub fn issue_path(template_id: TemplateId) -> String {
+    format!("/internal/v1/coupon-templates/{template_id}/issue")
+}
+
+/// Issue the user's `seq`-th coupon of the template, committed on the template's owner alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssueCall {
+    pub user_id: i64,
+    pub seq: i64,
+}
+
+/// The coupon is issued (and committed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Issued {
+    pub coupon_id: i64,
+    pub valid_until_ms: i64,
+}
+
+impl Issued {
+    pub fn of(coupon: &Coupon) -> Issued {
+        Issued { coupon_id: coupon.id.get(), valid_until_ms: coupon.valid_until_ms }
+    }
+
+    /// The new coupon as the user's node holds it; `None` when the owner sent no valid id.
+    pub fn into_coupon(self, template_id: TemplateId, user_id: UserId) -> Option<Coupon> {
+        Some(Coupon {
+            id: CouponId::parse(self.coupon_id)?,
+            template_id,
+            user_id,
+            status: CouponStatus::Unused,
+            order_id: None,
+            valid_until_ms: self.valid_until_ms,
+        })
+    }
+}
+
+/// A claim refused by the template's owner: the `ClaimFailure` it was there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "refused", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClaimRefused {
+    NotFound,
+    NotStarted,
+    Ended,
+    SoldOut,
+    LimitReached,
+    Overloaded,
+    NotOwner { range: u16, owner: Option<String> },
+    Unavailable { reason: String },
+    Uncertain { reason: String },
+}
+
+impl ClaimRefused {
+    pub fn of(failure: &ClaimFailure) -> ClaimRefused {
+        match failure {
+            ClaimFailure::NotFound(_) => ClaimRefused::NotFound,
+            ClaimFailure::Refused(ClaimError::NotStarted) => ClaimRefused::NotStarted,
+            ClaimFailure::Refused(ClaimError::Ended) => ClaimRefused::Ended,
+            ClaimFailure::Refused(ClaimError::SoldOut) => ClaimRefused::SoldOut,
+            ClaimFailure::Refused(ClaimError::LimitReached) => ClaimRefused::LimitReached,
+            ClaimFailure::Overloaded => ClaimRefused::Overloaded,
+            ClaimFailure::NotOwner(not_owner) => {
+                ClaimRefused::NotOwner { range: not_owner.range.get(), owner: not_owner.owner.clone() }
+            }
+            ClaimFailure::Unavailable(reason) => ClaimRefused::Unavailable { reason: reason.clone() },
+            ClaimFailure::Uncertain(reason) => ClaimRefused::Uncertain { reason: reason.clone() },
+        }
+    }
+
+    /// The failure on the user's node, for a claim of `template_id`.
+    pub fn into_failure(self, template_id: TemplateId) -> ClaimFailure {
+        match self {
+            ClaimRefused::NotFound => ClaimFailure::NotFound(template_id),
+            ClaimRefused::NotStarted => ClaimError::NotStarted.into(),
+            ClaimRefused::Ended => ClaimError::Ended.into(),
+            ClaimRefused::SoldOut => ClaimError::SoldOut.into(),
+            ClaimRefused::LimitReached => ClaimError::LimitReached.into(),
+            ClaimRefused::Overloaded => ClaimFailure::Overloaded,
+            ClaimRefused::NotOwner { range, owner } => match RangeId::new(range) {
+                Some(range) => ClaimFailure::NotOwner(NotOwner { range, owner }),
+                None => ClaimFailure::Uncertain(format!("the owner named range {range}")),
+            },
+            ClaimRefused::Unavailable { reason } => ClaimFailure::Unavailable(reason),
+            ClaimRefused::Uncertain { reason } => ClaimFailure::Uncertain(reason),
+        }
+    }
 }
 
 /// Hold `quantity` units of the SKU for `order_id` until `expires_at_ms`, committed on the
@@ -198,6 +291,29 @@ mod tests {
             let back: Refused = serde_json::from_str(&json).unwrap();
             assert_eq!(back.into_error(sku_id, order_id), error, "{json}");
         }
+    }
+
+    #[test]
+    fn a_claim_refusal_crosses_the_wire_as_the_failure_it_was() {
+        let template_id = TemplateId::new(8);
+        let failures = [
+            ClaimFailure::NotFound(template_id),
+            ClaimError::NotStarted.into(),
+            ClaimError::Ended.into(),
+            ClaimError::SoldOut.into(),
+            ClaimError::LimitReached.into(),
+            ClaimFailure::Overloaded,
+            ClaimFailure::NotOwner(NotOwner { range: RangeId::new(3).unwrap(), owner: None }),
+            ClaimFailure::Unavailable("down".into()),
+            ClaimFailure::Uncertain("cut".into()),
+        ];
+        for failure in failures {
+            let json = serde_json::to_string(&ClaimRefused::of(&failure)).unwrap();
+            let back: ClaimRefused = serde_json::from_str(&json).unwrap();
+            assert_eq!(back.into_failure(template_id), failure, "{json}");
+        }
+        let coupon = Issued { coupon_id: 0, valid_until_ms: 5 };
+        assert_eq!(coupon.into_coupon(template_id, UserId::new(1)), None, "no coupon without a valid id");
     }
 
     #[test]

@@ -126,6 +126,10 @@ pub struct TemplateState {
 pub struct CouponIssue {
     pub coupon: Coupon,
     pub seq: i64,
+    /// Claimed by the user's node from the template's owner (a cluster): committed by the
+    /// template's owner, fenced by the template's range alone. The user's count needs no fence:
+    /// `seq` must be the user's next one and within the per-user limit, as the database has it.
+    pub user_served_elsewhere: bool,
 }
 
 /// A step in a coupon's life (`domain::coupon::CouponStep`) taken by `user_id`'s order. The

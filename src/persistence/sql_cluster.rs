@@ -27,7 +27,9 @@ const DB_NOW_MS: &str = "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)";
 pub const JOIN_ATTEMPTS_MAX: usize = 16;
 
 /// The ranges a change's keys fall in: its user's (a new order, purchases, a coupon move or
-/// issue, courses opened), its SKUs' and its template's. Learning progress is not fenced: it
+/// issue, courses opened), its SKUs' and its template's. An issue the template's owner commits
+/// for a user another node serves is fenced by the template's range alone (the database checks
+/// the user's count: `CouponIssue::user_served_elsewhere`). Learning progress is not fenced: it
 /// is merged (a join that never loses progress), so a late write of an old owner is harmless.
 /// An order transition or a payment is fenced by the range its order session was activated
 /// under (the user's, in `Change::held_ranges`), whatever else it carries.
@@ -38,7 +40,7 @@ pub fn ranges_of(change: &Change) -> BTreeSet<RangeId> {
         .map(|order| order.user_id)
         .chain(change.purchases.iter().map(|write| write.user_id))
         .chain(change.coupon.iter().map(|movement| movement.user_id))
-        .chain(change.issue.iter().map(|issue| issue.coupon.user_id))
+        .chain(change.issue.iter().filter(|issue| !issue.user_served_elsewhere).map(|issue| issue.coupon.user_id))
         .chain(change.lessons.iter().map(|grant| grant.user_id))
         .map(Key::user);
     let skus =
@@ -268,4 +270,35 @@ fn worker(worker_id: i64) -> Result<u16, StoreError> {
         .ok()
         .filter(|id| *id <= WORKER_ID_MAX)
         .ok_or_else(|| StoreError::Corrupt(format!("worker id {worker_id}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::coupon::{Coupon, CouponStatus};
+    use crate::domain::{CouponId, TemplateId, UserId};
+    use crate::persistence::CouponIssue;
+
+    fn issue(user_served_elsewhere: bool) -> Change {
+        let coupon = Coupon {
+            id: CouponId::new(1),
+            template_id: TemplateId::new(700),
+            user_id: UserId::new(3),
+            status: CouponStatus::Unused,
+            order_id: None,
+            valid_until_ms: 10,
+        };
+        Change { issue: Some(CouponIssue { coupon, seq: 1, user_served_elsewhere }), ..Change::default() }
+    }
+
+    #[test]
+    fn an_issue_is_fenced_by_its_user_and_template_unless_the_user_is_served_elsewhere() {
+        let (user, template) = (Key::user(UserId::new(3)).range(), Key::template(TemplateId::new(700)).range());
+        assert_ne!(user, template, "the ids are picked so the two ranges differ");
+        assert_eq!(ranges_of(&issue(false)), BTreeSet::from([user, template]));
+        assert_eq!(ranges_of(&issue(true)), BTreeSet::from([template]));
+        let held = |range: RangeId| (range == template).then_some(4);
+        assert_eq!(needed(&issue(true), held), vec![(template, Some(4))]);
+        assert!(needed(&issue(false), held).contains(&(user, None)), "a user range not held refuses the change");
+    }
 }

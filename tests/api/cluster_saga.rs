@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tianji::domain::inventory::Quantity;
 use tianji::domain::slots::Key;
-use tianji::domain::{OrderId, SkuId, UserId};
+use tianji::domain::{OrderId, SkuId, TemplateId, UserId};
 use tianji::http::auth::{JwtKeys, Role};
 
 /// `count` user ids from `from` whose range `node` holds now.
@@ -60,6 +60,33 @@ impl Client {
         Some(Self::answer(sent).await)
     }
 
+    /// `POST /v1/coupons/receive` on the node at `address`.
+    async fn claim(&self, address: &str, user_id: i64, template_id: i64) -> Option<(u16, Value)> {
+        let sent = self
+            .http
+            .post(format!("{address}/v1/coupons/receive"))
+            .bearer_auth(self.token(user_id))
+            .json(&json!({"template_id": template_id}))
+            .send()
+            .await
+            .ok()?;
+        Some(Self::answer(sent).await)
+    }
+
+    /// One unit of `sku_id` with `coupon_id`, on the node at `address`.
+    async fn place_with_coupon(&self, address: &str, user_id: i64, sku_id: i64, coupon_id: i64) -> (u16, Value) {
+        let sent = self
+            .http
+            .post(format!("{address}/v1/orders"))
+            .bearer_auth(self.token(user_id))
+            .header("Idempotency-Key", format!("coupon-{coupon_id}"))
+            .json(&json!({"items": [{"sku_id": sku_id, "quantity": 1}], "coupon_id": coupon_id}))
+            .send()
+            .await
+            .expect("place");
+        Self::answer(sent).await
+    }
+
     async fn pay(&self, address: &str, order_id: i64, amount_cents: i64) -> Option<(u16, Value)> {
         let body = json!({
             "order_id": order_id, "out_trade_no": format!("t-{order_id}"), "amount_cents": amount_cents, "channel": "test"
@@ -88,6 +115,24 @@ impl Client {
             .expect("cancel");
         Self::answer(sent).await
     }
+}
+
+/// A coupon template of `total` coupons (30 off from 50, one per user) whose range `owner`
+/// holds, created through node 0 (templates are created until one lands there).
+async fn template_owned_by(cluster: &TestCluster, owner: usize, total: i64) -> i64 {
+    let valid_until = crate::helpers::rfc3339_from_now(3_600);
+    for _ in 0..200 {
+        let body = json!({"name": "30 off", "kind": "amount_off", "discount_cents": 30, "min_spend_cents": 50,
+            "total": total, "per_user_limit": 1, "valid_until": valid_until});
+        let url = format!("{}/v1/admin/coupon-templates", cluster.address(0));
+        let response = cluster.http.post(url).bearer_auth(&cluster.admin).json(&body).send().await.unwrap();
+        assert_eq!(response.status(), 201);
+        let template_id = response.json::<Value>().await.unwrap()["template_id"].as_i64().unwrap();
+        if cluster.holder(Key::template(TemplateId::new(template_id)).range()).await == Some(owner) {
+            return template_id;
+        }
+    }
+    panic!("no template landed on node {owner}");
 }
 
 async fn pool(cluster: &TestCluster) -> AnyPool {
@@ -447,6 +492,30 @@ async fn internal_routes_take_only_node_credentials_and_node_credentials_open_no
     let response = app.client.post(&url).bearer_auth(&node).json(&bad).send().await.unwrap();
     assert_eq!(response.status(), 422, "a return names its units");
 
+    // A template's owner issues a coupon to a user another node serves: the user's count is
+    // the database's, so a second issue of the same seq is refused.
+    let valid_until = crate::helpers::rfc3339_from_now(3_600);
+    let (status, template) = app
+        .create_template(json!({"name": "internal", "kind": "amount_off", "discount_cents": 30,
+            "min_spend_cents": 0, "total": 2, "per_user_limit": 1, "valid_until": valid_until}))
+        .await;
+    assert_eq!(status, 201, "{template}");
+    let url = app.url(&format!("/internal/v1/coupon-templates/{}/issue", template["template_id"]));
+    let issue = |token: &str, call: Value| app.client.post(&url).bearer_auth(token.to_owned()).json(&call).send();
+    let response = issue(&app.user_token(42), json!({"user_id": 42, "seq": 1})).await.unwrap();
+    assert_eq!(response.status(), 403);
+    let response = issue(&node, json!({"user_id": 42, "seq": 0})).await.unwrap();
+    assert_eq!(response.status(), 422);
+    let response = issue(&node, json!({"user_id": 42, "seq": 1})).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let issued: Value = response.json().await.unwrap();
+    let stored: Vec<i64> = app.coupons(42, "").await.iter().map(|c| c["coupon_id"].as_i64().unwrap()).collect();
+    assert_eq!(stored, vec![issued["coupon_id"].as_i64().unwrap()], "committed before the answer");
+    let response = issue(&node, json!({"user_id": 42, "seq": 1})).await.unwrap();
+    assert_eq!(response.status(), 409);
+    assert_eq!(response.json::<Value>().await.unwrap()["refused"], "limit_reached");
+    assert_eq!(app.coupons(42, "").await.len(), 1);
+
     // A node credential is no user and no admin.
     let response = app.client.get(app.url(&format!("/v1/skus/{sku_id}"))).bearer_auth(&node).send().await.unwrap();
     assert_eq!(response.status(), 403);
@@ -511,5 +580,87 @@ async fn a_flash_sale_through_every_node_sells_exactly_the_stock() {
     assert_eq!(sold_out, BUYERS - STOCK);
     assert_eq!(cluster.stored_orders(sku_id).await, acknowledged, "every acknowledged order stored, no other");
     assert_eq!(cluster.counters(sku_id).await, (STOCK, 0, STOCK, 0));
+    crate::reconcile::assert_reconciles_clean(&cluster.database.url, None).await;
+}
+
+/// A coupon rush on a template node 2 owns, by buyers whose users nodes 0, 1 and 2 own, each
+/// on its user's node: node 2 issues and commits every coupon (those for the other nodes'
+/// users through its internal route), exactly the template's total is issued, one per user,
+/// and a coupon claimed that way takes its discount off an order on the buyer's node.
+#[tokio::test]
+async fn buyers_of_every_node_claim_a_template_a_third_node_owns_and_never_more_than_its_total() {
+    const TOTAL: i64 = 12;
+    let cluster = TestCluster::start("saga-coupons", 3).await;
+    let template_id = template_owned_by(&cluster, 2, TOTAL).await;
+    let mut buyers = Vec::new();
+    for (node, count) in [(0, 12), (1, 12), (2, 4)] {
+        let users = users_on(&cluster, node, count, 20_000).await;
+        buyers.extend(users.into_iter().map(|user_id| (cluster.address(node).to_owned(), user_id)));
+    }
+    let client = Client::new();
+
+    // A buyer of node 0 claims, then claims again: the limit holds across nodes.
+    let (address, first) = buyers[0].clone();
+    let (status, body) = client.claim(&address, first, template_id).await.expect("claim");
+    assert_eq!((status, body["status"].as_str()), (201, Some("unused")), "{body}");
+    let first_coupon = body["coupon_id"].as_i64().unwrap();
+    let (status, body) = client.claim(&address, first, template_id).await.expect("claim");
+    assert_eq!((status, body["code"].as_str()), (409, Some("limit_reached")), "{body}");
+
+    // The rest at once; a 503 is retried.
+    let claims = futures::future::join_all(buyers[1..].iter().cloned().map(|(address, user_id)| {
+        let client = client.clone();
+        async move {
+            for _ in 0..40 {
+                match client.claim(&address, user_id, template_id).await {
+                    Some((503, _)) | None => tokio::time::sleep(Duration::from_millis(100)).await,
+                    Some((status, body)) => return (address, user_id, status, body),
+                }
+            }
+            panic!("buyer {user_id} got no answer");
+        }
+    }))
+    .await;
+    let mut holders = vec![(address, first, first_coupon)];
+    for (address, user_id, status, body) in claims {
+        match status {
+            201 => holders.push((address, user_id, body["coupon_id"].as_i64().unwrap())),
+            409 => assert_eq!(body["code"], "sold_out", "{body}"),
+            other => panic!("buyer {user_id}: {other} {body}"),
+        }
+    }
+    assert_eq!(holders.len() as i64, TOTAL, "exactly the template's total is issued");
+    let homes: BTreeSet<&str> = holders.iter().map(|(address, ..)| address.as_str()).collect();
+    assert!(homes.len() >= 2, "coupons went to buyers of other nodes than the template's: {homes:?}");
+    let pool = pool(&cluster).await;
+    let (issued,): (i64,) = sqlx::query_as("SELECT issued FROM coupon_template WHERE id = ?")
+        .bind(template_id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let stored: Vec<(i64, i64)> = sqlx::query_as("SELECT user_id, id FROM coupon_record WHERE template_id = ?")
+        .bind(template_id)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(issued, TOTAL);
+    let stored: BTreeSet<(i64, i64)> = stored.into_iter().collect();
+    let answered: BTreeSet<(i64, i64)> = holders.iter().map(|(_, user_id, coupon_id)| (*user_id, *coupon_id)).collect();
+    assert_eq!(stored, answered, "every coupon answered is stored, for its buyer, and no other");
+
+    // Each holder spends the coupon on its own node, on a SKU node 1 owns: 100 - 30.
+    let sku_id = cluster.sku_owned_by(1, 0, 100).await;
+    for (address, user_id, coupon_id) in &holders {
+        let (status, body) = client.place_with_coupon(address, *user_id, sku_id, *coupon_id).await;
+        assert_eq!((status, body["pay_cents"].as_i64()), (201, Some(70)), "buyer {user_id} on {address}: {body}");
+    }
+    let (locked,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM coupon_record WHERE template_id = ? AND status = 'locked'")
+            .bind(template_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(locked, TOTAL);
+    pool.close().await;
     crate::reconcile::assert_reconciles_clean(&cluster.database.url, None).await;
 }

@@ -200,6 +200,18 @@ pub const CLUSTER_FENCE_REFUSALS: MetricDef = def(
     &[],
     "Changes a commit refused (503 not_owner) because a range they touch is no longer held by this node at the epoch it took",
 );
+pub const REMOTE_CALLS: MetricDef = def(
+    "tianji_remote_calls_total",
+    MetricKind::Counter,
+    &["call", "outcome"],
+    "Calls of a cluster node to the node that owns a SKU or a coupon template, by call (`reserve`, `settle`, `issue`) and outcome: `ok` (committed there), `refused` (the owner refused: sold out, not the owner any more, ...), `overloaded` (too many calls in flight here: not sent, 503), `failed` (no answer in time, unreachable or unreadable: the outcome is unknown; the owner's repair pass, or the user's reload of its coupons, settles it)",
+);
+pub const LEASE_REPAIRS: MetricDef = def(
+    "tianji_lease_repairs_total",
+    MetricKind::Counter,
+    &["outcome"],
+    "Leases of this node's SKUs that disagreed with their orders and that the repair pass settled (`repaired`) or failed to settle (`failed`: the next pass tries again)",
+);
 pub const BUILD_INFO: MetricDef =
     def("tianji_build_info", MetricKind::Gauge, &["version"], "Always 1; the version of the running binary");
 
@@ -230,6 +242,8 @@ pub const ALL: &[MetricDef] = &[
     CLUSTER_RANGES_LOST,
     CLUSTER_ROUND_FAILURES,
     CLUSTER_FENCE_REFUSALS,
+    REMOTE_CALLS,
+    LEASE_REPAIRS,
     BUILD_INFO,
 ];
 
@@ -648,6 +662,89 @@ impl ClusterMetrics {
     }
 }
 
+/// A call to the owner of another node's key (`cluster::remote`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteCall {
+    Reserve,
+    Settle,
+    Issue,
+}
+
+/// How a call to another node's key ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteOutcome {
+    Ok,
+    Refused,
+    Overloaded,
+    Failed,
+}
+
+impl RemoteCall {
+    pub const ALL: [RemoteCall; 3] = [RemoteCall::Reserve, RemoteCall::Settle, RemoteCall::Issue];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            RemoteCall::Reserve => "reserve",
+            RemoteCall::Settle => "settle",
+            RemoteCall::Issue => "issue",
+        }
+    }
+}
+
+impl RemoteOutcome {
+    pub const ALL: [RemoteOutcome; 4] =
+        [RemoteOutcome::Ok, RemoteOutcome::Refused, RemoteOutcome::Overloaded, RemoteOutcome::Failed];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            RemoteOutcome::Ok => "ok",
+            RemoteOutcome::Refused => "refused",
+            RemoteOutcome::Overloaded => "overloaded",
+            RemoteOutcome::Failed => "failed",
+        }
+    }
+}
+
+/// One counter per call and outcome, indexed by both. Registered by cluster nodes only: a
+/// single node calls no other.
+#[derive(Debug, Clone)]
+pub struct RemoteMetrics {
+    by_call: [[Counter; RemoteOutcome::ALL.len()]; RemoteCall::ALL.len()],
+}
+
+impl RemoteMetrics {
+    pub fn new(metrics: &Metrics) -> Self {
+        RemoteMetrics {
+            by_call: RemoteCall::ALL.map(|call| {
+                RemoteOutcome::ALL.map(|outcome| {
+                    metrics.counter(&REMOTE_CALLS, &[("call", call.label()), ("outcome", outcome.label())])
+                })
+            }),
+        }
+    }
+
+    pub fn record(&self, call: RemoteCall, outcome: RemoteOutcome) {
+        self.by_call[call as usize][outcome as usize].increment(1);
+    }
+}
+
+/// The repair pass's handles (`actors::repair`, cluster nodes; a single node settles such
+/// leases in its recovery at start). Registered on every node, so the series exist at 0.
+#[derive(Debug, Clone)]
+pub struct RepairMetrics {
+    pub repaired: Counter,
+    pub failed: Counter,
+}
+
+impl RepairMetrics {
+    pub fn new(metrics: &Metrics) -> Self {
+        RepairMetrics {
+            repaired: metrics.counter(&LEASE_REPAIRS, &[("outcome", "repaired")]),
+            failed: metrics.counter(&LEASE_REPAIRS, &[("outcome", "failed")]),
+        }
+    }
+}
+
 /// The handles of one rate-limited route class.
 #[derive(Debug, Clone)]
 pub struct RateLimitMetrics {
@@ -691,6 +788,12 @@ mod tests {
             assert!(!metric.help.is_empty());
         }
         for (index, outcome) in ForwardOutcome::ALL.iter().enumerate() {
+            assert_eq!(*outcome as usize, index, "ALL is in declaration order: `record` indexes by it");
+        }
+        for (index, call) in RemoteCall::ALL.iter().enumerate() {
+            assert_eq!(*call as usize, index, "ALL is in declaration order: `record` indexes by it");
+        }
+        for (index, outcome) in RemoteOutcome::ALL.iter().enumerate() {
             assert_eq!(*outcome as usize, index, "ALL is in declaration order: `record` indexes by it");
         }
         for (index, outcome) in PlacementOutcome::ALL.iter().enumerate() {

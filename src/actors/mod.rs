@@ -240,6 +240,8 @@ pub struct Core {
     learning: learning::WriteBehind,
     /// Placements by outcome.
     placements: Placements,
+    /// Leases the repair pass settled or failed to.
+    repairs: crate::metrics::RepairMetrics,
     /// The app's recorder, which every handle above was registered in.
     metrics: Metrics,
     /// The runtime the core started on, where every store call runs (see `bounded`).
@@ -363,6 +365,7 @@ impl Core {
             timer,
             learning: learning::WriteBehind::measured(LearningMetrics::new(&metrics)),
             placements: Placements::new(&metrics),
+            repairs: crate::metrics::RepairMetrics::new(&metrics),
             metrics,
             home: tokio::runtime::Handle::current(),
             committed: Arc::new(tokio::sync::Notify::new()),

@@ -90,6 +90,8 @@ impl Core {
                 }
             }
         }
+        self.repairs.repaired.increment(pass.repaired as u64);
+        self.repairs.failed.increment(pass.failed as u64);
         if pass.repaired > 0 || pass.failed > 0 {
             tracing::info!(?pass, "leases repaired");
         }

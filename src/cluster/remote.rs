@@ -17,8 +17,9 @@ use crate::actors::inventory::{Grant, Settlement, SkuError};
 use crate::domain::coupon::Coupon;
 use crate::domain::inventory::Quantity;
 use crate::domain::{OrderId, SkuId, TemplateId, UserId};
+use crate::metrics::{RemoteCall, RemoteMetrics, RemoteOutcome};
 use bytes::Bytes;
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,11 +35,12 @@ pub type MintNodeToken = Arc<dyn Fn() -> String + Send + Sync>;
 pub struct RemoteKeys {
     peers: Peers,
     mint: MintNodeToken,
+    metrics: RemoteMetrics,
 }
 
 impl RemoteKeys {
-    pub fn new(peers: Peers, mint: MintNodeToken) -> RemoteKeys {
-        RemoteKeys { peers, mint }
+    pub fn new(peers: Peers, mint: MintNodeToken, metrics: RemoteMetrics) -> RemoteKeys {
+        RemoteKeys { peers, mint, metrics }
     }
 
     /// Holds `quantity` units of `sku_id` for `order_id` on the SKU's owner at `owner`.
@@ -51,7 +53,8 @@ impl RemoteKeys {
         expires_at_ms: i64,
     ) -> Result<Grant, SkuError> {
         let call = ReserveCall { order_id: order_id.get(), quantity: quantity.units(), expires_at_ms };
-        let granted: Granted = self.sku_call(owner, wire::reserve_path(sku_id), &call, sku_id, order_id).await?;
+        let path = wire::reserve_path(sku_id);
+        let granted: Granted = self.sku_call(RemoteCall::Reserve, owner, path, &call, sku_id, order_id).await?;
         Ok(granted.into_grant(sku_id))
     }
 
@@ -64,7 +67,8 @@ impl RemoteKeys {
         settlement: Settlement,
     ) -> Result<(), SkuError> {
         let call = SettleCall::new(order_id, settlement);
-        let _: serde::de::IgnoredAny = self.sku_call(owner, wire::settle_path(sku_id), &call, sku_id, order_id).await?;
+        let path = wire::settle_path(sku_id);
+        let _: IgnoredAny = self.sku_call(RemoteCall::Settle, owner, path, &call, sku_id, order_id).await?;
         Ok(())
     }
 
@@ -77,37 +81,37 @@ impl RemoteKeys {
         seq: i64,
     ) -> Result<Coupon, ClaimFailure> {
         let call = IssueCall { user_id: user_id.get(), seq };
-        let response = self.send(owner, wire::issue_path(template_id), &call).await.map_err(|error| match error {
-            PeerError::Busy => ClaimFailure::Overloaded,
-            other => ClaimFailure::Uncertain(format!("the template's owner: {other}")),
-        })?;
-        let issued: Issued = decode(
-            response,
-            |refused: ClaimRefused| refused.into_failure(template_id),
-            |reason| ClaimFailure::Uncertain(format!("the template's owner {reason}")),
-        )?;
-        issued
-            .into_coupon(template_id, user_id)
-            .ok_or_else(|| ClaimFailure::Uncertain("the template's owner answered no coupon id".into()))
+        let uncertain = |reason: String| ClaimFailure::Uncertain(format!("the template's owner: {reason}"));
+        let (outcome, issued) = match self.send(owner, wire::issue_path(template_id), &call).await {
+            Err(PeerError::Busy) => (RemoteOutcome::Overloaded, Err(ClaimFailure::Overloaded)),
+            Err(other) => (RemoteOutcome::Failed, Err(uncertain(other.to_string()))),
+            Ok(response) => decode(response, |refused: ClaimRefused| refused.into_failure(template_id), uncertain),
+        };
+        let coupon = issued.and_then(|issued: Issued| {
+            issued.into_coupon(template_id, user_id).ok_or_else(|| uncertain("answered no coupon id".into()))
+        });
+        let outcome = if outcome == RemoteOutcome::Ok && coupon.is_err() { RemoteOutcome::Failed } else { outcome };
+        self.metrics.record(RemoteCall::Issue, outcome);
+        coupon
     }
 
     async fn sku_call<T: DeserializeOwned>(
         &self,
+        call: RemoteCall,
         owner: &str,
         path: String,
         body: &impl Serialize,
         sku_id: SkuId,
         order_id: OrderId,
     ) -> Result<T, SkuError> {
-        let response = self.send(owner, path, body).await.map_err(|error| match error {
-            PeerError::Busy => SkuError::Overloaded,
-            other => SkuError::Unavailable(format!("the sku's owner: {other}")),
-        })?;
-        decode(
-            response,
-            |refused: Refused| refused.into_error(sku_id, order_id),
-            |reason| SkuError::Unavailable(format!("the sku's owner {reason}")),
-        )
+        let unavailable = |reason: String| SkuError::Unavailable(format!("the sku's owner: {reason}"));
+        let (outcome, result) = match self.send(owner, path, body).await {
+            Err(PeerError::Busy) => (RemoteOutcome::Overloaded, Err(SkuError::Overloaded)),
+            Err(other) => (RemoteOutcome::Failed, Err(unavailable(other.to_string()))),
+            Ok(response) => decode(response, |refused: Refused| refused.into_error(sku_id, order_id), unavailable),
+        };
+        self.metrics.record(call, outcome);
+        result
     }
 
     /// POSTs `body` as JSON to `path` on `owner`, with a node credential.
@@ -126,22 +130,24 @@ impl RemoteKeys {
     }
 }
 
-/// The owner's answer: its 200 body, or the refusal `R` it sent (as the error `refused` makes
-/// of it); anything else is `unreadable` (with what was wrong).
+/// The owner's answer: its 200 body (`Ok`), or the refusal `R` it sent, as the error `refused`
+/// makes of it (`Refused`); anything else is `unreadable`, with what was wrong (`Failed`).
 fn decode<T: DeserializeOwned, R: DeserializeOwned, E>(
     response: PeerResponse,
     refused: impl FnOnce(R) -> E,
     unreadable: impl FnOnce(String) -> E,
-) -> Result<T, E> {
+) -> (RemoteOutcome, Result<T, E>) {
     if response.status == 200 {
-        return serde_json::from_slice(&response.body)
-            .map_err(|error| unreadable(format!("answered unreadably: {error}")));
+        return match serde_json::from_slice(&response.body) {
+            Ok(answer) => (RemoteOutcome::Ok, Ok(answer)),
+            Err(error) => (RemoteOutcome::Failed, Err(unreadable(format!("answered unreadably: {error}")))),
+        };
     }
     match serde_json::from_slice::<R>(&response.body) {
-        Ok(refusal) => Err(refused(refusal)),
+        Ok(refusal) => (RemoteOutcome::Refused, Err(refused(refusal))),
         Err(_) => {
             let text = String::from_utf8_lossy(&response.body[..response.body.len().min(200)]).into_owned();
-            Err(unreadable(format!("answered {}: {text}", response.status)))
+            (RemoteOutcome::Failed, Err(unreadable(format!("answered {}: {text}", response.status))))
         }
     }
 }

@@ -9,6 +9,7 @@ use super::remote::{MintNodeToken, RemoteKeys};
 use super::{ClusterSettings, Ownership};
 use crate::actors::repair::run_repairs;
 use crate::actors::Core;
+use crate::metrics::RemoteMetrics;
 use crate::persistence::sql_cluster::ClusterStore;
 use crate::persistence::{mysql, within, DynStore};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -94,7 +95,7 @@ impl Member {
     /// `mint`) to `core`, takes a first share of ranges and starts the loop. The lease repair
     /// pass starts once recovery is done (`Clustered::recovered`).
     pub async fn start(self, core: &Arc<Core>, mint: MintNodeToken, peers: Peers) -> anyhow::Result<Clustered> {
-        let remote = Arc::new(RemoteKeys::new(peers, mint));
+        let remote = Arc::new(RemoteKeys::new(peers, mint, RemoteMetrics::new(core.metrics())));
         core.join_cluster(Arc::clone(self.node.ownership()), remote);
         let _ = self.core.set(Arc::downgrade(core));
         self.node.settle().await?;

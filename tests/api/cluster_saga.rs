@@ -452,6 +452,9 @@ async fn the_repair_pass_releases_a_reservation_never_ordered_and_confirms_one_w
     );
     let again = app.core.repair_leases(None).await.expect("a pass");
     assert_eq!(again.repaired, 0, "nothing left to repair: {again:?}");
+    let scrape = crate::metrics::scrape(&app).await;
+    let repairs = |outcome| scrape.value("tianji_lease_repairs_total", &[("outcome", outcome)]);
+    assert_eq!((repairs("repaired"), repairs("failed")), (Some(2.0), Some(0.0)));
 }
 
 #[actix_web::test]
@@ -647,6 +650,16 @@ async fn buyers_of_every_node_claim_a_template_a_third_node_owns_and_never_more_
     let stored: BTreeSet<(i64, i64)> = stored.into_iter().collect();
     let answered: BTreeSet<(i64, i64)> = holders.iter().map(|(_, user_id, coupon_id)| (*user_id, *coupon_id)).collect();
     assert_eq!(stored, answered, "every coupon answered is stored, for its buyer, and no other");
+    // Node 2 issued those of the other nodes' buyers through its internal route.
+    let mut issued_remotely = 0.0;
+    for node in [0, 1] {
+        let text = cluster.http.get(format!("{}/metrics", cluster.address(node))).send().await.unwrap();
+        let scrape = crate::metrics::Scrape::parse(&text.text().await.unwrap());
+        let calls = scrape.value("tianji_remote_calls_total", &[("call", "issue"), ("outcome", "ok")]);
+        issued_remotely += calls.expect("counted");
+    }
+    let of_other_nodes = holders.iter().filter(|(address, ..)| address != cluster.address(2)).count();
+    assert_eq!(issued_remotely, of_other_nodes as f64);
 
     // Each holder spends the coupon on its own node, on a SKU node 1 owns: 100 - 30.
     let sku_id = cluster.sku_owned_by(1, 0, 100).await;

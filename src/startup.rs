@@ -30,6 +30,7 @@
 
 use crate::actors::relay::Relay;
 use crate::actors::Core;
+use crate::cluster::peers::PeerLimits;
 use crate::cluster::remote::NODE_TOKEN_TTL;
 use crate::config::Settings;
 use crate::http::auth::Role;
@@ -152,9 +153,12 @@ impl Application {
         };
         export_relay(&metrics, relay.as_ref());
         let keys = web::Data::new(JwtKeys::with_rules(settings.jwt_secret(), settings.tokens.clone()));
-        // Forwards and remote SKU steps each have their own client and bound, so a burst of
-        // forwards cannot starve the settlements of committed order steps.
-        let peers = || settings.cluster.as_ref().map(|cluster| crate::cluster::peers::Peers::new(cluster.peers));
+        // Forwards and calls on other nodes' keys each have their own client and bound, so a
+        // burst of forwards cannot starve the settlements of committed order steps; the calls,
+        // made while serving a request that may have been forwarded, time out first.
+        let peers = |limits: fn(PeerLimits) -> PeerLimits| {
+            settings.cluster.as_ref().map(|cluster| crate::cluster::peers::Peers::new(limits(cluster.peers)))
+        };
         // A cluster node takes its first ranges before it repairs (repairs of others' ranges are refused).
         let mut cluster = match member {
             Some(member) => {
@@ -163,7 +167,7 @@ impl Application {
                 let node = crate::domain::UserId::new(i64::from(worker_id) + 1);
                 let ttl = NODE_TOKEN_TTL.min(keys.rules().lifetime_max);
                 let mint = Arc::new(move || minter.mint(node, Role::Node, ttl));
-                let peers = peers().expect("a member has cluster settings");
+                let peers = peers(PeerLimits::nested).expect("a member has cluster settings");
                 Some(member.start(&core, mint, peers).await?)
             }
             None => None,
@@ -186,7 +190,7 @@ impl Application {
         let admission = gate.clone();
         let payment_key = web::Data::new(PaymentKey::new(settings.payment_secret()));
         // Only a cluster node forwards; on a single node the layer passes every request straight on.
-        let forward = http::forward::Forward::new(peers().and_then(|peers| {
+        let forward = http::forward::Forward::new(peers(std::convert::identity).and_then(|peers| {
             http::forward::Forwarding::of(&core, peers, keys.clone(), payment_key.clone(), &metrics)
         }));
         let listener = TcpListener::bind(settings.bind)?;

@@ -3,10 +3,13 @@
 //! It holds the template's rules and how many coupons are issued or on their way through the
 //! write pipeline, and answers a claim at once: outside the claim window, sold out, or past
 //! the user's limit, nothing is handed out; otherwise it mints the coupon and counts it in
-//! flight. The claim's caller (the user's actor) commits it through the pipeline and settles
-//! it here. The database's `issued <= total` check inside the commit and the unique
-//! `(user_id, template_id, seq)` key are the last line of defence: a stale view of this actor
-//! can only refuse a claim, never over-issue.
+//! flight. The claim commits it through this node's pipeline and settles it here: for a user
+//! this node serves, fenced by the user's range too; in a cluster, for a user another node
+//! serves (which counts the user's `seq` and calls in, `Core::claim_alone`), fenced by the
+//! template's range alone. The database's `issued <= total` check inside the commit and its
+//! check that `seq` is the user's next one within the limit (backed by the unique
+//! `(user_id, template_id, seq)` key) are the last line of defence: a stale view of this actor
+//! or of the user's can only refuse a claim, never over-issue.
 
 use super::{schedule_idle_checks, Core, Refusal, Reply};
 use crate::domain::coupon::{ClaimError, Coupon, CouponRules, CouponStatus};

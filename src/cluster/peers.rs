@@ -57,6 +57,16 @@ impl PeerLimits {
     }
 }
 
+impl PeerLimits {
+    /// The bounds of calls made while serving a request another node may have forwarded (a
+    /// reservation, settlement or claim on another node's key): half the timeout, so this
+    /// node answers (a refusal, or that the outcome is unknown) before a forwarding node gives
+    /// up on it and answers 503 for a request that may yet succeed.
+    pub fn nested(self) -> PeerLimits {
+        PeerLimits { timeout: self.timeout / 2, ..self }
+    }
+}
+
 impl Default for PeerLimits {
     fn default() -> Self {
         PeerLimits { timeout: PEER_TIMEOUT_DEFAULT, in_flight_max: PEER_IN_FLIGHT_MAX_DEFAULT }

@@ -204,7 +204,7 @@ pub const REMOTE_CALLS: MetricDef = def(
     "tianji_remote_calls_total",
     MetricKind::Counter,
     &["call", "outcome"],
-    "Calls of a cluster node to the node that owns a SKU or a coupon template, by call (`reserve`, `settle`, `issue`) and outcome: `ok` (committed there), `refused` (the owner refused: sold out, not the owner any more, ...), `overloaded` (too many calls in flight here: not sent, 503), `failed` (no answer in time, unreachable or unreadable: the outcome is unknown; the owner's repair pass, or the user's reload of its coupons, settles it)",
+    "Calls of a cluster node to the node that owns a SKU or a coupon template, by call (`reserve`, `settle`, `issue`) and outcome: `ok` (committed there), `refused` (the owner refused: sold out, not the owner any more, ...), `overloaded` (too many calls in flight here: not sent, 503), `failed` (no answer in time, unreachable, unreadable, or the owner could not act or tell: perhaps done; the owner's repair pass, or the user's reload of its coupons, settles it)",
 );
 pub const LEASE_REPAIRS: MetricDef = def(
     "tianji_lease_repairs_total",

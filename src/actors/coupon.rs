@@ -277,7 +277,7 @@ impl Core {
     ) -> Result<Coupon, ClaimFailure> {
         let core = Arc::clone(self);
         // Spawned: a caller that goes away does not leave a coupon handed out and unsettled.
-        let task = tokio::spawn(
+        let task = self.home.spawn(
             async move { core.issue_committed(user_id, template_id, seq, Vec::new(), true).await }.in_current_span(),
         );
         task.await.map_err(|_| ClaimFailure::Uncertain("claim task failed".into()))?

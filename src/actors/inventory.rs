@@ -574,7 +574,7 @@ impl Core {
             return;
         }
         let core = Arc::clone(self);
-        tokio::spawn(
+        self.home.spawn(
             async move {
                 for sku_id in sku_ids {
                     if let Err(error) = core.settle_elsewhere(sku_id, order_id, Settlement::Release).await {
@@ -626,7 +626,7 @@ impl Core {
     ) -> Result<Grant, SkuError> {
         let core = Arc::clone(self);
         // Spawned: a caller that goes away does not leave the effect handed out and unsubmitted.
-        let task = tokio::spawn(
+        let task = self.home.spawn(
             async move {
                 let grant = core.ask_sku(sku_id, |reply| Reserve { order_id, quantity, expires_at_ms, reply }).await?;
                 let effect = grant.effect.clone().expect("this node's actor made the effect");
@@ -647,7 +647,7 @@ impl Core {
         settlement: Settlement,
     ) -> Result<(), SkuError> {
         let core = Arc::clone(self);
-        let task = tokio::spawn(
+        let task = self.home.spawn(
             async move {
                 let effect = core.ask_sku(sku_id, |reply| Settle { order_id, settlement, reply }).await?;
                 core.commit_alone(effect).await
@@ -703,7 +703,7 @@ impl Core {
     pub async fn restock(self: &Arc<Self>, sku_id: SkuId, quantity: Quantity) -> Result<SkuSnapshot, SkuError> {
         let core = Arc::clone(self);
         // Spawned: a client that goes away does not leave the effect handed out and unsubmitted.
-        let written = tokio::spawn(
+        let written = self.home.spawn(
             async move {
                 let effect = core.ask_sku(sku_id, |reply| Restock { quantity, reply }).await?;
                 core.commit_alone(effect).await

@@ -29,7 +29,7 @@ use super::inventory::{Grant, SkuError};
 use super::learning::{lessons_at_activation, pending_before_read, Lessons};
 use super::registry::ActorRef;
 use super::{schedule_idle_checks, Core, Refusal, Reply};
-use crate::domain::coupon::{ClaimError, Coupon, CouponRules, CouponStep, DiscountError};
+use crate::domain::coupon::{ClaimError, Coupon, CouponRules, CouponStatus, CouponStep, DiscountError};
 use crate::domain::inventory::InventoryError;
 use crate::domain::learning::Progress;
 use crate::domain::order::{NewOrderHeader, Order, OrderError, PlaceOrder};
@@ -40,7 +40,7 @@ use crate::metrics::PlacementOutcome;
 use crate::persistence::group_commit::SubmitError;
 use crate::persistence::{Change, Conflict, CouponMove, LessonGrant, PurchaseWrite, StoreError, UserState};
 use actix::prelude::*;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -188,6 +188,12 @@ pub const ACTIVATION_READS_MAX: usize = 3;
 /// wait for the claim in flight; past it they get 503.
 pub const WAITERS_PER_KEY_MAX: usize = 64;
 
+/// The most coupons one user actor reads from the store because a placement named one its
+/// wallet does not hold (issued after the wallet was read: a claim on the template's node
+/// whose answer was lost, or that landed after this actor activated); past it such a coupon
+/// is refused from memory.
+pub const COUPON_LOOKUPS_MAX: usize = 16;
+
 /// Place an order under an Idempotency-Key.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -256,6 +262,9 @@ pub struct UserActor {
     purchases: HashMap<SkuId, i64>,
     /// The user's coupons as committed, or locked by a placement in flight.
     wallet: HashMap<CouponId, Coupon>,
+    /// Coupons of a placement that were not in the wallet and were read from the store once
+    /// (at most `COUPON_LOOKUPS_MAX` per activation).
+    coupons_looked_up: HashSet<CouponId>,
     /// The user's coupon count per template (the highest `seq`), claims in flight included.
     claims: HashMap<TemplateId, i64>,
     /// Per template with a claim in flight: the claims waiting for it.
@@ -287,6 +296,7 @@ impl UserActor {
             recency: VecDeque::new(),
             purchases: state.purchases.into_iter().collect(),
             wallet: state.coupons.into_iter().map(|coupon| (coupon.id, coupon)).collect(),
+            coupons_looked_up: HashSet::new(),
             claims: state.claims.into_iter().collect(),
             claim_queue: HashMap::new(),
             stale: false,
@@ -351,6 +361,9 @@ impl UserActor {
         reply: Reply<Placed, PlaceError>,
         ctx: &mut Context<Self>,
     ) {
+        if let Some(coupon_id) = request.coupon_id.filter(|id| self.should_look_up(*id)) {
+            return self.look_up_coupon(coupon_id, Place { key, request, reply }, ctx);
+        }
         let order_id = OrderId::new(self.core.next_id());
         tracing::debug!(user_id = %self.user_id, %order_id, look_up_first, "placement starts");
         let coupon = match request.coupon_id {
@@ -388,6 +401,36 @@ impl UserActor {
             actor.settle_holds(&outcome, order_id, coupon.map(|c| c.id));
             actor.finish(key, outcome.result, reply);
             actor.stop_if_stale(ctx);
+        }));
+    }
+
+    /// Whether a placement's coupon is to be read from the store first: not in the wallet,
+    /// not read before, and lookups left.
+    fn should_look_up(&self, coupon_id: CouponId) -> bool {
+        !self.wallet.contains_key(&coupon_id)
+            && !self.coupons_looked_up.contains(&coupon_id)
+            && self.coupons_looked_up.len() < COUPON_LOOKUPS_MAX
+    }
+
+    /// Reads a coupon the wallet does not hold; an open one of this user's joins the wallet.
+    /// Then `place` is handled again (its key may have moved on meanwhile).
+    fn look_up_coupon(&mut self, coupon_id: CouponId, place: Place, ctx: &mut Context<Self>) {
+        self.coupons_looked_up.insert(coupon_id);
+        let core = Arc::clone(&self.core);
+        let read = async move { core.bounded(move |store| async move { store.find_coupon(coupon_id).await }).await };
+        ctx.spawn(read.in_current_span().into_actor(self).map(move |found, actor, ctx| match found {
+            Ok(found) => {
+                let open = |c: &Coupon| matches!(c.status, CouponStatus::Unused | CouponStatus::Locked);
+                if let Some(coupon) = found.filter(|c| c.user_id == actor.user_id && open(c)) {
+                    tracing::info!(user_id = %actor.user_id, %coupon_id, "a coupon issued after the wallet was read joins it");
+                    actor.wallet.entry(coupon_id).or_insert(coupon);
+                }
+                actor.handle(place, ctx);
+            }
+            Err(error) => {
+                actor.coupons_looked_up.remove(&coupon_id);
+                let _ = place.reply.send(Err(error.into()));
+            }
         }));
     }
 

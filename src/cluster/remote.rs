@@ -90,7 +90,14 @@ impl RemoteKeys {
         let coupon = issued.and_then(|issued: Issued| {
             issued.into_coupon(template_id, user_id).ok_or_else(|| uncertain("answered no coupon id".into()))
         });
-        let outcome = if outcome == RemoteOutcome::Ok && coupon.is_err() { RemoteOutcome::Failed } else { outcome };
+        // What the owner answered, as the metric tells it: its overload and an outcome it did
+        // not know are no refusals.
+        let outcome = match (&coupon, outcome) {
+            (Err(ClaimFailure::Uncertain(_) | ClaimFailure::Unavailable(_)), _) => RemoteOutcome::Failed,
+            (Err(ClaimFailure::Overloaded), _) => RemoteOutcome::Overloaded,
+            (Err(_), RemoteOutcome::Ok) => RemoteOutcome::Failed,
+            (_, outcome) => outcome,
+        };
         self.metrics.record(RemoteCall::Issue, outcome);
         coupon
     }
@@ -109,6 +116,11 @@ impl RemoteKeys {
             Err(PeerError::Busy) => (RemoteOutcome::Overloaded, Err(SkuError::Overloaded)),
             Err(other) => (RemoteOutcome::Failed, Err(unavailable(other.to_string()))),
             Ok(response) => decode(response, |refused: Refused| refused.into_error(sku_id, order_id), unavailable),
+        };
+        let outcome = match &result {
+            Err(SkuError::Unavailable(_)) => RemoteOutcome::Failed,
+            Err(SkuError::Overloaded) => RemoteOutcome::Overloaded,
+            _ => outcome,
         };
         self.metrics.record(call, outcome);
         result

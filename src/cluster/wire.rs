@@ -110,7 +110,7 @@ impl ClaimRefused {
             ClaimRefused::Overloaded => ClaimFailure::Overloaded,
             ClaimRefused::NotOwner { range, owner } => match RangeId::new(range) {
                 Some(range) => ClaimFailure::NotOwner(NotOwner { range, owner }),
-                None => ClaimFailure::Uncertain(format!("the owner named range {range}")),
+                None => ClaimFailure::Unavailable(format!("the owner named range {range}")),
             },
             ClaimRefused::Unavailable { reason } => ClaimFailure::Unavailable(reason),
             ClaimRefused::Uncertain { reason } => ClaimFailure::Uncertain(reason),

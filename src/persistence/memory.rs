@@ -318,6 +318,10 @@ impl Store for MemoryStore {
         Ok(template_ids.iter().map(|id| state.templates.get(id).cloned()).collect())
     }
 
+    async fn find_coupon(&self, coupon_id: CouponId) -> Result<Option<Coupon>, StoreError> {
+        Ok(self.lock().coupons.get(&coupon_id).map(|(coupon, _)| *coupon))
+    }
+
     async fn list_coupons(
         &self,
         user_id: UserId,

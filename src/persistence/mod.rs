@@ -422,6 +422,9 @@ pub trait Store: Send + Sync + 'static {
     /// template. Results are in the order of `template_ids`.
     async fn load_templates(&self, template_ids: &[TemplateId]) -> Result<Vec<Option<TemplateState>>, StoreError>;
 
+    /// One coupon by id, whoever holds it.
+    async fn find_coupon(&self, coupon_id: CouponId) -> Result<Option<Coupon>, StoreError>;
+
     /// A user's coupons, newest first, at most `limit`, with the stored status given (all when
     /// `None`).
     async fn list_coupons(

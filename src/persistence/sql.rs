@@ -448,6 +448,10 @@ impl Store for SqlStore {
         self.select_templates(template_ids).await
     }
 
+    async fn find_coupon(&self, coupon_id: CouponId) -> Result<Option<Coupon>, StoreError> {
+        self.select_coupon(coupon_id).await
+    }
+
     async fn list_coupons(
         &self,
         user_id: UserId,

@@ -324,6 +324,14 @@ impl SqlStore {
         Ok(template_ids.iter().map(|id| found.remove(id)).collect())
     }
 
+    pub(super) async fn select_coupon(&self, coupon_id: CouponId) -> Result<Option<Coupon>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {COUPON_COLUMNS} FROM coupon_record WHERE id = ?"))
+            .bind(coupon_id.get())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(coupon_from_row).transpose()
+    }
+
     pub(super) async fn select_coupons(
         &self,
         user_id: UserId,

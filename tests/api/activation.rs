@@ -81,6 +81,10 @@ impl Store for GatedStore {
         self.inner.load_templates(template_ids).await
     }
 
+    async fn find_coupon(&self, coupon_id: tianji::domain::CouponId) -> Result<Option<Coupon>, StoreError> {
+        self.inner.find_coupon(coupon_id).await
+    }
+
     async fn list_coupons(
         &self,
         user_id: UserId,

@@ -528,6 +528,44 @@ async fn internal_routes_take_only_node_credentials_and_node_credentials_open_no
     assert!(document["paths"].as_object().unwrap().keys().all(|path| !path.starts_with("/internal")));
 }
 
+/// A coupon issued for a user after the user's actor read its wallet (as a template's owner
+/// does for a user another node serves, whose answer the user's node may have lost) is read
+/// from the store when an order names it, once; a coupon of nobody's or of another user stays
+/// refused.
+#[actix_web::test]
+async fn a_coupon_issued_after_the_wallet_was_read_can_be_spent() {
+    let app = spawn_app(Backend::MySql).await;
+    let sku_id = app.create_sku("late coupon", 100, 10).await;
+    let (buyer, other) = (42, 43);
+    // The buyer's actor is live, its wallet read (empty).
+    app.placed(buyer, sku_id, 1).await;
+    let valid_until = crate::helpers::rfc3339_from_now(3_600);
+    let (status, template) = app
+        .create_template(json!({"name": "late", "kind": "amount_off", "discount_cents": 30,
+            "min_spend_cents": 0, "total": 5, "per_user_limit": 1, "valid_until": valid_until}))
+        .await;
+    assert_eq!(status, 201, "{template}");
+    // Issued the way a remote claim is: committed for the buyer, not through its actor.
+    let node = app.keys.mint(UserId::new(1), Role::Node, Duration::from_secs(60));
+    let url = app.url(&format!("/internal/v1/coupon-templates/{}/issue", template["template_id"]));
+    let issue =
+        |user_id: i64| app.client.post(&url).bearer_auth(node.clone()).json(&json!({"user_id": user_id, "seq": 1}));
+    let late: Value = issue(buyer).send().await.unwrap().json().await.unwrap();
+    let late = late["coupon_id"].as_i64().expect("issued");
+    let others: Value = issue(other).send().await.unwrap().json().await.unwrap();
+    let others = others["coupon_id"].as_i64().expect("issued");
+
+    let items = json!([{"sku_id": sku_id, "quantity": 1}]);
+    for not_the_buyers in [others, 987_654_321] {
+        let (status, body) = app.place_with_coupon(buyer, items.clone(), not_the_buyers).await;
+        assert_eq!((status, body["code"].as_str()), (409, Some("coupon_unavailable")), "{body}");
+    }
+    let (status, body) = app.place_with_coupon(buyer, items.clone(), late).await;
+    assert_eq!((status, body["pay_cents"].as_i64()), (201, Some(70)), "{body}");
+    let (status, body) = app.place_with_coupon(buyer, items, late).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("coupon_unavailable")), "locked to the first order: {body}");
+}
+
 /// A flash sale through every node: each buyer sends its order to a node picked round-robin,
 /// whoever owns the buyer or the SKU; the node forwards it to the buyer's node, which reserves
 /// on the SKU's node when that is another one. Exactly the stock is sold, once per acknowledged
@@ -622,9 +660,15 @@ async fn buyers_of_every_node_claim_a_template_a_third_node_owns_and_never_more_
     let mut issued_unanswered = BTreeSet::from([first]);
     for (user_id, (status, body, retried)) in claims {
         match status {
-            201 => drop(answered.insert((user_id, body["coupon_id"].as_i64().unwrap()))),
+            201 => {
+                answered.insert((user_id, body["coupon_id"].as_i64().unwrap()));
+            }
+            // A claim answered 503 and issued all the same is answered `sold_out` (stock is
+            // checked first) or `limit_reached` when retried.
+            409 if retried && (body["code"] == "sold_out" || limit_reached(&body)) => {
+                issued_unanswered.insert(user_id);
+            }
             409 if body["code"] == "sold_out" => {}
-            409 if retried && limit_reached(&body) => drop(issued_unanswered.insert(user_id)),
             other => panic!("buyer {user_id}: {other} {body}"),
         }
     }

@@ -41,6 +41,10 @@ pub enum ClaimFailure {
     /// Perhaps claimed: the commit's outcome is unknown (the user's coupon list tells).
     #[error("unavailable, the outcome is unknown: {0}")]
     Uncertain(String),
+    /// Definitely not claimed: the user's count of coupons of the template was behind the
+    /// database (a coupon issued after it was read); the user's actor reloads it, a retry claims.
+    #[error("unavailable: the user's coupons changed meanwhile; retry")]
+    Behind,
     /// Another node of the cluster owns the key (`cluster`).
     #[error(transparent)]
     NotOwner(#[from] crate::cluster::NotOwner),
@@ -302,6 +306,8 @@ impl Core {
             Ok(Err(Conflict::ClaimLimit(_))) => {
                 (IssueSettled::Refused { stale: false }, Err(ClaimError::LimitReached.into()))
             }
+            // Not issued; the user's actor reloads its count (`ClaimFailure::Behind`).
+            Ok(Err(Conflict::ClaimBehind(_))) => (IssueSettled::Refused { stale: false }, Err(ClaimFailure::Behind)),
             Ok(Err(Conflict::NotOwner(range))) => {
                 (IssueSettled::Refused { stale: false }, Err(ClaimFailure::NotOwner(self.not_owner(range))))
             }

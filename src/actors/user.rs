@@ -526,7 +526,9 @@ impl UserActor {
                     actor.wallet.insert(coupon.id, *coupon);
                 }
                 // The database disagrees with this actor's count, or may have written it.
-                Err(ClaimFailure::Refused(ClaimError::LimitReached)) | Err(ClaimFailure::Uncertain(_)) => {
+                Err(ClaimFailure::Refused(ClaimError::LimitReached))
+                | Err(ClaimFailure::Behind)
+                | Err(ClaimFailure::Uncertain(_)) => {
                     actor.stale = true;
                 }
                 Err(_) => {}

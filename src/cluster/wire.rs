@@ -76,6 +76,7 @@ pub enum ClaimRefused {
     Ended,
     SoldOut,
     LimitReached,
+    Behind,
     Overloaded,
     NotOwner { range: u16, owner: Option<String> },
     Unavailable { reason: String },
@@ -90,6 +91,7 @@ impl ClaimRefused {
             ClaimFailure::Refused(ClaimError::Ended) => ClaimRefused::Ended,
             ClaimFailure::Refused(ClaimError::SoldOut) => ClaimRefused::SoldOut,
             ClaimFailure::Refused(ClaimError::LimitReached) => ClaimRefused::LimitReached,
+            ClaimFailure::Behind => ClaimRefused::Behind,
             ClaimFailure::Overloaded => ClaimRefused::Overloaded,
             ClaimFailure::NotOwner(not_owner) => {
                 ClaimRefused::NotOwner { range: not_owner.range.get(), owner: not_owner.owner.clone() }
@@ -107,6 +109,7 @@ impl ClaimRefused {
             ClaimRefused::Ended => ClaimError::Ended.into(),
             ClaimRefused::SoldOut => ClaimError::SoldOut.into(),
             ClaimRefused::LimitReached => ClaimError::LimitReached.into(),
+            ClaimRefused::Behind => ClaimFailure::Behind,
             ClaimRefused::Overloaded => ClaimFailure::Overloaded,
             ClaimRefused::NotOwner { range, owner } => match RangeId::new(range) {
                 Some(range) => ClaimFailure::NotOwner(NotOwner { range, owner }),
@@ -302,6 +305,7 @@ mod tests {
             ClaimError::Ended.into(),
             ClaimError::SoldOut.into(),
             ClaimError::LimitReached.into(),
+            ClaimFailure::Behind,
             ClaimFailure::Overloaded,
             ClaimFailure::NotOwner(NotOwner { range: RangeId::new(3).unwrap(), owner: None }),
             ClaimFailure::Unavailable("down".into()),

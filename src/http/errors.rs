@@ -208,6 +208,7 @@ impl From<ClaimFailure> for ApiError {
             ClaimFailure::Unavailable(reason) | ClaimFailure::Uncertain(reason) => {
                 ApiError::unavailable(reason.clone())
             }
+            ClaimFailure::Behind => ApiError::unavailable(error.to_string()),
             ClaimFailure::NotOwner(not_owner) => ApiError::not_owner(not_owner),
         }
     }

@@ -288,10 +288,13 @@ pub enum Conflict {
     /// The template has no coupons left (or does not exist).
     #[error("coupon template {0} is sold out")]
     SoldOut(TemplateId),
-    /// The user holds the template's per-user limit already, or the claim's `seq` is not the
-    /// user's next one.
+    /// The user holds the template's per-user limit already (or the claim's `seq` is past it).
     #[error("the per-user limit of coupon template {0} is reached")]
     ClaimLimit(TemplateId),
+    /// Below the limit, but the claim's `seq` is not the user's next one: the claimer's count
+    /// of the user's coupons is behind (a coupon issued it does not know of).
+    #[error("the user's coupon count of template {0} is behind")]
+    ClaimBehind(TemplateId),
     /// The coupon is not where the move expects it (another user's, another order's, in
     /// another status, or expired).
     #[error("coupon {0} is not available")]

@@ -292,8 +292,11 @@ fn check_promotion(change: &Change, facts: &Facts, now_ms: i64) -> Result<Promot
             return Err(Conflict::SoldOut(template_id));
         }
         let held = facts.claims.get(&(issue.coupon.user_id, template_id)).copied().unwrap_or(0);
-        if issue.seq != held + 1 || issue.seq > template.per_user_limit {
+        if held >= template.per_user_limit || issue.seq > template.per_user_limit {
             return Err(Conflict::ClaimLimit(template_id));
+        }
+        if issue.seq != held + 1 {
+            return Err(Conflict::ClaimBehind(template_id));
         }
         if facts.coupons.contains_key(&issue.coupon.id) {
             return Err(Conflict::CouponMismatch(issue.coupon.id));
@@ -430,6 +433,33 @@ mod tests {
         };
         let order = Order::price(header, vec![line], Cents::ZERO).unwrap();
         Change { order: Some(order), skus: vec![reserve(7, units)], ..Change::default() }
+    }
+
+    #[test]
+    fn a_claim_at_the_limit_is_refused_and_one_below_it_with_a_stale_seq_is_behind() {
+        use crate::domain::coupon::{Coupon, CouponStatus};
+        use crate::domain::{CouponId, TemplateId};
+        use crate::persistence::CouponIssue;
+        let (user, template) = (UserId::new(5), TemplateId::new(9));
+        let claim = |id: i64, seq: i64| {
+            let coupon = Coupon {
+                id: CouponId::new(id),
+                template_id: template,
+                user_id: user,
+                status: CouponStatus::Unused,
+                order_id: None,
+                valid_until_ms: 100,
+            };
+            Change { issue: Some(CouponIssue { coupon, seq, user_served_elsewhere: true }), ..Change::default() }
+        };
+        let mut facts = Facts::default();
+        facts.templates.insert(template, TemplateRow { total: 10, issued: 1, per_user_limit: 2 });
+        facts.claims.insert((user, template), 1);
+        let outcomes = |changes: &[Change]| decide(changes, facts.clone(), 0).outcomes;
+        assert_eq!(outcomes(&[claim(1, 1)]), vec![Err(Conflict::ClaimBehind(template))], "seq 1 is held");
+        assert_eq!(outcomes(&[claim(1, 3)]), vec![Err(Conflict::ClaimLimit(template))], "past the limit");
+        let both = outcomes(&[claim(1, 2), claim(2, 2)]);
+        assert_eq!(both, vec![Ok(()), Err(Conflict::ClaimLimit(template))], "the batch's first fills the limit");
     }
 
     #[test]

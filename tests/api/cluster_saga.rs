@@ -730,6 +730,24 @@ async fn buyers_of_every_node_claim_a_template_a_third_node_owns_and_never_more_
             .await
             .unwrap();
     assert_eq!(locked, TOTAL);
+    // Latency of a claim on node 0: of a template node 0 owns, and of one node 2 owns.
+    const SAMPLES: usize = 60;
+    let (local, remote) = (template_owned_by(&cluster, 0, 1_000).await, template_owned_by(&cluster, 2, 1_000).await);
+    let users = users_on(&cluster, 0, 2 * SAMPLES + 10, 200_000).await;
+    let mut samples: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
+    for (n, user_id) in users.into_iter().enumerate() {
+        let (kind, template) = if n % 2 == 0 { ("same-node", local) } else { ("cross-node", remote) };
+        let started = Instant::now();
+        let (status, body, _) = claim_answered(&client, cluster.address(0), user_id, template).await;
+        let elapsed = started.elapsed();
+        assert_eq!(status, 201, "{body}");
+        if n >= 10 {
+            samples.entry(kind).or_default().push(elapsed);
+        }
+    }
+    for (kind, samples) in samples {
+        eprintln!("claim p50 {kind}: {} us over {} claims", p50_us(samples.clone()), samples.len());
+    }
     pool.close().await;
     crate::reconcile::assert_reconciles_clean(&cluster.database.url, None).await;
 }

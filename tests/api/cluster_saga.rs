@@ -171,6 +171,33 @@ fn lease_of(order_status: &str) -> &'static str {
     }
 }
 
+/// Requests of a latency sample sent before any is counted.
+const WARM_UP: usize = 10;
+
+/// Sends one request per user, one at a time, alternating same-node and cross-node (`send`
+/// with `true` for same-node), each answered 201; prints the p50 of each kind after the
+/// warm-up.
+async fn print_p50s<F, Fut>(what: &str, users: Vec<i64>, mut send: F)
+where
+    F: FnMut(i64, bool) -> Fut,
+    Fut: std::future::Future<Output = (u16, Value)>,
+{
+    let mut samples: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
+    for (n, user_id) in users.into_iter().enumerate() {
+        let same_node = n % 2 == 0;
+        let started = Instant::now();
+        let (status, body) = send(user_id, same_node).await;
+        let elapsed = started.elapsed();
+        assert_eq!(status, 201, "{body}");
+        if n >= WARM_UP {
+            samples.entry(if same_node { "same-node" } else { "cross-node" }).or_default().push(elapsed);
+        }
+    }
+    for (kind, samples) in samples {
+        eprintln!("{what} p50 {kind}: {} us over {} requests", p50_us(samples.clone()), samples.len());
+    }
+}
+
 /// The median of `samples`, in microseconds.
 fn p50_us(mut samples: Vec<Duration>) -> u128 {
     samples.sort();
@@ -273,21 +300,14 @@ async fn buyers_on_two_nodes_buy_a_sku_a_third_node_owns_and_its_leases_follow_t
     const SAMPLES: usize = 60;
     let local_sku = cluster.sku_owned_by(0, 0, 1_000).await;
     let remote_sku = cluster.sku_owned_by(2, 0, 1_000).await;
-    let users = users_on(&cluster, 0, 2 * SAMPLES + 10, 100_000).await;
-    let mut samples: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
-    for (n, user_id) in users.into_iter().enumerate() {
-        let (kind, sku) = if n % 2 == 0 { ("same-node", local_sku) } else { ("cross-node", remote_sku) };
-        let started = Instant::now();
-        let (status, body) = client.place(cluster.address(0), user_id, "latency", sku).await.expect("place");
-        let elapsed = started.elapsed();
-        assert_eq!(status, 201, "{body}");
-        if n >= 10 {
-            samples.entry(kind).or_default().push(elapsed);
-        }
-    }
-    for (kind, samples) in samples {
-        eprintln!("place p50 {kind}: {} us over {} orders", p50_us(samples.clone()), samples.len());
-    }
+    let users = users_on(&cluster, 0, 2 * SAMPLES + WARM_UP, 100_000).await;
+    print_p50s("place", users, |user_id, same_node| {
+        let sku = if same_node { local_sku } else { remote_sku };
+        let client = client.clone();
+        let address = cluster.address(0).to_owned();
+        async move { client.place(&address, user_id, "latency", sku).await.expect("place") }
+    })
+    .await;
     pool.close().await;
 }
 
@@ -733,21 +753,17 @@ async fn buyers_of_every_node_claim_a_template_a_third_node_owns_and_never_more_
     // Latency of a claim on node 0: of a template node 0 owns, and of one node 2 owns.
     const SAMPLES: usize = 60;
     let (local, remote) = (template_owned_by(&cluster, 0, 1_000).await, template_owned_by(&cluster, 2, 1_000).await);
-    let users = users_on(&cluster, 0, 2 * SAMPLES + 10, 200_000).await;
-    let mut samples: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
-    for (n, user_id) in users.into_iter().enumerate() {
-        let (kind, template) = if n % 2 == 0 { ("same-node", local) } else { ("cross-node", remote) };
-        let started = Instant::now();
-        let (status, body, _) = claim_answered(&client, cluster.address(0), user_id, template).await;
-        let elapsed = started.elapsed();
-        assert_eq!(status, 201, "{body}");
-        if n >= 10 {
-            samples.entry(kind).or_default().push(elapsed);
+    let users = users_on(&cluster, 0, 2 * SAMPLES + WARM_UP, 200_000).await;
+    print_p50s("claim", users, |user_id, same_node| {
+        let template = if same_node { local } else { remote };
+        let client = client.clone();
+        let address = cluster.address(0).to_owned();
+        async move {
+            let (status, body, _) = claim_answered(&client, &address, user_id, template).await;
+            (status, body)
         }
-    }
-    for (kind, samples) in samples {
-        eprintln!("claim p50 {kind}: {} us over {} claims", p50_us(samples.clone()), samples.len());
-    }
+    })
+    .await;
     pool.close().await;
     crate::reconcile::assert_reconciles_clean(&cluster.database.url, None).await;
 }

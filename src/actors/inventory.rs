@@ -86,6 +86,22 @@ pub struct Grant {
     pub effect: Option<SkuEffect>,
 }
 
+/// A placement's grants split by where they were committed: the effects made here (to commit
+/// with the order), and the SKUs whose owners on other nodes committed theirs already.
+pub(crate) fn split_grants(grants: Vec<Grant>) -> (Vec<SkuEffect>, Vec<SkuId>) {
+    let mut elsewhere = Vec::new();
+    let effects = grants
+        .into_iter()
+        .filter_map(|grant| {
+            if grant.effect.is_none() {
+                elsewhere.push(grant.info.sku_id);
+            }
+            grant.effect
+        })
+        .collect();
+    (effects, elsewhere)
+}
+
 /// Hold `quantity` units for `order_id`; the lease row records `expires_at_ms` (the order's
 /// deadline plus grace) for readers and reconciliation.
 #[derive(Message)]
@@ -553,16 +569,7 @@ impl Core {
     /// taken back in memory; reservations committed on other nodes are released there, best
     /// effort (what is not released is settled by the owner's repair pass once it expires).
     pub(crate) fn give_back(self: &Arc<Self>, order_id: OrderId, grants: Vec<Grant>) {
-        let mut remote = Vec::new();
-        let effects: Vec<SkuEffect> = grants
-            .into_iter()
-            .filter_map(|grant| {
-                if grant.effect.is_none() {
-                    remote.push(grant.info.sku_id);
-                }
-                grant.effect
-            })
-            .collect();
+        let (effects, remote) = split_grants(grants);
         self.abandon(effects);
         self.release_elsewhere(order_id, remote);
     }

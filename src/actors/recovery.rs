@@ -6,10 +6,11 @@
 //! written before that, from a bug, or (in a cluster) from an order served on another node
 //! whose settlement did not reach this one; whatever their status, `domain::lease::lease_repair`
 //! says what each needs (`Core::repair_of`, shared with the repair pass of `repair.rs`). On a
-//! cluster node an open lease with no order is left until it expires (`lease_due`). Repairs go through the write pipeline in batches and are retried with backoff
-//! until they are written (a database that is slow or locked at start delays the start, it does
-//! not leave a repair for "the next start"), up to `RECOVERY_RETRY_FOR`, after which the start
-//! fails loudly. A repair that cannot be made (units of a paid order were sold again since) is
+//! cluster node an open lease with no order is left until it expires (`lease_due`). Repairs
+//! go through the write pipeline in batches and are retried with backoff until they are
+//! written (a database that is slow or locked at start delays the start, it does not leave a
+//! repair for "the next start"), up to `RECOVERY_RETRY_FOR`, after which the start fails
+//! loudly. A repair that cannot be made (units of a paid order were sold again since) is
 //! reported as an error, never written unbalanced.
 //!
 //! Then, when Redis is configured, the learning progress Redis kept (the short-tick copy of the

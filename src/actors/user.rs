@@ -881,10 +881,7 @@ impl Core {
             held.extend(limited.iter().map(|&(sku_id, units, _)| (sku_id, units)));
         }
         let rules = rules.ok().flatten();
-        match self.price_and_submit(header, &request, grants, &limited, coupon, rules, &buyer.held_ranges).await {
-            Err(PlaceError::Uncertain(reason)) => Err(PlaceError::Uncertain(reason)),
-            other => other,
-        }
+        self.price_and_submit(header, &request, grants, &limited, coupon, rules, &buyer.held_ranges).await
     }
 
     /// The rules of a coupon's template (templates never change once created).
@@ -937,8 +934,7 @@ impl Core {
             }
         };
         // Lines of SKUs other nodes own were committed there; the rest commit with the order.
-        let elsewhere: Vec<SkuId> = grants.iter().filter(|g| g.effect.is_none()).map(|g| g.info.sku_id).collect();
-        let effects: Vec<_> = grants.into_iter().filter_map(|g| g.effect).collect();
+        let (effects, elsewhere) = super::inventory::split_grants(grants);
         let purchases = limited
             .iter()
             .map(|&(sku_id, units, limit)| PurchaseWrite { user_id: order.user_id, sku_id, units, limit: Some(limit) })
